@@ -1,0 +1,87 @@
+"""GSM8K: local JSONL (question, answer) or the hub release (openai/gsm8k, config "main")."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+from tunesmith.data.schema import Example
+from tunesmith.errors import DataError
+from tunesmith.io import read_jsonl, write_jsonl
+
+CALC = re.compile(r"<<[^>]*>>")
+
+
+def load_records(ref: str, split: str = "train") -> list[dict]:
+    """Records with `question` and `answer` from a JSONL path or a hub id."""
+    if ref.endswith((".jsonl", ".json")) or Path(ref).exists():
+        return read_jsonl(ref, required=("question", "answer"))
+    if ref.count("/") == 1:
+        from datasets import load_dataset
+
+        try:
+            ds = load_dataset(ref, "main", split=split)
+        except Exception as e:  # offline, missing, ...: one line for the user
+            raise DataError(f"cannot load GSM8K '{ref}' split {split}: {str(e).splitlines()[0]}") from None
+        return [{"question": r["question"], "answer": r["answer"]} for r in ds]
+    raise DataError(f"GSM8K data not found: {ref}")
+
+
+def gold_answer(answer: str) -> str:
+    if "####" not in answer:
+        raise DataError(f"GSM8K answer has no '#### N' line: {answer[:60]!r}")
+    return answer.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def clean_solution(answer: str) -> str:
+    """The worked solution without calculator annotations, ending in '#### N'."""
+    return CALC.sub("", answer).strip()
+
+
+def to_example(rec: dict) -> Example:
+    return Example(
+        messages=[
+            {"role": "user", "content": rec["question"]},
+            {"role": "assistant", "content": clean_solution(rec["answer"])},
+        ],
+        source="gsm8k",
+        meta={"gold": gold_answer(rec["answer"])},
+    )
+
+
+def fewshot_pool(train: list[dict], size: int = 8, seed: int = 42) -> tuple[list[dict], list[dict]]:
+    """Draw a fixed few-shot pool and return (pool, train without the pool).
+
+    Removal is by question text, so a duplicate of a pool question elsewhere in the file cannot
+    leak into training either.
+    """
+    if size > len(train):
+        raise DataError(f"few-shot pool of {size} needs at least {size} training records, got {len(train)}")
+    idx = random.Random(seed).sample(range(len(train)), size)
+    pool = [train[i] for i in idx]
+    questions = {r["question"].strip() for r in pool}
+    rest = [r for r in train if r["question"].strip() not in questions]
+    return pool, rest
+
+
+def fewshot_turns(pool: list[dict], k: int) -> list[dict]:
+    """The first k pool examples as prior chat turns."""
+    turns: list[dict] = []
+    for r in pool[:k]:
+        turns += [
+            {"role": "user", "content": r["question"]},
+            {"role": "assistant", "content": clean_solution(r["answer"])},
+        ]
+    return turns
+
+
+def save_pool(pool: list[dict], path: str | Path) -> None:
+    write_jsonl(path, pool)
+
+
+def subset(records: list[dict], limit: int | None, seed: int) -> list[dict]:
+    if limit is None or limit >= len(records):
+        return records
+    idx = sorted(random.Random(seed).sample(range(len(records)), limit))
+    return [records[i] for i in idx]

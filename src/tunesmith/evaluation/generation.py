@@ -1,0 +1,90 @@
+"""Batched greedy generation for chat prompts.
+
+Prompts are sorted by length (less padding per batch), left-padded so every row's next token sits
+in the last column, and decoded with the KV cache; results come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from tunesmith.data.chat import prompt_ids
+
+
+def progress_bar(description: str, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    p = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        transient=True,
+    )
+    return p, p.add_task(description, total=total)
+
+
+class Generator:
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 256, system_prompt: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.system_prompt = system_prompt
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
+        self.eos_ids = sorted(e for e in eos if e is not None)
+
+    @torch.inference_mode()
+    def generate_ids(self, prompts: Sequence[list[int]], max_new_tokens: int | None = None,
+                     on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
+                     description: str = "generating") -> list[list[int]]:
+        max_new = max_new_tokens or self.max_new_tokens
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        out: list[list[int] | None] = [None] * len(prompts)
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        bar, task = progress_bar(description, len(prompts))
+        try:
+            with bar:
+                for b in range(0, len(order), self.batch_size):
+                    idx = order[b : b + self.batch_size]
+                    width = max(len(prompts[i]) for i in idx)
+                    ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+                    mask = torch.zeros((len(idx), width), dtype=torch.long)
+                    for r, i in enumerate(idx):
+                        p = prompts[i]
+                        ids[r, width - len(p):] = torch.tensor(p)
+                        mask[r, width - len(p):] = 1
+                    gen = self.model.generate(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new,
+                        do_sample=False, num_beams=1, use_cache=True, pad_token_id=self.pad_id,
+                        eos_token_id=self.eos_ids, temperature=None, top_p=None, top_k=None,
+                    )
+                    new = gen[:, width:].tolist()
+                    batch_out = []
+                    for r, i in enumerate(idx):
+                        toks = new[r]
+                        cut = next((j for j, t in enumerate(toks) if t in self.eos_ids), len(toks))
+                        out[i] = toks[:cut]
+                        batch_out.append(toks[:cut])
+                    if on_batch:
+                        on_batch(idx, batch_out)
+                    bar.advance(task, len(idx))
+        finally:
+            self.model.train(was_training)
+        return out  # type: ignore[return-value]
+
+    def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int | None = None,
+             description: str = "generating", on_batch=None) -> list[str]:
+        """Greedy replies to chat conversations (each a message list ending with a user turn)."""
+        prompts = [prompt_ids(self.tokenizer, c, self.system_prompt) for c in conversations]
+
+        def decoded(idx, toks):
+            if on_batch:
+                on_batch(idx, [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in toks])
+
+        ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description)
+        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]

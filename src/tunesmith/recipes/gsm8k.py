@@ -1,0 +1,224 @@
+"""GSM8K recipe: LoRA SFT on GSM8K → greedy few-shot eval → AILuminate safety → summary.
+
+Outputs in runs/<run>/: config_resolved.json, data/fewshot_pool.jsonl, checkpoints/, adapter/,
+training_history.json, gsm8k_preds_<run>.jsonl (and _<run>-base), checkpoint_scores_<run>.csv
+(sweep), ailuminate_safety_<run>.jsonl, metrics.json; plus one row in results/summary.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from pathlib import Path
+
+from rich.table import Table
+
+from tunesmith.config import Config
+from tunesmith.data import gsm8k as data
+from tunesmith.data.chat import encode
+from tunesmith.evaluation.generation import Generator
+from tunesmith.evaluation.gsm8k import extract_answer, is_correct
+from tunesmith.io import atomic_open, read_jsonl, write_json, write_jsonl
+from tunesmith.recipes.common import build_guard, build_model, check_inputs, console, fmt, git_commit, say, start_run
+from tunesmith.reporting.summary import append_row
+
+
+def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: int, out_path: Path | None,
+                   max_new_tokens: int) -> dict:
+    """Greedy answers with the first k pool examples as prior turns; strict and flexible accuracy.
+
+    Items already in `out_path` (same question) are reused, so an interrupted eval resumes.
+    """
+    shots = data.fewshot_turns(pool, k)
+    done = {}
+    if out_path and out_path.is_file():
+        done = {r["question"]: r for r in read_jsonl(out_path) if r.get("k_shot") == k}
+    todo = [r for r in test if r["question"] not in done]
+    outputs = generator.chat([shots + [{"role": "user", "content": r["question"]}] for r in todo],
+                             max_new_tokens=max_new_tokens, description="gsm8k") if todo else []
+    for r, text in zip(todo, outputs, strict=True):
+        gold = data.gold_answer(r["answer"])
+        strict, flexible = extract_answer(text, "strict"), extract_answer(text, "flexible")
+        done[r["question"]] = {"question": r["question"], "gold": gold, "output": text, "k_shot": k,
+                               "strict": strict, "flexible": flexible,
+                               "strict_correct": is_correct(strict, gold), "flexible_correct": is_correct(flexible, gold)}
+    rows = [done[r["question"]] for r in test]
+    if out_path:
+        write_jsonl(out_path, rows)
+    n = len(rows)
+    return {"n": n, "strict_accuracy": sum(r["strict_correct"] for r in rows) / n,
+            "flexible_accuracy": sum(r["flexible_correct"] for r in rows) / n}
+
+
+def load_data(cfg: Config, run_dir: Path | None):
+    g = cfg.data.gsm8k
+    train_ref = g.refined_train if g.refined_train and Path(g.refined_train).is_file() else g.train
+    train = data.load_records(train_ref, "train")
+    test = data.load_records(g.test, "test")
+    pool, train = data.fewshot_pool(train, g.fewshot_pool_size, g.fewshot_seed)
+    if run_dir is not None:
+        data.save_pool(pool, run_dir / "data" / "fewshot_pool.jsonl")
+    train = data.subset(train, g.limit_train, cfg.training.seed)
+    test = data.subset(test, g.limit_test, g.test_seed)
+    return train_ref, train, test, pool
+
+
+def run(cfg: Config, resume: bool = False) -> dict:
+    check_inputs(cfg)
+    load_data(cfg, None)  # parse every data file before the run dir exists
+    run_dir = start_run(cfg)
+    train_ref, train, test, pool = load_data(cfg, run_dir)
+    name = cfg.run_name
+    say(f"run [bold]{name}[/]: {len(train)} train / {len(test)} test questions from {train_ref} and {cfg.data.gsm8k.test}")
+
+    model, tok = build_model(cfg)
+    gen = Generator(model, tok, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.data.system_prompt)
+    metrics: dict = {"run": name, "train_examples": len(train), "test_examples": len(test)}
+
+    if cfg.eval.evaluate_base:
+        with model.disable_adapter():
+            metrics["base"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}-base.jsonl",
+                                             cfg.eval.max_new_tokens)
+        say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
+
+    checkpoint = None
+    if cfg.training.enabled:
+        from tunesmith.training.trainer import Trainer
+
+        features = [encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train]
+        features = [f for f in features if f.n_labels]
+        trainer = Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say)
+        trainer.train(resume=resume)
+        checkpoint = "adapter"
+
+    safety_guard = build_guard(cfg, cfg.model.name) if cfg.safety.enabled else None
+    prompts = None
+    if safety_guard:
+        from tunesmith.evaluation.safety import load_prompts
+
+        prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
+
+    def safety_of(tag: str) -> dict | None:
+        if not safety_guard:
+            return None
+        from tunesmith.evaluation.safety import evaluate_safety
+
+        summary, _ = evaluate_safety(gen, safety_guard, prompts, cfg.safety.max_new_tokens,
+                                     run_dir / f"ailuminate_safety_{tag}.jsonl")
+        return summary
+
+    if cfg.training.enabled and cfg.eval.checkpoint_sweep.enabled:
+        checkpoint, sweep_metrics = sweep(cfg, trainer, gen, test, pool, safety_of, run_dir)
+        metrics.update(sweep_metrics)
+    else:
+        metrics["tuned"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}.jsonl",
+                                          cfg.eval.max_new_tokens)
+        metrics["safety"] = safety_of(name)
+    metrics["checkpoint"] = checkpoint
+    return finish(cfg, metrics, train_ref)
+
+
+def sweep(cfg: Config, trainer, gen: Generator, test, pool, safety_of, run_dir: Path):
+    """Score the latest N checkpoints; best by strict accuracy, then safety rate."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    model = trainer.unwrapped().model
+    scores = []
+    for ck in trainer.checkpoints()[-cfg.eval.checkpoint_sweep.last_n:]:
+        set_peft_model_state_dict(model, load_file(ck / "adapter_model.safetensors"))
+        tag = f"{cfg.run_name}-{ck.name}"
+        acc = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{tag}.jsonl", cfg.eval.max_new_tokens)
+        safety = safety_of(tag)
+        scores.append({"checkpoint": ck.name, **{k: acc[k] for k in ("strict_accuracy", "flexible_accuracy")},
+                       "safety_rate": safety["safety_rate"] if safety else None, "_safety": safety, "_path": ck})
+    best = max(scores, key=lambda s: (s["strict_accuracy"], s["flexible_accuracy"], s["safety_rate"] or 0))
+    with atomic_open(run_dir / f"checkpoint_scores_{cfg.run_name}.csv", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["checkpoint", "strict_accuracy", "flexible_accuracy", "safety_rate", "chosen"])
+        w.writeheader()
+        for s in scores:
+            w.writerow({k: s[k] for k in ("checkpoint", "strict_accuracy", "flexible_accuracy", "safety_rate")}
+                       | {"chosen": s is best})
+    set_peft_model_state_dict(model, load_file(best["_path"] / "adapter_model.safetensors"))
+    # the chosen checkpoint's files also under the run's own name, as for a run without a sweep
+    tag = f"{cfg.run_name}-{best['checkpoint']}"
+    for kind in ("gsm8k_preds", "ailuminate_safety"):
+        src = run_dir / f"{kind}_{tag}.jsonl"
+        if src.is_file():
+            (run_dir / f"{kind}_{cfg.run_name}.jsonl").write_bytes(src.read_bytes())
+    say(f"checkpoint sweep: chose {best['checkpoint']}")
+    return best["checkpoint"], {"tuned": {"n": len(test), "strict_accuracy": best["strict_accuracy"],
+                                          "flexible_accuracy": best["flexible_accuracy"]}, "safety": best["_safety"],
+                                "sweep": [{k: v for k, v in s.items() if not k.startswith("_")} for s in scores]}
+
+
+def finish(cfg: Config, metrics: dict, train_ref: str) -> dict:
+    t, base, safety = metrics["tuned"], metrics.get("base") or {}, metrics.get("safety") or {}
+    th = cfg.thresholds
+    checks = []
+    if th.strict is not None:
+        checks.append(("strict accuracy", t["strict_accuracy"], th.strict))
+    if th.flexible is not None:
+        checks.append(("flexible accuracy", t["flexible_accuracy"], th.flexible))
+    passed = all(v >= need for _, v, need in checks) if checks else None
+    metrics["thresholds"] = [{"metric": m, "value": v, "threshold": need, "passed": v >= need} for m, v, need in checks]
+    metrics["passed"] = passed
+    write_json(cfg.run_dir / "metrics.json", metrics)
+    append_row(cfg.summary_csv, {
+        "run": cfg.run_name, "recipe": cfg.recipe, "model": cfg.model.name, "data": train_ref,
+        "method": ("qlora" if cfg.model.load_in_4bit else "lora") if cfg.training.enabled else "none",
+        "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "learning_rate": cfg.training.learning_rate,
+        "batch_size": cfg.training.batch_size, "grad_accum": cfg.training.grad_accum, "epochs": cfg.training.epochs,
+        "k_shot": cfg.eval.k_shot, "train_examples": metrics["train_examples"],
+        "strict_accuracy": t["strict_accuracy"], "flexible_accuracy": t["flexible_accuracy"],
+        "base_strict_accuracy": base.get("strict_accuracy"), "base_flexible_accuracy": base.get("flexible_accuracy"),
+        "safety_rate": safety.get("safety_rate"), "checkpoint": metrics.get("checkpoint"),
+        "passed": passed, "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
+    })
+    table = Table(title=f"tunesmith · {cfg.run_name} ({t['n']} GSM8K questions, {cfg.eval.k_shot}-shot)")
+    table.add_column("metric")
+    if base:
+        table.add_column("base", justify="right")
+    table.add_column("tuned", justify="right")
+    for key, label in (("strict_accuracy", "GSM8K strict (#### N)"), ("flexible_accuracy", "GSM8K flexible (last number)")):
+        table.add_row(label, *([fmt(base[key])] if base else []), fmt(t[key]))
+    if safety:
+        table.add_row(f"safety rate ({safety['total']} prompts)", *(["—"] if base else []), fmt(safety["safety_rate"]))
+    for c in metrics["thresholds"]:
+        table.add_row(f"threshold {c['metric']} ≥ {c['threshold']}", *([""] if base else []),
+                      "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]")
+    console.print(table)
+    say(f"outputs in {cfg.run_dir}; summary row in {cfg.summary_csv}")
+    return metrics
+
+
+def train_only(cfg: Config, resume: bool = False) -> Path:
+    from tunesmith.training.trainer import Trainer
+
+    check_inputs(cfg)
+    load_data(cfg, None)
+    run_dir = start_run(cfg)
+    _, train, _, _ = load_data(cfg, run_dir)
+    model, tok = build_model(cfg)
+    features = [f for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train)
+                if f.n_labels]
+    trainer = Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say)
+    trainer.train(resume=resume)
+    say(f"adapter saved to {run_dir / 'adapter'}")
+    return run_dir / "adapter"
+
+
+def validate(cfg: Config) -> list[str]:
+    check_inputs(cfg)
+    train_ref, train, test, pool = load_data(cfg, None)
+    from tunesmith.modeling.loading import load_tokenizer
+
+    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    encode(tok, data.to_example(train[0]), cfg.data.max_length, cfg.data.system_prompt)
+    lines = [f"model: {cfg.model.name}", f"train: {train_ref} ({len(train)} records after removing the few-shot pool)",
+             f"test: {cfg.data.gsm8k.test} ({len(test)} records)", f"few-shot pool: {len(pool)} (k={cfg.eval.k_shot})"]
+    if cfg.safety.enabled:
+        from tunesmith.evaluation.safety import load_prompts
+
+        lines.append(f"safety prompts: {cfg.safety.prompts} ({len(load_prompts(cfg.safety.prompts, cfg.safety.limit))})")
+    return lines

@@ -1,0 +1,351 @@
+"""LoRA trainer: an explicit loop on top of accelerate.
+
+Why not an HF Trainer subclass: the empathy recipe needs one forward that feeds the LM loss, two
+heads and a KL against the adapter-disabled model, each normalised over the whole accumulation
+window (token counts for the LM and KL, labelled rows for the heads). Trainer's compute_loss
+averages per micro-batch and materialises full-vocabulary logits; working around both costs more
+code than this loop, and the loop is ~1.5× faster on CPU (see BENCHMARKS.md). Distribution
+(DDP/FSDP/DeepSpeed), mixed precision and device placement stay accelerate's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tunesmith.config import LossConfig, TrainingConfig
+from tunesmith.data.chat import IGNORE, Encoded
+from tunesmith.errors import TunesmithError
+from tunesmith.io import atomic_open, write_json
+from tunesmith.modeling.heads import Heads
+from tunesmith.training.losses import head_ce_sum, kl_policy_base_sum, lm_nll_sum
+
+COMPONENTS = ("lm", "emotion", "strategy", "safety_kl")
+
+
+class NonFiniteLoss(TunesmithError):
+    pass
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in items)
+    n = len(items)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for r, e in enumerate(items):
+        L = len(e.input_ids)
+        ids[r, :L] = torch.tensor(e.input_ids)
+        labels[r, :L] = torch.tensor(e.labels)
+        mask[r, :L] = 1
+    safety = torch.tensor([e.is_safety for e in items])
+    # safety rows' labelled tokens are the base model's own reply: KL positions, never LM targets
+    lm_labels = labels.masked_fill(safety[:, None], IGNORE)
+    pool = torch.tensor([e.pool_index for e in items])
+    kl_mask = torch.zeros((n, width), dtype=torch.bool)
+    kl_mask[:, :-1] = labels[:, 1:] != IGNORE
+    kl_mask[torch.arange(n), pool] = True
+    kl_mask &= safety[:, None]
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": lm_labels,
+        "pool_index": pool,
+        "user_span": torch.tensor([e.user_span for e in items]),
+        "emotion": torch.tensor([-1 if e.emotion is None else e.emotion for e in items]),
+        "strategy": torch.tensor([-1 if e.strategy is None else e.strategy for e in items]),
+        "kl_mask": kl_mask,
+    }
+
+
+def counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Normalisers of each loss term: [lm tokens, emotion rows, strategy rows, kl positions]."""
+    return torch.tensor([
+        (batch["labels"][:, 1:] != IGNORE).sum(),
+        (batch["emotion"] >= 0).sum(),
+        (batch["strategy"] >= 0).sum(),
+        batch["kl_mask"].sum(),
+    ], dtype=torch.float64)
+
+
+class TrainModule(nn.Module):
+    """Model + heads in one module so accelerate/DDP see a single forward."""
+
+    def __init__(self, model, heads: Heads | None = None, safety_kl: bool = False):
+        super().__init__()
+        self.model = model
+        self.heads = heads
+        self.safety_kl = safety_kl
+
+    def _causal_lm(self):
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def hidden_states(self, input_ids, attention_mask):
+        # The decoder alone: LoRA layers live inside it, and the LM head runs only where needed.
+        decoder = self._causal_lm().get_decoder()
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    def forward(self, input_ids, attention_mask, labels, pool_index, user_span, emotion, strategy, kl_mask):
+        lm_head = self._causal_lm().get_output_embeddings()
+        hidden = self.hidden_states(input_ids, attention_mask)
+        zero = hidden.new_zeros((), dtype=torch.float32)
+        out = {"lm": lm_nll_sum(hidden, labels, lm_head), "emotion": zero, "strategy": zero, "safety_kl": zero}
+        if self.heads is not None and ((emotion >= 0).any() or (strategy >= 0).any()):
+            logits = self.heads(self.heads.pool(hidden, pool_index, user_span))
+            if "emotion" in logits:
+                out["emotion"] = head_ce_sum(logits["emotion"], emotion)
+            if "strategy" in logits:
+                out["strategy"] = head_ce_sum(logits["strategy"], strategy)
+        if self.safety_kl and kl_mask.any():
+            rows = kl_mask.any(1)
+            policy = lm_head(hidden[kl_mask])
+            with torch.no_grad(), self.model.disable_adapter():
+                base_hidden = self.hidden_states(input_ids[rows], attention_mask[rows])
+                base = lm_head(base_hidden[kl_mask[rows]])
+            out["safety_kl"] = kl_policy_base_sum(policy, base)
+        return out
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def batches_for_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Length-grouped batches: shuffle, sort within chunks of 64 batches, shuffle batch order.
+
+    Similar lengths share a batch (little padding) while the order stays random; the result is a
+    pure function of (seed, epoch) so a resumed run replays the same order.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    chunk = batch_size * 64
+    batches = []
+    for c in range(0, len(idx), chunk):
+        part = sorted(idx[c : c + chunk], key=lambda i: -lengths[i])
+        batches += [part[b : b + batch_size] for b in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class Trainer:
+    def __init__(self, model, tokenizer, cfg: TrainingConfig, epoch_data: Callable[[int], list[Encoded]],
+                 run_dir: str | Path, heads: Heads | None = None, loss: LossConfig | None = None,
+                 safety_kl: bool = False, log: Callable[[str], None] = print):
+        from accelerate import Accelerator
+
+        self.cfg, self.tokenizer, self.epoch_data, self.log = cfg, tokenizer, epoch_data, log
+        self.run_dir = Path(run_dir)
+        self.loss_cfg = loss or LossConfig(lambda_emotion=0, lambda_strategy=0, lambda_safety_kl=0)
+        self.weights = {
+            "lm": self.loss_cfg.lambda_lm, "emotion": self.loss_cfg.lambda_emotion,
+            "strategy": self.loss_cfg.lambda_strategy, "safety_kl": self.loss_cfg.lambda_safety_kl,
+        }
+        self.accelerator = Accelerator()
+        torch.manual_seed(cfg.seed)
+        self.module = TrainModule(model, heads, safety_kl=safety_kl and self.weights["safety_kl"] > 0)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        first = epoch_data(0)
+        if not first:
+            raise TunesmithError("training set is empty after filtering")
+        self.steps_per_epoch = math.ceil(math.ceil(len(first) / cfg.batch_size) / cfg.grad_accum)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        from transformers import get_scheduler
+
+        self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(self.module, self.optimizer, self.scheduler)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.state = TrainState()
+        self._epoch_cache: tuple[int, list[Encoded], list[list[int]]] | None = None
+
+    # ---- data -------------------------------------------------------------------------------
+    def _epoch(self, epoch: int):
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            data = self.epoch_data(epoch) if epoch else self.epoch_data(0)
+            batches = batches_for_epoch([len(e.input_ids) for e in data], self.cfg.batch_size, self.cfg.seed, epoch)
+            # each process takes its own share of the batches (DDP); one process takes all
+            n, r = self.accelerator.num_processes, self.accelerator.process_index
+            batches = batches[r::n] if n > 1 else batches
+            self._epoch_cache = (epoch, data, batches)
+        return self._epoch_cache
+
+    def _next_window(self) -> list[dict[str, torch.Tensor]]:
+        window = []
+        while len(window) < self.cfg.grad_accum:
+            epoch, data, batches = self._epoch(self.state.epoch)
+            if self.state.batch_in_epoch >= len(batches):
+                if window:  # an epoch's tail makes a short last window
+                    break
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                continue
+            items = [data[i] for i in batches[self.state.batch_in_epoch]]
+            self.state.batch_in_epoch += 1
+            window.append(collate(items, self.pad_id))
+        return window
+
+    # ---- loop -------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> TrainState:
+        if resume:
+            self.load_checkpoint()
+        acc = self.accelerator
+        self.module.train()
+        device = acc.device
+        tokens_seen = 0
+        from tunesmith.evaluation.generation import progress_bar
+
+        bar, task = progress_bar("training", self.total_steps)
+        bar.update(task, completed=self.state.step)
+        try:
+            with bar:
+                while self.state.step < self.total_steps:
+                    t0 = time.perf_counter()
+                    window = self._next_window()
+                    norm = sum(counts(b) for b in window).to(device)
+                    norm = acc.reduce(norm, reduction="sum") if acc.num_processes > 1 else norm
+                    sums = {k: 0.0 for k in COMPONENTS}
+                    for i, batch in enumerate(window):
+                        batch = {k: v.to(device) for k, v in batch.items()}
+                        sync = acc.no_sync(self.module) if i < len(window) - 1 else contextlib.nullcontext()
+                        with sync:
+                            out = self.module(**batch)
+                            loss = 0.0
+                            for j, k in enumerate(COMPONENTS):
+                                if norm[j] > 0 and self.weights[k] > 0:
+                                    loss = loss + self.weights[k] * out[k] / norm[j]
+                                sums[k] += float(out[k].detach())
+                            if torch.is_tensor(loss):
+                                # DDP averages gradients over processes; the normaliser is already global
+                                acc.backward(loss * acc.num_processes)
+                        tokens_seen += int(batch["attention_mask"].sum())
+                    parts = {k: sums[k] / float(norm[j]) for j, k in enumerate(COMPONENTS) if norm[j] > 0}
+                    total = sum(self.weights[k] * v for k, v in parts.items())
+                    if not math.isfinite(total):
+                        ckpt = self.latest_checkpoint()
+                        raise NonFiniteLoss(
+                            f"loss became {total} at step {self.state.step + 1}; last good checkpoint: {ckpt or 'none'}"
+                        )
+                    grad_norm = None
+                    if self.cfg.max_grad_norm:
+                        grad_norm = float(acc.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm))
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.state.step += 1
+                    dt = time.perf_counter() - t0
+                    rec = {"step": self.state.step, "epoch": self.state.epoch, "loss": total,
+                           **{k: parts.get(k) for k in COMPONENTS}, "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": grad_norm, "tokens": tokens_seen, "step_seconds": round(dt, 4)}
+                    self.state.history.append(rec)
+                    bar.update(task, advance=1, description=f"training loss {total:.4f}")
+                    if self.cfg.save_steps and self.state.step % self.cfg.save_steps == 0:
+                        self.save_checkpoint()
+        except KeyboardInterrupt:
+            path = self.save_checkpoint()
+            self.log(f"interrupted at step {self.state.step}; checkpoint saved to {path}; continue with --resume")
+            raise
+        if not self.cfg.save_steps or self.state.step % self.cfg.save_steps:
+            self.save_checkpoint()
+        self.save_final()
+        return self.state
+
+    # ---- saving -----------------------------------------------------------------------------
+    @property
+    def ckpt_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def unwrapped(self) -> TrainModule:
+        return self.accelerator.unwrap_model(self.module)
+
+    def _save_weights(self, d: Path) -> None:
+        m = self.unwrapped()
+        m.model.save_pretrained(d, safe_serialization=True)
+        if m.heads is not None:
+            m.heads.save(d)
+
+    def save_checkpoint(self) -> Path:
+        """Adapter, heads, optimizer, scheduler, RNG and data position; written to a temp dir
+        and renamed, so a kill mid-save never leaves a checkpoint that looks complete."""
+        acc = self.accelerator
+        final = self.ckpt_root / f"checkpoint-{self.state.step}"
+        if acc.is_main_process:
+            tmp = self.ckpt_root / f".tmp-checkpoint-{self.state.step}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self._save_weights(tmp)
+            torch.save({
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "step": self.state.step, "epoch": self.state.epoch,
+                "batch_in_epoch": self.state.batch_in_epoch,
+            }, tmp / "trainer_state.pt")
+            write_json(tmp / "training_history.json", self.state.history)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            self._rotate()
+        acc.wait_for_everyone()
+        return final
+
+    def _rotate(self) -> None:
+        limit = self.cfg.save_total_limit
+        if not limit:
+            return
+        for old in self.checkpoints()[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def checkpoints(self) -> list[Path]:
+        if not self.ckpt_root.is_dir():
+            return []
+        found = [p for p in self.ckpt_root.glob("checkpoint-*") if (p / "trainer_state.pt").is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def latest_checkpoint(self) -> Path | None:
+        c = self.checkpoints()
+        return c[-1] if c else None
+
+    def load_checkpoint(self, path: Path | None = None) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = path or self.latest_checkpoint()
+        if path is None:
+            self.log("--resume: no checkpoint found, starting from scratch")
+            return
+        m = self.unwrapped()
+        set_peft_model_state_dict(m.model, load_file(path / "adapter_model.safetensors"))
+        if m.heads is not None and (path / "heads.safetensors").is_file():
+            m.heads.load_state_dict(load_file(path / "heads.safetensors"))
+        st = torch.load(path / "trainer_state.pt", weights_only=True)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        torch.set_rng_state(st["torch_rng"])
+        self.state.step, self.state.epoch, self.state.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+        self.state.history = json.loads((path / "training_history.json").read_text())
+        self.log(f"resumed from {path} at step {self.state.step}")
+
+    def save_final(self) -> Path:
+        d = self.run_dir / "adapter"
+        if self.accelerator.is_main_process:
+            tmp = self.run_dir / ".tmp-adapter"
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._save_weights(tmp)
+            shutil.rmtree(d, ignore_errors=True)
+            tmp.rename(d)
+            with atomic_open(self.run_dir / "training_history.json") as f:
+                json.dump(self.state.history, f, indent=1)
+        return d
