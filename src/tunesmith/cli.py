@@ -101,6 +101,18 @@ def models():
     typer.echo("Also accepted: a hub id (org/name), a local Hugging Face folder, or a path to a .gguf file.")
 
 
+def _register_plugins() -> None:
+    # command groups that live beside their feature code
+    from tunesmith.chat import commands as chat_commands
+    from tunesmith.reporting import commands as report_commands
+
+    chat_commands.register(app)
+    report_commands.register(app)
+
+
+_register_plugins()
+
+
 def main() -> None:
     try:
         app()

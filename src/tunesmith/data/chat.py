@@ -79,15 +79,23 @@ def _assistant_spans(tokenizer, messages: list[dict], full: str) -> list[tuple[i
     return spans
 
 
-def encode(tokenizer, example: Example, max_length: int, system_prompt: str | None = None) -> Encoded:
-    """Tokenize an example; labels cover the assistant turns only."""
+def encode(tokenizer, example: Example, max_length: int, system_prompt: str | None = None,
+           train_on: str = "all") -> Encoded:
+    """Tokenize an example; labels cover the assistant turns only.
+
+    train_on="last" labels only the final assistant turn: for datasets that emit one example per
+    reply with its history (ESConv, EmpatheticDialogues), earlier replies are already targets of
+    their own examples and would otherwise be trained several times over.
+    """
     if example.messages:
         messages = with_system(example.messages, system_prompt)
     else:  # emotion-only example: the text as a user turn
         messages = with_system([{"role": "user", "content": example.text or ""}], system_prompt)
     ends_with_assistant = messages[-1]["role"] == "assistant"
     full = render(tokenizer, messages, add_generation_prompt=not ends_with_assistant)
-    spans = _assistant_spans(tokenizer, messages, full) if not example.is_safety else []
+    spans = _assistant_spans(tokenizer, messages, full)
+    if train_on == "last":
+        spans = spans[-1:]
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE] * len(ids)

@@ -51,13 +51,8 @@ class Generator:
             with bar:
                 for b in range(0, len(order), self.batch_size):
                     idx = order[b : b + self.batch_size]
-                    width = max(len(prompts[i]) for i in idx)
-                    ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-                    mask = torch.zeros((len(idx), width), dtype=torch.long)
-                    for r, i in enumerate(idx):
-                        p = prompts[i]
-                        ids[r, width - len(p):] = torch.tensor(p)
-                        mask[r, width - len(p):] = 1
+                    ids, mask = self._left_pad([prompts[i] for i in idx])
+                    width = ids.shape[1]
                     gen = self.model.generate(
                         input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new,
                         do_sample=False, num_beams=1, use_cache=True, pad_token_id=self.pad_id,
@@ -76,6 +71,27 @@ class Generator:
         finally:
             self.model.train(was_training)
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def next_token_logits(self, prompts: Sequence[list[int]]) -> torch.Tensor:
+        """Logits of the token after each prompt, shape (len(prompts), vocab)."""
+        device = next(self.model.parameters()).device
+        rows = []
+        for b in range(0, len(prompts), self.batch_size):
+            chunk = prompts[b : b + self.batch_size]
+            ids, mask = self._left_pad(chunk)
+            out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            rows.append(out.logits[:, -1].float().cpu())
+        return torch.cat(rows)
+
+    def _left_pad(self, prompts: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = torch.tensor(p)
+            mask[r, width - len(p):] = 1
+        return ids, mask
 
     def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int | None = None,
              description: str = "generating", on_batch=None) -> list[str]:

@@ -125,18 +125,38 @@ class GenerativeGuard:
         template = getattr(generator.tokenizer, "chat_template", "") or ""
         self.native = "UNSAFE CONTENT CATEGORIES" in template
 
+    def _verdict_tokens(self) -> tuple[int, int] | None:
+        tok = self.generator.tokenizer
+        safe, unsafe = (tok.encode(w, add_special_tokens=False) for w in ("safe", "unsafe"))
+        if not safe or not unsafe or safe[0] == unsafe[0]:
+            return None
+        return safe[0], unsafe[0]
+
     def judge(self, pairs: list[tuple[str, str]]) -> list[tuple[bool | None, list[str], str]]:
+        tok = self.generator.tokenizer
         if self.native:
+            # Llama Guard's own template builds the task prompt from the raw conversation
             convs = [[{"role": "user", "content": u}, {"role": "assistant", "content": a}] for u, a in pairs]
-            # Llama Guard's template ends with the assessment instruction; it expects no system turn
-            prompts = [self.generator.tokenizer.apply_chat_template(c, tokenize=True) for c in convs]
+            prompts = [tok.apply_chat_template(c, tokenize=True) for c in convs]
             prompts = [p["input_ids"] if isinstance(p, dict) else p for p in prompts]
-            outs = self.generator.generate_ids(prompts, description="guard")
-            texts = [self.generator.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
         else:
-            convs = [[{"role": "user", "content": guard_prompt(u, a, self.categories, self.guidelines)}] for u, a in pairs]
-            texts = self.generator.chat(convs, description="guard")
-        return [(*parse_verdict(t), t) for t in texts]
+            from tunesmith.data.chat import prompt_ids
+
+            prompts = [prompt_ids(tok, [{"role": "user", "content": guard_prompt(u, a, self.categories, self.guidelines)}])
+                       for u, a in pairs]
+        outs = self.generator.generate_ids(prompts, description="guard")
+        texts = [tok.decode(o, skip_special_tokens=True).strip() for o in outs]
+        verdicts = [parse_verdict(t) for t in texts]
+        ids = self._verdict_tokens()
+        if ids is not None and any(v[0] is None for v in verdicts):
+            # A weak guard may not answer in the format; its verdict is then read from the first
+            # token's choice between "safe" and "unsafe" (the standard P(unsafe) readout).
+            first = self.generator.next_token_logits(prompts)
+            for i, v in enumerate(verdicts):
+                if v[0] is None:
+                    verdicts[i] = (bool(first[i, ids[0]] >= first[i, ids[1]]), [])
+                    texts[i] = f"[verdict from first-token logits] {texts[i]}"
+        return [(*v, t) for v, t in zip(verdicts, texts, strict=True)]
 
 
 class ClassifierGuard:

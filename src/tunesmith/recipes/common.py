@@ -13,7 +13,8 @@ from rich.console import Console
 from tunesmith.config import Config
 from tunesmith.io import require_file, write_json
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress and messages
+out = Console()  # results tables
 
 
 def say(msg: str) -> None:

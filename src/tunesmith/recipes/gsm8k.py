@@ -19,7 +19,7 @@ from tunesmith.data.chat import encode
 from tunesmith.evaluation.generation import Generator
 from tunesmith.evaluation.gsm8k import extract_answer, is_correct
 from tunesmith.io import atomic_open, read_jsonl, write_json, write_jsonl
-from tunesmith.recipes.common import build_guard, build_model, check_inputs, console, fmt, git_commit, say, start_run
+from tunesmith.recipes.common import build_guard, build_model, check_inputs, fmt, out, git_commit, say, start_run
 from tunesmith.reporting.summary import append_row
 
 
@@ -187,7 +187,7 @@ def finish(cfg: Config, metrics: dict, train_ref: str) -> dict:
     for c in metrics["thresholds"]:
         table.add_row(f"threshold {c['metric']} ≥ {c['threshold']}", *([""] if base else []),
                       "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]")
-    console.print(table)
+    out.print(table)
     say(f"outputs in {cfg.run_dir}; summary row in {cfg.summary_csv}")
     return metrics
 

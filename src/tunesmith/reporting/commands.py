@@ -1,0 +1,7 @@
+"""CLI commands of the reporting feature: `tunesmith report`."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass
