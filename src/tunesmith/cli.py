@@ -53,12 +53,13 @@ def _recipe(cfg):
 @app.command()
 def run(config: ConfigArg, smoke_test: Annotated[bool, typer.Option("--smoke-test", help="cap sizes: train 200 / eval 50 / safety 50")] = False,
         resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
+        check_thresholds: Annotated[bool, typer.Option("--check-thresholds", help="exit 1 when a preset threshold is missed")] = False,
         set_: SetOpt = None):
-    """Train → evaluate → safety → summary, as the config's recipe defines."""
+    """Train → evaluate → safety → summary → report, as the config's recipe defines."""
     _quiet_libraries()
     cfg = _load(config, set_, smoke_test)
     result = _recipe(cfg).run(cfg, resume=resume)
-    if result.get("passed") is False:
+    if check_thresholds and result.get("passed") is False:
         raise typer.Exit(1)
 
 
@@ -81,6 +82,67 @@ def validate(config: ConfigArg, set_: SetOpt = None):
     for line in report:
         typer.echo(line)
     typer.echo("config and data OK")
+
+
+@eval_app.command("eqbench")
+def eval_eqbench(model: Annotated[str, typer.Argument(help="model reference, e.g. builtin:smollm2-135m-instruct")],
+                 adapter: Annotated[Optional[Path], typer.Option("--adapter", help="LoRA adapter folder")] = None,
+                 questions: Annotated[str, typer.Option(help="v2 questions JSON or hub id")] = "../shared/data/eqbench/eq_bench_v2_questions_171.json",
+                 revise: Annotated[bool, typer.Option("--revise/--plain", help="prompt mode (plain: the harness default since v2.1)")] = False,
+                 limit: Annotated[Optional[int], typer.Option(help="first N questions only (score not comparable)")] = None,
+                 batch_size: int = 16, out: Annotated[Optional[Path], typer.Option(help="per-item JSONL")] = None):
+    """EQ-Bench v2: score and parse rate of MODEL (plus --adapter)."""
+    _quiet_libraries()
+    from tunesmith.evaluation import eqbench
+    from tunesmith.evaluation.generation import Generator
+    from tunesmith.modeling.multitask import load_for_inference
+
+    qs = eqbench.load_questions(questions)[:limit] if limit else eqbench.load_questions(questions)
+    m, tok, _ = load_for_inference(adapter, model)
+    gen = Generator(m, tok, batch_size)
+    r = eqbench.run_eqbench(gen.chat, qs, out, revise=revise)
+    typer.echo(f"EQ-Bench v2 ({'revise' if revise else 'plain'}) {model}{' + ' + str(adapter) if adapter else ''}: "
+               f"score {r.score:.2f}, parsed {r.n_parsed}/{r.n_total} ({r.parse_rate:.1%}), "
+               f"{'valid' if r.valid else 'INVALID (parse rate below the benchmark threshold)'}"
+               f"{'' if r.n_total == eqbench.N_QUESTIONS else ' — subset, not comparable to published scores'}")
+
+
+@app.command()
+def predict(adapter: Annotated[Path, typer.Argument(help="adapter folder with heads (runs/<run>/adapter)")],
+            message: Annotated[str, typer.Argument(help="a user message")],
+            model: Annotated[Optional[str], typer.Option(help="base model (default: the one it was trained from)")] = None,
+            top: int = 3):
+    """Predicted emotion and strategy (with probabilities) for a message."""
+    _quiet_libraries()
+    from tunesmith.data.chat import encode
+    from tunesmith.data.schema import Example
+    from tunesmith.data.taxonomy import EMOTIONS, STRATEGIES
+    from tunesmith.errors import ModelError
+    from tunesmith.modeling.multitask import head_logits, load_for_inference
+
+    m, tok, heads = load_for_inference(adapter, model)
+    if heads is None:
+        raise ModelError(f"{adapter} has no heads.safetensors (train with the empathy recipe)")
+    feat = encode(tok, Example(messages=[{"role": "user", "content": message}]), 2048)
+    logits = head_logits(m, heads, [feat], tok.pad_token_id)
+    for head, names in (("emotion", EMOTIONS), ("strategy", STRATEGIES)):
+        if head in logits:
+            p = logits[head][0].softmax(-1)
+            best = p.topk(min(top, len(names)))
+            typer.echo(f"{head}: " + ", ".join(f"{names[i]} {v:.2f}" for v, i in zip(best.values.tolist(), best.indices.tolist())))
+
+
+@app.command()
+def ablate(config: ConfigArg,
+           grid: Annotated[Optional[list[str]], typer.Option("--grid", help="e.g. --grid lambda_emotion=0,0.1,0.2")] = None,
+           variants: Annotated[Optional[str], typer.Option(help="comma list of: full,no_emotion,no_strategy,no_safety_kl,lm_only")] = None,
+           smoke_test: Annotated[bool, typer.Option("--smoke-test")] = False, set_: SetOpt = None):
+    """Run the empathy ablations (and a λ grid) and write one comparison table."""
+    _quiet_libraries()
+    from tunesmith.recipes import ablation
+
+    cfg = _load(config, set_, smoke_test)
+    ablation.run(cfg, grid or [], variants.split(",") if variants else None)
 
 
 @app.command()

@@ -67,6 +67,9 @@ class EmpathyData(Section):
     examples_per_epoch: int | None = Field(None, gt=0)
     history_turns: int = Field(6, gt=0)
     limit_eval: int | None = Field(None, gt=0)
+    # the base model's own reply to each safety prompt, generated once: the positions where the
+    # safety_kl term compares policy and base
+    safety_response_tokens: int = Field(48, gt=0)
 
 
 class DataConfig(Section):
@@ -99,6 +102,15 @@ class SweepConfig(Section):
     last_n: int = Field(3, gt=0)
 
 
+class EqBenchEval(Section):
+    enabled: bool = True
+    questions: str = "../shared/data/eqbench/eq_bench_v2_questions_171.json"
+    # plain = the harness's default since v2.1 (answer with the four scores only, 60 new tokens);
+    # revise = first pass, critique, revised scores (500 new tokens)
+    revise: bool = False
+    limit: int | None = Field(None, gt=0)  # fewer than 171 questions: score is marked not comparable
+
+
 class EvalConfig(Section):
     k_shot: int = Field(3, ge=0)
     max_new_tokens: int = Field(512, gt=0)
@@ -106,6 +118,8 @@ class EvalConfig(Section):
     evaluate_base: bool = False
     backend: Literal["hf", "vllm"] = "hf"
     checkpoint_sweep: SweepConfig = SweepConfig()
+    eqbench: EqBenchEval = EqBenchEval()
+    samples: bool = True  # side-by-side replies to the fixed scenario set (empathy recipe)
 
 
 class GuardConfig(Section):
@@ -189,6 +203,13 @@ class Config(Section):
         e = self.data.empathy
         e.examples_per_epoch = min(e.examples_per_epoch or self.smoke.train, self.smoke.train)
         e.limit_eval = min(e.limit_eval or self.smoke.test, self.smoke.test)
+        q = self.eval.eqbench
+        q.limit = min(q.limit or self.smoke.test, self.smoke.test)
+        if self.eval.checkpoint_sweep.enabled:
+            # enough checkpoints in a short run for the sweep to compare several
+            t = self.training
+            steps = -(-self.smoke.train // (t.batch_size * t.grad_accum))
+            t.save_steps = max(1, steps // (self.eval.checkpoint_sweep.last_n + 1)) if steps > 1 else 1
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -28,6 +28,7 @@ from tunesmith.data.chat import IGNORE, Encoded
 from tunesmith.errors import TunesmithError
 from tunesmith.io import atomic_open, write_json
 from tunesmith.modeling.heads import Heads
+from tunesmith.modeling.multitask import causal_lm, decoder_hidden
 from tunesmith.training.losses import head_ce_sum, kl_policy_base_sum, lm_nll_sum
 
 COMPONENTS = ("lm", "emotion", "strategy", "safety_kl")
@@ -87,17 +88,9 @@ class TrainModule(nn.Module):
         self.heads = heads
         self.safety_kl = safety_kl
 
-    def _causal_lm(self):
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-
-    def hidden_states(self, input_ids, attention_mask):
-        # The decoder alone: LoRA layers live inside it, and the LM head runs only where needed.
-        decoder = self._causal_lm().get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-
     def forward(self, input_ids, attention_mask, labels, pool_index, user_span, emotion, strategy, kl_mask):
-        lm_head = self._causal_lm().get_output_embeddings()
-        hidden = self.hidden_states(input_ids, attention_mask)
+        lm_head = causal_lm(self.model).get_output_embeddings()
+        hidden = decoder_hidden(self.model, input_ids, attention_mask)
         zero = hidden.new_zeros((), dtype=torch.float32)
         out = {"lm": lm_nll_sum(hidden, labels, lm_head), "emotion": zero, "strategy": zero, "safety_kl": zero}
         if self.heads is not None and ((emotion >= 0).any() or (strategy >= 0).any()):
@@ -110,7 +103,7 @@ class TrainModule(nn.Module):
             rows = kl_mask.any(1)
             policy = lm_head(hidden[kl_mask])
             with torch.no_grad(), self.model.disable_adapter():
-                base_hidden = self.hidden_states(input_ids[rows], attention_mask[rows])
+                base_hidden = decoder_hidden(self.model, input_ids[rows], attention_mask[rows])
                 base = lm_head(base_hidden[kl_mask[rows]])
             out["safety_kl"] = kl_policy_base_sum(policy, base)
         return out
@@ -349,3 +342,22 @@ class Trainer:
             with atomic_open(self.run_dir / "training_history.json") as f:
                 json.dump(self.state.history, f, indent=1)
         return d
+
+
+@torch.no_grad()
+def evaluate_loss(module: TrainModule, features: list[Encoded], pad_id: int, batch_size: int = 8) -> dict[str, float | None]:
+    """Each loss component's mean over held-out examples (same normalisation as training)."""
+    was = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)
+    norm = torch.zeros(len(COMPONENTS), dtype=torch.float64)
+    try:
+        for b in range(0, len(features), batch_size):
+            batch = collate(features[b : b + batch_size], pad_id)
+            norm += counts(batch)
+            out = module(**{k: v.to(device) for k, v in batch.items()})
+            sums += torch.tensor([float(out[k]) for k in COMPONENTS], dtype=torch.float64)
+    finally:
+        module.train(was)
+    return {k: (float(sums[j] / norm[j]) if norm[j] > 0 else None) for j, k in enumerate(COMPONENTS)}
