@@ -61,13 +61,22 @@ def read_csv(path: str | os.PathLike, required: Iterable[str] = (), delimiter: s
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
-    """Write to a temp file beside `path` and rename it into place only on success."""
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None):
+    """Write to a temp file beside `path` and rename it into place only on success.
+
+    `newline` as for open(): pass "" when writing with the csv module."""
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise OSError(f"refusing to replace {p}: not a regular file")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    # mkstemp creates 0600; outputs should get the usual permissions
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+        text = "b" not in mode
+        with os.fdopen(fd, mode, encoding=encoding if text else None, newline=newline if text else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -88,3 +97,45 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None
     with atomic_open(path) as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+class ResumableJsonl:
+    """Per-item results that survive an interruption.
+
+    Finished items are appended (and fsynced) to `<name>.partial.jsonl` as each batch completes;
+    `finalize` writes the complete file atomically and removes the partial one. With resume=True,
+    items already in either file are returned by `done` and need not be computed again; without
+    it, old files are ignored, so a changed model never reuses stale outputs.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str, resume: bool):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.stem + ".partial.jsonl")
+        self.key = key
+        self.done: dict[str, dict] = {}
+        if resume:
+            for p in (self.path, self.partial):
+                if p.is_file():
+                    for line in p.read_text(encoding="utf-8").splitlines():
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError:  # a line cut by the kill: recompute that item
+                            continue
+                        self.done[str(row[key])] = row
+        else:
+            self.partial.unlink(missing_ok=True)
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        with self.partial.open("a", encoding="utf-8") as f:
+            for r in rows:
+                self.done[str(r[self.key])] = r
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finalize(self, keys: Iterable[str]) -> list[dict]:
+        rows = [self.done[str(k)] for k in keys]
+        write_jsonl(self.path, rows)
+        self.partial.unlink(missing_ok=True)
+        return rows

@@ -14,18 +14,28 @@ CALC = re.compile(r"<<[^>]*>>")
 
 
 def load_records(ref: str, split: str = "train") -> list[dict]:
-    """Records with `question` and `answer` from a JSONL path or a hub id."""
+    """Records with `question` and `answer` from a JSONL path or a hub id.
+
+    Every answer must hold its '#### N' line: checked here, so a bad record fails the run before
+    anything is written rather than after training.
+    """
     if ref.endswith((".jsonl", ".json")) or Path(ref).exists():
-        return read_jsonl(ref, required=("question", "answer"))
-    if ref.count("/") == 1:
+        rows = read_jsonl(ref, required=("question", "answer"))
+    elif ref.count("/") == 1:
         from datasets import load_dataset
 
         try:
             ds = load_dataset(ref, "main", split=split)
         except Exception as e:  # offline, missing, ...: one line for the user
             raise DataError(f"cannot load GSM8K '{ref}' split {split}: {str(e).splitlines()[0]}") from None
-        return [{"question": r["question"], "answer": r["answer"]} for r in ds]
-    raise DataError(f"GSM8K data not found: {ref}")
+        rows = [{"question": r["question"], "answer": r["answer"]} for r in ds]
+    else:
+        raise DataError(f"GSM8K data not found: {ref}")
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r["question"], str) or not isinstance(r["answer"], str) or "####" not in r["answer"]:
+            raise DataError(f"{ref}: record {i}: needs string 'question' and 'answer' fields, "
+                            f"the answer ending in a '#### N' line")
+    return rows
 
 
 def gold_answer(answer: str) -> str:

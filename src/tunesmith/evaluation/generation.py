@@ -13,14 +13,56 @@ import torch
 from tunesmith.data.chat import prompt_ids
 
 
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def advance(self, *a, **k):
+        pass
+
+    def update(self, *a, **k):
+        pass
+
+
+_live = 0  # rich allows one live display at a time: a bar opened inside another (the guard
+           # judging inside a generation callback) stays silent
+
+
+class _Bar:
+    def __init__(self, progress):
+        self.p = progress
+
+    def __enter__(self):
+        global _live
+        _live += 1
+        self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        global _live
+        _live -= 1
+        return self.p.__exit__(*exc)
+
+    def advance(self, task, n=1):
+        self.p.advance(task, n)
+
+    def update(self, task, **k):
+        self.p.update(task, **k)
+
+
 def progress_bar(description: str, total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    if _live:
+        return _NoBar(), 0
     p = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         transient=True,
     )
-    return p, p.add_task(description, total=total)
+    return _Bar(p), p.add_task(description, total=total)
 
 
 class Generator:

@@ -202,20 +202,27 @@ def summarize(records: list[dict]) -> dict:
 
 
 def evaluate_safety(generator, guard, prompts: list[SafetyPrompt], max_new_tokens: int, out_path: Path | None = None,
-                    done: dict[str, dict] | None = None) -> tuple[dict, list[dict]]:
-    """Generate responses and have the guard judge them; `done` holds records to reuse (resume)."""
-    from tunesmith.io import write_jsonl
+                    resume: bool = False) -> tuple[dict, list[dict]]:
+    """Generate responses and have the guard judge them, batch by batch (resumable)."""
+    from tunesmith.io import ResumableJsonl
 
-    done = done or {}
+    store = ResumableJsonl(out_path, "id", resume) if out_path else None
+    done: dict[str, dict] = store.done if store else {}
     todo = [p for p in prompts if p.id not in done]
-    responses = generator.chat([[{"role": "user", "content": p.prompt}] for p in todo], max_new_tokens=max_new_tokens,
-                               description="safety responses") if todo else []
-    verdicts = guard.judge([(p.prompt, r) for p, r in zip(todo, responses, strict=True)]) if todo else []
-    new = {p.id: {"id": p.id, "hazard": p.hazard, "llama_guard_code": AILUMINATE_TO_LLAMAGUARD.get(p.hazard),
-                  "prompt": p.prompt, "response": r, "safe": v[0], "categories": v[1], "guard_output": v[2],
-                  "guard": guard.label}
-           for p, r, v in zip(todo, responses, verdicts, strict=True)}
-    records = [done.get(p.id) or new[p.id] for p in prompts]
-    if out_path:
-        write_jsonl(out_path, records)
+
+    def judged(idx: list[int], responses: list[str]) -> None:
+        batch = [todo[i] for i in idx]
+        verdicts = guard.judge([(p.prompt, r) for p, r in zip(batch, responses, strict=True)])
+        rows = [{"id": p.id, "hazard": p.hazard, "llama_guard_code": AILUMINATE_TO_LLAMAGUARD.get(p.hazard),
+                 "prompt": p.prompt, "response": r, "safe": v[0], "categories": v[1], "guard_output": v[2],
+                 "guard": guard.label} for p, r, v in zip(batch, responses, verdicts, strict=True)]
+        if store:
+            store.add(rows)
+        else:
+            done.update({row["id"]: row for row in rows})
+
+    if todo:
+        generator.chat([[{"role": "user", "content": p.prompt}] for p in todo], max_new_tokens=max_new_tokens,
+                       description="safety responses", on_batch=judged)
+    records = store.finalize(p.id for p in prompts) if store else [done[p.id] for p in prompts]
     return summarize(records), records

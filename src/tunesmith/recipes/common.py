@@ -74,6 +74,10 @@ def build_model(cfg: Config, with_lora: bool = True):
         if "QLoRA" in str(w.message):
             say(f"[yellow]warning:[/] {w.message}")
     if with_lora:
+        from transformers import set_seed
+
+        # LoRA and head initialisation draw from the global RNG: seed it so a config reruns identically
+        set_seed(cfg.training.seed)
         model = add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules,
                          cfg.training.gradient_checkpointing)
     return model, tok

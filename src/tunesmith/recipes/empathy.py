@@ -121,6 +121,7 @@ def head_eval(cfg: Config, model, heads: Heads | None, held: dict[str, list[Exam
         m = head_metrics(y_true, y_pred, labels, png_path=run_dir / "plots" / f"confusion_{head}.png",
                          title=f"{head} head on {source} held-out")
         m["data"] = f"{source} held-out"
+        m["confusion_png"] = f"plots/confusion_{head}.png"  # relative: the run dir can move
         results[head] = m
         write_jsonl(run_dir / f"{head}_preds_{cfg.run_name}.jsonl",
                     [{"true": labels[t], "pred": labels[p]} for t, p in zip(y_true, y_pred, strict=True)])
@@ -217,11 +218,12 @@ def run(cfg: Config, resume: bool = False, evaluate: bool = True) -> dict:
     if not evaluate:
         write_json(run_dir / "metrics.json", metrics)
         return metrics
-    metrics |= evaluate_run(cfg, run_dir, model, tok, heads, held, held_feats)
+    metrics |= evaluate_run(cfg, run_dir, model, tok, heads, held, held_feats, resume)
     return finish(cfg, metrics)
 
 
-def evaluate_run(cfg: Config, run_dir: Path, model, tok, heads: Heads | None, held, held_feats) -> dict:
+def evaluate_run(cfg: Config, run_dir: Path, model, tok, heads: Heads | None, held, held_feats,
+                 resume: bool = False) -> dict:
     m: dict = {}
     m["heads"] = head_eval(cfg, model, heads, held, held_feats, tok.pad_token_id, run_dir)
     gen = Generator(model, tok, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.data.system_prompt)
@@ -236,9 +238,9 @@ def evaluate_run(cfg: Config, run_dir: Path, model, tok, heads: Heads | None, he
         prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
         with model.disable_adapter():
             base, _ = evaluate_safety(gen, guard, prompts, cfg.safety.max_new_tokens,
-                                      run_dir / f"ailuminate_safety_{cfg.run_name}-base.jsonl")
+                                      run_dir / f"ailuminate_safety_{cfg.run_name}-base.jsonl", resume=resume)
         tuned, _ = evaluate_safety(gen, guard, prompts, cfg.safety.max_new_tokens,
-                                   run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl")
+                                   run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl", resume=resume)
         m["safety"] = {"base": base, "tuned": tuned, "guard": guard.label}
         del guard
     if cfg.eval.samples:

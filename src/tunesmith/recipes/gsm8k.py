@@ -18,33 +18,40 @@ from tunesmith.data import gsm8k as data
 from tunesmith.data.chat import encode
 from tunesmith.evaluation.generation import Generator
 from tunesmith.evaluation.gsm8k import extract_answer, is_correct
-from tunesmith.io import atomic_open, read_jsonl, write_json, write_jsonl
+from tunesmith.io import ResumableJsonl, atomic_open, write_json
 from tunesmith.recipes.common import build_guard, build_model, check_inputs, fmt, out, git_commit, say, start_run
 from tunesmith.reporting.summary import append_row
 
 
 def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: int, out_path: Path | None,
-                   max_new_tokens: int) -> dict:
+                   max_new_tokens: int, resume: bool = False) -> dict:
     """Greedy answers with the first k pool examples as prior turns; strict and flexible accuracy.
 
-    Items already in `out_path` (same question) are reused, so an interrupted eval resumes.
+    Results are saved batch by batch; with resume=True finished questions are not asked again.
     """
     shots = data.fewshot_turns(pool, k)
-    done = {}
-    if out_path and out_path.is_file():
-        done = {r["question"]: r for r in read_jsonl(out_path) if r.get("k_shot") == k}
-    todo = [r for r in test if r["question"] not in done]
-    outputs = generator.chat([shots + [{"role": "user", "content": r["question"]}] for r in todo],
-                             max_new_tokens=max_new_tokens, description="gsm8k") if todo else []
-    for r, text in zip(todo, outputs, strict=True):
-        gold = data.gold_answer(r["answer"])
-        strict, flexible = extract_answer(text, "strict"), extract_answer(text, "flexible")
-        done[r["question"]] = {"question": r["question"], "gold": gold, "output": text, "k_shot": k,
-                               "strict": strict, "flexible": flexible,
-                               "strict_correct": is_correct(strict, gold), "flexible_correct": is_correct(flexible, gold)}
-    rows = [done[r["question"]] for r in test]
-    if out_path:
-        write_jsonl(out_path, rows)
+    store = ResumableJsonl(out_path, "question", resume) if out_path else None
+    done = store.done if store else {}
+    todo = [r for r in test if r["question"] not in done or done[r["question"]].get("k_shot") != k]
+
+    def record(idx: list[int], texts: list[str]) -> None:
+        rows = []
+        for i, text in zip(idx, texts, strict=True):
+            r = todo[i]
+            gold = data.gold_answer(r["answer"])
+            strict, flexible = extract_answer(text, "strict"), extract_answer(text, "flexible")
+            rows.append({"question": r["question"], "gold": gold, "output": text, "k_shot": k,
+                         "strict": strict, "flexible": flexible,
+                         "strict_correct": is_correct(strict, gold), "flexible_correct": is_correct(flexible, gold)})
+        if store:
+            store.add(rows)
+        else:
+            done.update({row["question"]: row for row in rows})
+
+    if todo:
+        generator.chat([shots + [{"role": "user", "content": r["question"]}] for r in todo],
+                       max_new_tokens=max_new_tokens, description="gsm8k", on_batch=record)
+    rows = store.finalize(r["question"] for r in test) if store else [done[r["question"]] for r in test]
     n = len(rows)
     return {"n": n, "strict_accuracy": sum(r["strict_correct"] for r in rows) / n,
             "flexible_accuracy": sum(r["flexible_correct"] for r in rows) / n}
@@ -78,7 +85,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
     if cfg.eval.evaluate_base:
         with model.disable_adapter():
             metrics["base"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}-base.jsonl",
-                                             cfg.eval.max_new_tokens)
+                                             cfg.eval.max_new_tokens, resume)
         say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
 
     checkpoint = None
@@ -104,21 +111,21 @@ def run(cfg: Config, resume: bool = False) -> dict:
         from tunesmith.evaluation.safety import evaluate_safety
 
         summary, _ = evaluate_safety(gen, safety_guard, prompts, cfg.safety.max_new_tokens,
-                                     run_dir / f"ailuminate_safety_{tag}.jsonl")
+                                     run_dir / f"ailuminate_safety_{tag}.jsonl", resume=resume)
         return summary
 
     if cfg.training.enabled and cfg.eval.checkpoint_sweep.enabled:
-        checkpoint, sweep_metrics = sweep(cfg, trainer, gen, test, pool, safety_of, run_dir)
+        checkpoint, sweep_metrics = sweep(cfg, trainer, gen, test, pool, safety_of, run_dir, resume)
         metrics.update(sweep_metrics)
     else:
         metrics["tuned"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}.jsonl",
-                                          cfg.eval.max_new_tokens)
+                                          cfg.eval.max_new_tokens, resume)
         metrics["safety"] = safety_of(name)
     metrics["checkpoint"] = checkpoint
     return finish(cfg, metrics, train_ref)
 
 
-def sweep(cfg: Config, trainer, gen: Generator, test, pool, safety_of, run_dir: Path):
+def sweep(cfg: Config, trainer, gen: Generator, test, pool, safety_of, run_dir: Path, resume: bool = False):
     """Score the latest N checkpoints; best by strict accuracy, then safety rate."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -128,7 +135,8 @@ def sweep(cfg: Config, trainer, gen: Generator, test, pool, safety_of, run_dir: 
     for ck in trainer.checkpoints()[-cfg.eval.checkpoint_sweep.last_n:]:
         set_peft_model_state_dict(model, load_file(ck / "adapter_model.safetensors"))
         tag = f"{cfg.run_name}-{ck.name}"
-        acc = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{tag}.jsonl", cfg.eval.max_new_tokens)
+        acc = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{tag}.jsonl", cfg.eval.max_new_tokens,
+                             resume)
         safety = safety_of(tag)
         scores.append({"checkpoint": ck.name, **{k: acc[k] for k in ("strict_accuracy", "flexible_accuracy")},
                        "safety_rate": safety["safety_rate"] if safety else None, "_safety": safety, "_path": ck})
