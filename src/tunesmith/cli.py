@@ -23,6 +23,10 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a c
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    # deprecation chatter from inside peft/transformers, not actionable by a user
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*|peft\..*")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -170,6 +174,9 @@ def _register_plugins() -> None:
 
     chat_commands.register(app)
     report_commands.register(app)
+    from tunesmith import dpo_commands
+
+    dpo_commands.register(app)
 
 
 _register_plugins()

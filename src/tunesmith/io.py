@@ -116,12 +116,16 @@ class ResumableJsonl:
         if resume:
             for p in (self.path, self.partial):
                 if p.is_file():
-                    for line in p.read_text(encoding="utf-8").splitlines():
+                    text = p.read_text(encoding="utf-8")
+                    for line in text.splitlines():
                         try:
                             row = json.loads(line)
                         except json.JSONDecodeError:  # a line cut by the kill: recompute that item
                             continue
                         self.done[str(row[key])] = row
+                    if p == self.partial and text and not text.endswith("\n"):
+                        with p.open("a", encoding="utf-8") as f:  # the next rows start on a line of their own
+                            f.write("\n")
         else:
             self.partial.unlink(missing_ok=True)
 

@@ -148,6 +148,15 @@ def pick_dtype(name: str) -> torch.dtype:
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
+def _remote_code_error(ref: str, e: ValueError) -> ModelError | None:
+    """transformers refuses a model that needs custom code (auto_map) without trust_remote_code,
+    with a multi-line ValueError; this says which config key allows it."""
+    if "trust_remote_code" not in str(e):
+        return None
+    return ModelError(f"'{ref}' needs custom code; it is not run unless the config sets model.trust_remote_code: true "
+                      "(only for code you have read)")
+
+
 def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -156,6 +165,11 @@ def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: boo
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code, **kw)
     except OSError as e:
         raise ModelError(f"cannot load tokenizer for '{ref}': {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        err = _remote_code_error(ref, e)
+        if err is None:
+            raise
+        raise err from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -200,7 +214,15 @@ def load_model(
             path, dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=True, **kw
         )
     except OSError as e:
-        raise ModelError(f"cannot load model '{ref}': {str(e).splitlines()[0]}") from None
+        msg = str(e).splitlines()[0]
+        if "safetensors" in msg:  # use_safetensors=True: a pickled .bin is never unpickled
+            msg += " (tunesmith loads weights only from .safetensors files, never pickled .bin/.pt files)"
+        raise ModelError(f"cannot load model '{ref}': {msg}") from None
+    except ValueError as e:
+        err = _remote_code_error(ref, e)
+        if err is None:
+            raise
+        raise err from None
     return model
 
 

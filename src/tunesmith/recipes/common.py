@@ -13,7 +13,7 @@ from rich.console import Console
 from tunesmith.config import Config
 from tunesmith.io import require_file, write_json
 
-console = Console(stderr=True)  # progress and messages
+console = Console(stderr=True, soft_wrap=True)  # progress and messages; no wrapping of paths in logs
 out = Console()  # results tables
 
 
@@ -42,17 +42,28 @@ def provenance() -> dict:
 
 def check_inputs(cfg: Config) -> None:
     """Fail before anything is written: missing files must not leave a half-made run dir."""
-    from tunesmith.modeling.loading import resolve
+    from tunesmith.data.chat import render, with_system
+    from tunesmith.modeling.loading import load_tokenizer, resolve
 
     resolve(cfg.model.name)
+    # the tokenizer and a chat template that takes every role the run uses (system prompt, user,
+    # assistant): an unknown hub id or a template that rejects a role fails here
+    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    render(tok, with_system([{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}],
+                            cfg.data.system_prompt))
     if cfg.safety.enabled:
+        from tunesmith.evaluation.safety import load_categories, load_prompts
+
         require_file(cfg.safety.prompts, "safety prompt file (safety.prompts)")
+        load_prompts(cfg.safety.prompts)  # every row parsed now: a bad CSV must not fail after training
         if cfg.safety.guard.model != "self":
             resolve(cfg.safety.guard.model)
+            load_tokenizer(cfg.safety.guard.model, trust_remote_code=cfg.model.trust_remote_code)
         if cfg.safety.guard.guidelines:
             require_file(cfg.safety.guard.guidelines, "safety guidelines file (safety.guard.guidelines)")
         if cfg.safety.guard.categories:
             require_file(cfg.safety.guard.categories, "guard categories file (safety.guard.categories)")
+            load_categories(cfg.safety.guard.categories)
 
 
 def start_run(cfg: Config) -> Path:

@@ -16,6 +16,7 @@ from rich.table import Table
 from tunesmith.config import Config
 from tunesmith.data import gsm8k as data
 from tunesmith.data.chat import encode
+from tunesmith.errors import DataError
 from tunesmith.evaluation.generation import Generator
 from tunesmith.evaluation.gsm8k import extract_answer, is_correct
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
@@ -67,6 +68,10 @@ def load_data(cfg: Config, run_dir: Path | None):
         data.save_pool(pool, run_dir / "data" / "fewshot_pool.jsonl")
     train = data.subset(train, g.limit_train, cfg.training.seed)
     test = data.subset(test, g.limit_test, g.test_seed)
+    if cfg.training.enabled and not train:
+        raise DataError(f"{train_ref}: no training records left after removing the {len(pool)}-question few-shot pool")
+    if not test:
+        raise DataError(f"{g.test}: no test records")
     return train_ref, train, test, pool
 
 

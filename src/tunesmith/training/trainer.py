@@ -15,6 +15,8 @@ import json
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +90,10 @@ class TrainModule(nn.Module):
         self.heads = heads
         self.safety_kl = safety_kl
 
+    @property
+    def _no_split_modules(self):  # FSDP's transformer-layer auto-wrap reads it from the top module
+        return getattr(causal_lm(self.model), "_no_split_modules", None)
+
     def forward(self, input_ids, attention_mask, labels, pool_index, user_span, emotion, strategy, kl_mask):
         lm_head = causal_lm(self.model).get_output_embeddings()
         hidden = decoder_hidden(self.model, input_ids, attention_mask)
@@ -148,7 +154,12 @@ class Trainer:
             "lm": self.loss_cfg.lambda_lm, "emotion": self.loss_cfg.lambda_emotion,
             "strategy": self.loss_cfg.lambda_strategy, "safety_kl": self.loss_cfg.lambda_safety_kl,
         }
-        self.accelerator = Accelerator()
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        # heads skip a batch without head labels; under DDP that batch's process must still
+        # take part in the gradient all-reduce for them
+        self.accelerator = Accelerator(
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=heads is not None)])
         torch.manual_seed(cfg.seed)
         self.module = TrainModule(model, heads, safety_kl=safety_kl and self.weights["safety_kl"] > 0)
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -156,7 +167,8 @@ class Trainer:
         first = epoch_data(0)
         if not first:
             raise TunesmithError("training set is empty after filtering")
-        self.steps_per_epoch = math.ceil(math.ceil(len(first) / cfg.batch_size) / cfg.grad_accum)
+        batches_per_process = math.ceil(math.ceil(len(first) / cfg.batch_size) / self.accelerator.num_processes)
+        self.steps_per_epoch = math.ceil(batches_per_process / cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         from transformers import get_scheduler
 
@@ -170,7 +182,7 @@ class Trainer:
     # ---- data -------------------------------------------------------------------------------
     def _epoch(self, epoch: int):
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            data = self.epoch_data(epoch) if epoch else self.epoch_data(0)
+            data = self.epoch_data(epoch)
             batches = batches_for_epoch([len(e.input_ids) for e in data], self.cfg.batch_size, self.cfg.seed, epoch)
             # each process takes its own share of the batches (DDP); one process takes all
             n, r = self.accelerator.num_processes, self.accelerator.process_index
@@ -200,11 +212,24 @@ class Trainer:
         acc = self.accelerator
         self.module.train()
         device = acc.device
-        tokens_seen = 0
+        tokens_seen = self.state.history[-1].get("tokens", 0) if self.state.history else 0
         from tunesmith.evaluation.generation import progress_bar
 
         bar, task = progress_bar("training", self.total_steps)
         bar.update(task, completed=self.state.step)
+        # Ctrl-C takes effect at the end of the current optimizer step: stopping inside one would
+        # checkpoint a half-consumed window (data position ahead of the weights) or weights already
+        # stepped with the step counter not yet advanced, and the resumed run would differ.
+        interrupted: list[int] = []
+
+        def on_sigint(signum, frame):
+            if interrupted:  # a second Ctrl-C: stop now; the last checkpoint stays as it was
+                raise KeyboardInterrupt
+            interrupted.append(signum)
+            self.log("Ctrl-C: saving a checkpoint after the current step (press again to stop without saving)")
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
         try:
             with bar:
                 while self.state.step < self.total_steps:
@@ -213,8 +238,11 @@ class Trainer:
                     norm = sum(counts(b) for b in window).to(device)
                     norm = acc.reduce(norm, reduction="sum") if acc.num_processes > 1 else norm
                     sums = {k: 0.0 for k in COMPONENTS}
+                    step_tokens = 0
                     for i, batch in enumerate(window):
                         batch = {k: v.to(device) for k, v in batch.items()}
+                        if self._deepspeed:  # its engine steps inside backward at a window's last micro-batch only
+                            acc.gradient_state._set_sync_gradients(i == len(window) - 1)
                         sync = acc.no_sync(self.module) if i < len(window) - 1 else contextlib.nullcontext()
                         with sync:
                             out = self.module(**batch)
@@ -226,8 +254,13 @@ class Trainer:
                             if torch.is_tensor(loss):
                                 # DDP averages gradients over processes; the normaliser is already global
                                 acc.backward(loss * acc.num_processes)
-                        tokens_seen += int(batch["attention_mask"].sum())
-                    parts = {k: sums[k] / float(norm[j]) for j, k in enumerate(COMPONENTS) if norm[j] > 0}
+                        step_tokens += int(batch["attention_mask"].sum())
+                    # the logged loss and token count cover every process's share of the window
+                    totals = torch.tensor([*(sums[k] for k in COMPONENTS), step_tokens], dtype=torch.float64,
+                                          device=device)
+                    totals = acc.reduce(totals, reduction="sum") if acc.num_processes > 1 else totals
+                    tokens_seen += int(totals[-1])
+                    parts = {k: float(totals[j]) / float(norm[j]) for j, k in enumerate(COMPONENTS) if norm[j] > 0}
                     total = sum(self.weights[k] * v for k, v in parts.items())
                     if not math.isfinite(total):
                         ckpt = self.latest_checkpoint()
@@ -236,7 +269,8 @@ class Trainer:
                         )
                     grad_norm = None
                     if self.cfg.max_grad_norm:
-                        grad_norm = float(acc.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm))
+                        gn = acc.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
+                        grad_norm = None if gn is None else float(gn)
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -247,12 +281,20 @@ class Trainer:
                            "grad_norm": grad_norm, "tokens": tokens_seen, "step_seconds": round(dt, 4)}
                     self.state.history.append(rec)
                     bar.update(task, advance=1, description=f"training loss {total:.4f}")
-                    if self.cfg.save_steps and self.state.step % self.cfg.save_steps == 0:
+                    saved = self.cfg.save_steps and self.state.step % self.cfg.save_steps == 0
+                    if saved:
                         self.save_checkpoint()
-        except KeyboardInterrupt:
-            path = self.save_checkpoint()
-            self.log(f"interrupted at step {self.state.step}; checkpoint saved to {path}; continue with --resume")
-            raise
+                    stop = bool(interrupted)
+                    if acc.num_processes > 1:  # every process stops at the same step
+                        stop = bool(acc.reduce(torch.tensor(float(stop), device=device), reduction="sum") > 0)
+                    if stop:
+                        path = self.latest_checkpoint() if saved else self.save_checkpoint()
+                        self.log(f"interrupted at step {self.state.step}; checkpoint saved to {path}; "
+                                 "continue with --resume")
+                        raise KeyboardInterrupt
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
         if not self.cfg.save_steps or self.state.step % self.cfg.save_steps:
             self.save_checkpoint()
         self.save_final()
