@@ -4,7 +4,7 @@ Why not an HF Trainer subclass: the empathy recipe needs one forward that feeds 
 heads and a KL against the adapter-disabled model, each normalised over the whole accumulation
 window (token counts for the LM and KL, labelled rows for the heads). Trainer's compute_loss
 averages per micro-batch and materialises full-vocabulary logits; working around both costs more
-code than this loop, and the loop is ~1.5× faster on CPU (see BENCHMARKS.md). Distribution
+code than this loop, and the loop is faster on CPU (see BENCHMARKS.md). Distribution
 (DDP/FSDP/DeepSpeed), mixed precision and device placement stay accelerate's job.
 """
 
@@ -157,8 +157,10 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         # heads skip a batch without head labels; under DDP that batch's process must still
-        # take part in the gradient all-reduce for them
+        # take part in the gradient all-reduce for them. The scheduler counts optimizer steps:
+        # accelerate would otherwise step it once per process each step (N× too fast a decay).
         self.accelerator = Accelerator(
+            step_scheduler_with_optimizer=False,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=heads is not None)])
         torch.manual_seed(cfg.seed)
         self.module = TrainModule(model, heads, safety_kl=safety_kl and self.weights["safety_kl"] > 0)
@@ -176,6 +178,13 @@ class Trainer:
                                        num_training_steps=self.total_steps)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(self.module, self.optimizer, self.scheduler)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        from accelerate.utils import DistributedType
+
+        dist = self.accelerator.distributed_type
+        self._deepspeed = dist == DistributedType.DEEPSPEED
+        # FSDP and DeepSpeed hold weights (ZeRO-3/FSDP) or optimizer state sharded: saving gathers
+        # the weights first, a collective every process joins; their optimizer state is not saved
+        self._sharded = dist in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         self.state = TrainState()
         self._epoch_cache: tuple[int, list[Encoded], list[list[int]]] | None = None
 
@@ -216,6 +225,10 @@ class Trainer:
         from tunesmith.evaluation.generation import progress_bar
 
         bar, task = progress_bar("training", self.total_steps)
+        import sys
+
+        interactive = sys.stderr.isatty()
+        log_every = max(1, self.total_steps // 20)
         bar.update(task, completed=self.state.step)
         # Ctrl-C takes effect at the end of the current optimizer step: stopping inside one would
         # checkpoint a half-consumed window (data position ahead of the weights) or weights already
@@ -281,6 +294,14 @@ class Trainer:
                            "grad_norm": grad_norm, "tokens": tokens_seen, "step_seconds": round(dt, 4)}
                     self.state.history.append(rec)
                     bar.update(task, advance=1, description=f"training loss {total:.4f}")
+                    if not interactive and (self.state.step % log_every == 0 or self.state.step == self.total_steps):
+                        # no live bar in a log file: a line every ~5% of the run instead
+                        h = self.state.history
+                        before = h[-log_every - 1]["tokens"] if len(h) > log_every else 0
+                        secs = sum(r["step_seconds"] for r in h[-log_every:])
+                        parts_txt = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
+                        self.log(f"step {self.state.step}/{self.total_steps} loss {total:.4f} ({parts_txt}) "
+                                 f"{(h[-1]['tokens'] - before) / secs if secs else 0:.0f} tokens/s")
                     saved = self.cfg.save_steps and self.state.step % self.cfg.save_steps == 0
                     if saved:
                         self.save_checkpoint()
@@ -308,24 +329,38 @@ class Trainer:
     def unwrapped(self) -> TrainModule:
         return self.accelerator.unwrap_model(self.module)
 
-    def _save_weights(self, d: Path) -> None:
+    def _gathered_state(self) -> dict | None:
+        """Full state dict under FSDP/DeepSpeed (every process must call this), else None."""
+        return self.accelerator.get_state_dict(self.module) if self._sharded else None
+
+    def _save_weights(self, d: Path, state: dict | None = None) -> None:
         m = self.unwrapped()
-        m.model.save_pretrained(d, safe_serialization=True)
+        if state is None:
+            m.model.save_pretrained(d, safe_serialization=True)
+            if m.heads is not None:
+                m.heads.save(d)
+            return
+        m.model.save_pretrained(d, state_dict={k[6:]: v for k, v in state.items() if k.startswith("model.")},
+                                safe_serialization=True)
         if m.heads is not None:
-            m.heads.save(d)
+            full = Heads(**m.heads.config())
+            full.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("heads.")})
+            full.save(d)
 
     def save_checkpoint(self) -> Path:
         """Adapter, heads, optimizer, scheduler, RNG and data position; written to a temp dir
         and renamed, so a kill mid-save never leaves a checkpoint that looks complete."""
         acc = self.accelerator
         final = self.ckpt_root / f"checkpoint-{self.state.step}"
+        state = self._gathered_state()
         if acc.is_main_process:
             tmp = self.ckpt_root / f".tmp-checkpoint-{self.state.step}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            self._save_weights(tmp)
+            self._save_weights(tmp, state)
             torch.save({
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": None if self._sharded else self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "step": self.state.step, "epoch": self.state.epoch,
                 "batch_in_epoch": self.state.batch_in_epoch,
             }, tmp / "trainer_state.pt")
@@ -366,6 +401,9 @@ class Trainer:
         if m.heads is not None and (path / "heads.safetensors").is_file():
             m.heads.load_state_dict(load_file(path / "heads.safetensors"))
         st = torch.load(path / "trainer_state.pt", weights_only=True)
+        if st["optimizer"] is None or self._sharded:
+            raise TunesmithError(f"{path}: --resume works for single-process and DDP runs, not FSDP/DeepSpeed ones; "
+                                 "each checkpoint's adapter is complete, start a new run from it instead")
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["torch_rng"])
@@ -375,14 +413,16 @@ class Trainer:
 
     def save_final(self) -> Path:
         d = self.run_dir / "adapter"
+        state = self._gathered_state()
         if self.accelerator.is_main_process:
             tmp = self.run_dir / ".tmp-adapter"
             shutil.rmtree(tmp, ignore_errors=True)
-            self._save_weights(tmp)
+            self._save_weights(tmp, state)
             shutil.rmtree(d, ignore_errors=True)
             tmp.rename(d)
             with atomic_open(self.run_dir / "training_history.json") as f:
                 json.dump(self.state.history, f, indent=1)
+        self.accelerator.wait_for_everyone()
         return d
 
 
