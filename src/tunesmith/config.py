@@ -167,6 +167,40 @@ class SmokeCaps(Section):
     safety: int = 50
 
 
+DPO_LOSS_TYPES = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                         "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+
+
+class DpoConfig(Section):
+    """Preference tuning (`tunesmith dpo`): a new LoRA adapter (shape from `lora:`) trained with TRL's
+    DPOTrainer on top of the SFT model; the reference is the SFT model (the new adapter disabled)."""
+
+    # prompt/chosen/rejected JSONL (`tunesmith pairs` writes it)
+    pairs: str | None = None
+    # held-out pairs for the reward-margin check; None: `heldout_size` pairs split off `pairs` (seeded)
+    heldout: str | None = None
+    heldout_size: int = Field(16, ge=0)
+    # SFT adapter folder (runs/<run>/adapter) merged into the base as the frozen starting point;
+    # None: preference-tune the base model itself
+    sft_adapter: str | None = None
+    beta: float = Field(0.1, gt=0)
+    loss_type: DPO_LOSS_TYPES = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(1024, gt=16)  # prompt + reply tokens
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    logging_steps: int = Field(1, gt=0)
+    eval_batch_size: int = Field(8, gt=0)  # reward-margin evaluation
+
+
 class Config(Section):
     recipe: Literal["gsm8k", "empathy"] = "gsm8k"
     run_name: str = "run"
@@ -183,6 +217,7 @@ class Config(Section):
     loss: LossConfig = LossConfig()
     thresholds: Thresholds = Thresholds()
     smoke: SmokeCaps = SmokeCaps()
+    dpo: DpoConfig = DpoConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -78,6 +78,11 @@ class Generator:
         eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
         self.eos_ids = sorted(e for e in eos if e is not None)
 
+    def disable_adapter(self):
+        """Base-model replies inside the block (PeftModel.disable_adapter); the same call works
+        on the vLLM backend's generator."""
+        return self.model.disable_adapter()
+
     @torch.inference_mode()
     def generate_ids(self, prompts: Sequence[list[int]], max_new_tokens: int | None = None,
                      on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
@@ -146,3 +151,24 @@ class Generator:
 
         ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description)
         return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+
+
+def make_generator(backend: str, model=None, tokenizer=None, batch_size: int = 16, max_new_tokens: int = 256,
+                   system_prompt: str | None = None, *, model_ref: str | None = None, adapter_dir=None,
+                   dtype: str = "auto"):
+    """The generator for `eval.backend`: "hf" = `Generator` on the model in memory; "vllm" =
+    `vllm_backend.VLLMGenerator` on `model_ref` with `adapter_dir` served as a LoRA (same `.chat`
+    API, and `.disable_adapter()` for base-model replies). Raises a one-line error when vllm is absent."""
+    if backend == "vllm":
+        from tunesmith.errors import ConfigError
+        from tunesmith.evaluation.vllm_backend import VLLMGenerator
+
+        if model_ref is None:
+            raise ConfigError("the vLLM backend needs the model reference (model.name), not a loaded model")
+        return VLLMGenerator(model_ref, adapter_dir, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
+                             system_prompt=system_prompt, dtype=dtype, batch_size=max(batch_size, 256))
+    if backend != "hf":
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError(f"unknown generation backend '{backend}' (hf or vllm)")
+    return Generator(model, tokenizer, batch_size, max_new_tokens, system_prompt)

@@ -294,7 +294,8 @@ class Trainer:
                            "grad_norm": grad_norm, "tokens": tokens_seen, "step_seconds": round(dt, 4)}
                     self.state.history.append(rec)
                     bar.update(task, advance=1, description=f"training loss {total:.4f}")
-                    if not interactive and (self.state.step % log_every == 0 or self.state.step == self.total_steps):
+                    if acc.is_main_process and not interactive and (
+                            self.state.step % log_every == 0 or self.state.step == self.total_steps):
                         # no live bar in a log file: a line every ~5% of the run instead
                         h = self.state.history
                         before = h[-log_every - 1]["tokens"] if len(h) > log_every else 0

@@ -1,0 +1,186 @@
+"""CLI commands of the preference-tuning feature: `tunesmith pairs | dpo | export`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tunesmith.errors import ConfigError
+
+
+class JudgeKind(str, Enum):
+    heads = "heads"
+    endpoint = "endpoint"
+    file = "file"
+
+
+class BackendKind(str, Enum):
+    hf = "hf"
+    vllm = "vllm"
+
+
+def _quiet() -> None:
+    from tunesmith.cli import _quiet_libraries
+
+    _quiet_libraries()
+
+
+def _run_system_prompt(adapter: Path | None) -> str | None:
+    cfg = adapter.parent / "config_resolved.json" if adapter else None
+    if cfg is None or not cfg.is_file():
+        return None
+    try:
+        return (json.loads(cfg.read_text()).get("data") or {}).get("system_prompt")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _device_of(model, heads):
+    import torch
+
+    if torch.cuda.is_available() and not getattr(model, "is_loaded_in_4bit", False):
+        model.to("cuda")
+        if heads is not None:
+            heads.to("cuda")
+    return model, heads
+
+
+def pairs(
+    out: Annotated[Path, typer.Argument(help="pairs JSONL to write (prompt/chosen/rejected); candidates go beside it")],
+    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="SFT adapter folder (runs/<run>/adapter): 'sft' candidates and, for the heads judge, the heads")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="base model (default: the one the adapter was trained from)")] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSONL with 'prompt' (string or messages) and optional 'id'; default: the set shipped with tunesmith")] = None,
+    judge: Annotated[JudgeKind, typer.Option("--judge", help="heads | endpoint | file")] = JudgeKind.heads,
+    labels: Annotated[Optional[Path], typer.Option("--labels", help="file judge: JSONL {id, chosen, rejected} naming candidates by source or index")] = None,
+    candidates: Annotated[Optional[Path], typer.Option("--candidates", help="reuse a candidates file from an earlier run instead of generating")] = None,
+    judge_url: Annotated[Optional[str], typer.Option("--judge-url", help="endpoint judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000")] = None,
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="endpoint judge: model name sent to the endpoint")] = None,
+    judge_key_env: Annotated[str, typer.Option("--judge-key-env", help="environment variable holding the endpoint's API key (sent as a Bearer token when set)")] = "OPENAI_API_KEY",
+    samples: Annotated[int, typer.Option(help="extra sampled SFT candidates per prompt")] = 1,
+    temperature: Annotated[float, typer.Option(help="temperature of the sampled candidates")] = 0.8,
+    max_new_tokens: Annotated[int, typer.Option(help="reply length cap")] = 160,
+    batch_size: int = 16,
+    limit: Annotated[Optional[int], typer.Option(help="first N prompts only")] = None,
+    min_gap: Annotated[float, typer.Option(help="skip prompts whose best and worst scores differ by no more than this")] = 0.0,
+    backend: Annotated[BackendKind, typer.Option("--backend", help="generation backend: hf | vllm (CUDA, serves the adapter as a LoRA)")] = BackendKind.hf,
+    dtype: Annotated[str, typer.Option(help="auto | bf16 | fp16 | fp32")] = "auto",
+    system: Annotated[Optional[str], typer.Option("--system", help="system prompt (default: the adapter's run config)")] = None,
+    seed: int = 0,
+):
+    """Candidate replies from the base and SFT models → judged → chosen/rejected pairs for DPO."""
+    _quiet()
+    from tunesmith.data import pairs as P
+    from tunesmith.io import write_jsonl
+    from tunesmith.recipes.common import say
+
+    if judge is JudgeKind.endpoint and not (judge_url and judge_model):
+        raise ConfigError("--judge endpoint needs --judge-url and --judge-model")
+    if judge is JudgeKind.file and labels is None:
+        raise ConfigError("--judge file needs --labels (JSONL {id, chosen, rejected})")
+    if candidates is None and adapter is None and model is None:
+        raise ConfigError("give --adapter (the SFT adapter) and/or --model")
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter {adapter}: not an adapter folder (no adapter_config.json)")
+    file_judge = P.FileJudge(labels) if judge is JudgeKind.file else None
+    system_prompt = system if system is not None else _run_system_prompt(adapter)
+
+    hf = None  # (model, tokenizer, heads) when the HF model is needed
+
+    def hf_model():
+        nonlocal hf
+        if hf is None:
+            from tunesmith.modeling.multitask import load_for_inference
+
+            m, tok, heads = load_for_inference(adapter, model, dtype)
+            m, heads = _device_of(m, heads)
+            hf = (m, tok, heads)
+        return hf
+
+    if candidates is not None:
+        items, cands = P.load_candidates(candidates)
+        items = items[:limit] if limit else items
+        cands = cands[: len(items)]
+    else:
+        items = P.load_prompt_items(prompts, limit)
+        if backend is BackendKind.vllm:
+            from tunesmith.evaluation.vllm_backend import VLLMGenerator
+            from tunesmith.modeling.export import _base_ref
+
+            ref = _base_ref(adapter, model) if adapter else model
+            gen = VLLMGenerator(ref, adapter, max_new_tokens=max_new_tokens, system_prompt=system_prompt,
+                                dtype=dtype, seed=seed)
+            off = gen.disable_adapter
+        else:
+            from tunesmith.evaluation.generation import Generator
+
+            m, tok, _ = hf_model()
+            gen = Generator(m, tok, batch_size, max_new_tokens, system_prompt)
+            off = m.disable_adapter if adapter is not None else contextlib.nullcontext
+        say(f"generating candidates for {len(items)} prompts (base{', sft' if adapter else ''}"
+            f"{f', {samples} sampled' if samples else ''})")
+        cands = P.generate_candidates(items, gen, off, adapter is not None, max_new_tokens, samples, temperature, seed)
+
+    if judge is JudgeKind.heads:
+        m, tok, heads = hf_model()
+        j = P.HeadsJudge(m, tok, heads, system_prompt, batch_size=batch_size)
+    elif judge is JudgeKind.endpoint:
+        j = P.EndpointJudge(judge_url, judge_model, os.environ.get(judge_key_env), seed=seed)
+    else:
+        j = file_judge
+    scores = j.score(items, cands)
+    rows, skipped = P.select_pairs(items, cands, scores, j.name, min_gap)
+    cand_path = out.with_name(out.name.removesuffix(".jsonl") + ".candidates.jsonl")
+    write_jsonl(cand_path, P.candidate_rows(items, cands, scores if judge is not JudgeKind.file else None))
+    write_jsonl(out, rows)
+    src = Counter(f"{r['meta']['chosen_source']} over {r['meta']['rejected_source']}" for r in rows)
+    say(f"{len(rows)} pairs from {len(items)} prompts → {out} (candidates and scores: {cand_path})")
+    if skipped:
+        say("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
+    if src:
+        say("chosen: " + ", ".join(f"{k} {v}" for k, v in src.most_common()))
+
+
+def dpo(config: Annotated[Path, typer.Argument(help="YAML config with a dpo: section, e.g. configs/empathy-dpo.yaml")],
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set dpo.beta=0.2")] = None):
+    """Preference-tune (DPO) a new adapter on top of the SFT adapter; held-out reward margin before/after."""
+    _quiet()
+    from tunesmith.config import load_config
+    from tunesmith.training.dpo import run_dpo
+
+    run_dpo(load_config(config, set_))
+
+
+def export(adapter: Annotated[Path, typer.Argument(help="adapter folder, e.g. runs/<run>/adapter")],
+           out: Annotated[Path, typer.Argument(help="new folder for the merged model")],
+           model: Annotated[Optional[str], typer.Option("--model", help="base model (default: the one the adapter was trained from)")] = None,
+           dtype: Annotated[str, typer.Option(help="auto (the base checkpoint's dtype) | bf16 | fp16 | fp32")] = "auto",
+           gguf: Annotated[bool, typer.Option("--gguf", help="also write a GGUF file (needs llama.cpp's converter)")] = False,
+           gguf_outtype: Annotated[str, typer.Option("--gguf-outtype", help="f16 | bf16 | f32 | q8_0 | auto")] = "f16"):
+    """Merge an adapter into full safetensors weights (+ tokenizer, heads side file); optional GGUF."""
+    _quiet()
+    from tunesmith.modeling import export as E
+    from tunesmith.recipes.common import say
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"{adapter} is not an adapter folder (no adapter_config.json)")
+    path = E.export_merged(adapter, out, model, dtype)
+    say(f"merged model written to {path} (load with AutoModelForCausalLM.from_pretrained)")
+    if gguf:
+        conv = E.find_gguf_converter()
+        if conv is None:
+            say("[yellow]GGUF skipped:[/] " + E.gguf_instructions(path, gguf_outtype))
+        else:
+            say(f"GGUF written to {E.export_gguf(path, gguf_outtype, conv)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pairs")(pairs)
+    app.command("dpo")(dpo)
+    app.command("export")(export)
