@@ -60,8 +60,20 @@ def test_cli_fails_when_a_check_fails(tiny_model_dir, tmp_path):
     assert (tmp_path / "r.json").is_file() and (tmp_path / "r.md").is_file()
 
 
+@pytest.fixture
+def one_torch_thread():
+    # 138 single-sequence generations of a 135M model are latency-bound: one intra-op thread is
+    # about as fast on an idle CPU and 3-10x faster on a busy one (measured on a shared 2-core VM)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_redteam_on_the_embedded_model(builtin_dir, tmp_path):
+def test_redteam_on_the_embedded_model(builtin_dir, tmp_path, one_torch_thread):
     from tunesmith.cli import app
 
     out = tmp_path / "redteam.md"
