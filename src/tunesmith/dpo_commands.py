@@ -125,7 +125,8 @@ def pairs(
             off = m.disable_adapter if adapter is not None else contextlib.nullcontext
         say(f"generating candidates for {len(items)} prompts (base{', sft' if adapter else ''}"
             f"{f', {samples} sampled' if samples else ''})")
-        cands = P.generate_candidates(items, gen, off, adapter is not None, max_new_tokens, samples, temperature, seed)
+        cands = P.generate_candidates(items, gen, off, adapter is not None, max_new_tokens, samples, temperature, seed,
+                                      log=say)
 
     if judge is JudgeKind.heads:
         m, tok, heads = hf_model()

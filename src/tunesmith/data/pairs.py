@@ -163,7 +163,8 @@ def sample_chat(gen, conversations: list[list[dict]], max_new_tokens: int, tempe
 
 
 def generate_candidates(items: list[PromptItem], gen, adapter_off, has_adapter: bool, max_new_tokens: int,
-                        samples: int = 0, temperature: float = 0.8, seed: int = 0) -> list[list[Candidate]]:
+                        samples: int = 0, temperature: float = 0.8, seed: int = 0,
+                        log=None) -> list[list[Candidate]]:
     """Greedy base and SFT replies (+ `samples` sampled SFT replies) per prompt.
 
     `gen` has the `Generator.chat` API; `adapter_off()` is a context manager giving base-model
@@ -171,16 +172,22 @@ def generate_candidates(items: list[PromptItem], gen, adapter_off, has_adapter: 
     convs = [it.messages for it in items]
     cands: list[list[Candidate]] = [[] for _ in items]
     tuned = "sft" if has_adapter else "base"
-    if has_adapter:
-        with adapter_off():
-            for c, t in zip(cands, gen.chat(convs, max_new_tokens, description="candidates (base)"), strict=True):
-                c.append(Candidate("base", t))
-    for c, t in zip(cands, gen.chat(convs, max_new_tokens, description=f"candidates ({tuned})"), strict=True):
-        c.append(Candidate(tuned, t))
-    for k in range(1, samples + 1):
-        texts = sample_chat(gen, convs, max_new_tokens, temperature, seed + k)
+
+    def add(source: str, texts: list[str], t0: float) -> None:
         for c, t in zip(cands, texts, strict=True):
-            c.append(Candidate(f"{tuned}-sample-{k}", t))
+            c.append(Candidate(source, t))
+        if log:
+            log(f"candidates '{source}' done ({len(texts)} prompts, {time.perf_counter() - t0:.0f} s)")
+
+    if has_adapter:
+        t0 = time.perf_counter()
+        with adapter_off():
+            add("base", gen.chat(convs, max_new_tokens, description="candidates (base)"), t0)
+    t0 = time.perf_counter()
+    add(tuned, gen.chat(convs, max_new_tokens, description=f"candidates ({tuned})"), t0)
+    for k in range(1, samples + 1):
+        t0 = time.perf_counter()
+        add(f"{tuned}-sample-{k}", sample_chat(gen, convs, max_new_tokens, temperature, seed + k), t0)
     return cands
 
 
