@@ -91,6 +91,7 @@ def pairs(
     file_judge = P.FileJudge(labels) if judge is JudgeKind.file else None
     system_prompt = system if system is not None else _run_system_prompt(adapter)
 
+    cand_path = out.with_name(out.name.removesuffix(".jsonl") + ".candidates.jsonl")
     hf = None  # (model, tokenizer, heads) when the HF model is needed
 
     def hf_model():
@@ -127,6 +128,8 @@ def pairs(
             f"{f', {samples} sampled' if samples else ''})")
         cands = P.generate_candidates(items, gen, off, adapter is not None, max_new_tokens, samples, temperature, seed,
                                       log=say)
+        # kept before judging: `--candidates` reuses them if the judge fails or is changed
+        write_jsonl(cand_path, P.candidate_rows(items, cands))
 
     if judge is JudgeKind.heads:
         m, tok, heads = hf_model()
@@ -137,7 +140,6 @@ def pairs(
         j = file_judge
     scores = j.score(items, cands)
     rows, skipped = P.select_pairs(items, cands, scores, j.name, min_gap)
-    cand_path = out.with_name(out.name.removesuffix(".jsonl") + ".candidates.jsonl")
     write_jsonl(cand_path, P.candidate_rows(items, cands, scores if judge is not JudgeKind.file else None))
     write_jsonl(out, rows)
     src = Counter(f"{r['meta']['chosen_source']} over {r['meta']['rejected_source']}" for r in rows)
