@@ -201,3 +201,16 @@ def test_bad_data_fails_before_anything_is_written(workdir, problem):
     elif problem == "answer_without_hashes":
         assert "test.jsonl" in lines[0] and "####" in lines[0]
     assert not (tmp / "runs").exists() and not (tmp / "results").exists()
+
+
+def test_non_main_rank_trains_but_leaves_evaluation_to_rank_zero(workdir, monkeypatch):
+    # what `accelerate launch` sets in the second process; rank 0 alone evaluates and writes results
+    tmp, cfg = workdir
+    cfg["eval"]["checkpoint_sweep"]["enabled"] = False
+    monkeypatch.setenv("RANK", "1")
+    run_cli(tmp, cfg)
+    run = tmp / "runs" / "e2e"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((run / "training_history.json").read_text())
+    assert not list(run.glob("gsm8k_preds_*")) and not list(run.glob("ailuminate_safety_*"))
+    assert not (run / "metrics.json").exists() and not (tmp / "results" / "summary.csv").exists()

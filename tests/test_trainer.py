@@ -186,3 +186,17 @@ def test_short_last_window_and_epoch_count(tmp_path, tiny_model_dir, tokenizer):
     state = trainer.train()
     assert len(state.history) == 4
     assert [r["epoch"] for r in state.history] == [0, 0, 1, 1]
+
+
+def test_heads_get_their_own_learning_rate(tmp_path, tiny_model_dir, tokenizer):
+    from tunesmith.modeling.heads import Heads
+
+    model = lora_model(tiny_model_dir)
+    heads = Heads(model.config.hidden_size, dropout=0.0)
+    cfg = TrainingConfig(batch_size=2, epochs=1, learning_rate=1e-4, head_learning_rate=3e-3, scheduler="constant")
+    trainer = Trainer(model, tokenizer, cfg, lambda e: features(tokenizer), tmp_path / "r", heads=heads, log=silent)
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in trainer.optimizer.param_groups}
+    assert set(by_lr) == {1e-4, 3e-3}
+    assert by_lr[3e-3] == {id(p) for p in heads.parameters()}
+    lora = {id(p) for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and lora <= by_lr[1e-4]

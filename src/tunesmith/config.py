@@ -82,6 +82,9 @@ class DataConfig(Section):
 class TrainingConfig(Section):
     enabled: bool = True
     learning_rate: float = Field(2e-4, gt=0)
+    # the emotion/strategy heads start from random weights while LoRA starts from a working model:
+    # they need larger steps to converge in the same number of updates (None: learning_rate)
+    head_learning_rate: float | None = Field(None, gt=0)
     batch_size: int = Field(4, gt=0)
     grad_accum: int = Field(1, gt=0)
     epochs: float = Field(1.0, gt=0)

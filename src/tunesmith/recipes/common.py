@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -15,6 +16,11 @@ from tunesmith.io import require_file, write_json
 
 console = Console(stderr=True, soft_wrap=True)  # progress and messages; no wrapping of paths in logs
 out = Console()  # results tables
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of an `accelerate launch` (RANK is set by every launcher it uses)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def say(msg: str) -> None:

@@ -24,7 +24,8 @@ from tunesmith.evaluation.generation import Generator
 from tunesmith.io import read_jsonl, write_json, write_jsonl
 from tunesmith.modeling.heads import Heads
 from tunesmith.modeling.multitask import head_logits
-from tunesmith.recipes.common import build_guard, build_model, check_inputs, fmt, git_commit, out, say, start_run
+from tunesmith.recipes.common import (build_guard, build_model, check_inputs, fmt, git_commit, is_main_process, out, say,
+                                      start_run)
 from tunesmith.reporting.summary import append_row
 
 
@@ -215,6 +216,8 @@ def run(cfg: Config, resume: bool = False, evaluate: bool = True) -> dict:
     held_feats = encode_heldout(cfg, tok, held)
     if cfg.training.enabled:
         metrics |= train_model(cfg, run_dir, train_src, held_feats, model, tok, heads, resume)
+    if not is_main_process():
+        return metrics  # under `accelerate launch` the other processes only train; rank 0 evaluates
     if not evaluate:
         write_json(run_dir / "metrics.json", metrics)
         return metrics

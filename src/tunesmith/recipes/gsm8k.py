@@ -20,7 +20,8 @@ from tunesmith.errors import DataError
 from tunesmith.evaluation.generation import Generator
 from tunesmith.evaluation.gsm8k import extract_answer, is_correct
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
-from tunesmith.recipes.common import build_guard, build_model, check_inputs, fmt, out, git_commit, say, start_run
+from tunesmith.recipes.common import (build_guard, build_model, check_inputs, fmt, git_commit, is_main_process, out, say,
+                                      start_run)
 from tunesmith.reporting.summary import append_row
 
 
@@ -87,12 +88,6 @@ def run(cfg: Config, resume: bool = False) -> dict:
     gen = Generator(model, tok, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.data.system_prompt)
     metrics: dict = {"run": name, "train_examples": len(train), "test_examples": len(test)}
 
-    if cfg.eval.evaluate_base:
-        with model.disable_adapter():
-            metrics["base"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}-base.jsonl",
-                                             cfg.eval.max_new_tokens, resume)
-        say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
-
     checkpoint = None
     if cfg.training.enabled:
         from tunesmith.training.trainer import Trainer
@@ -102,6 +97,16 @@ def run(cfg: Config, resume: bool = False) -> dict:
         trainer = Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say)
         trainer.train(resume=resume)
         checkpoint = "adapter"
+    if not is_main_process():
+        return metrics  # under `accelerate launch` the other processes only train; rank 0 evaluates
+
+    # the base model is the same weights with the adapter disabled, so it is scored after training:
+    # under accelerate the other ranks never wait at the process-group rendezvous for this eval
+    if cfg.eval.evaluate_base:
+        with model.disable_adapter():
+            metrics["base"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}-base.jsonl",
+                                             cfg.eval.max_new_tokens, resume)
+        say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
 
     safety_guard = build_guard(cfg, cfg.model.name) if cfg.safety.enabled else None
     prompts = None

@@ -164,8 +164,13 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=heads is not None)])
         torch.manual_seed(cfg.seed)
         self.module = TrainModule(model, heads, safety_kl=safety_kl and self.weights["safety_kl"] > 0)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        head_ids = {id(p) for p in heads.parameters()} if heads is not None else set()
+        groups = [{"params": [p for p in self.module.parameters() if p.requires_grad and id(p) not in head_ids],
+                   "lr": cfg.learning_rate}]
+        if head_ids:
+            groups.append({"params": [p for p in heads.parameters() if p.requires_grad],
+                           "lr": cfg.head_learning_rate or cfg.learning_rate})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         first = epoch_data(0)
         if not first:
             raise TunesmithError("training set is empty after filtering")
