@@ -332,7 +332,7 @@ def _eqbench(m: Mapping[str, Any]) -> Section | None:
     rows = [[name, fmt_num(r.get("score"), 2), fmt_pct(r.get("parse_rate")),
              f"{r.get('n_parsed', '—')}/{r.get('n_total', '—')}", fmt_bool(r.get("valid")), str(r.get("mode") or "—")]
             for name, r in models.items()]
-    blocks: list[Block] = [Table(["model", "score (0–100)", "parse rate", "parsed", "valid", "mode"], rows, "lrrrll")]
+    blocks: list[Block] = [Table(["model", "score (≤ 100; random answers ≈ 0)", "parse rate", "parsed", "valid", "mode"], rows, "lrrrll")]
     if any(r.get("valid") is False for r in models.values()):
         blocks.append(Text("A score marked not valid comes from too few parseable answers (the benchmark's minimum "
                            "parse rate); do not compare it with published scores.", "warn"))
