@@ -31,6 +31,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.io import atomic_open, write_json
 from tunesmith.modeling.heads import Heads
 from tunesmith.modeling.multitask import causal_lm, decoder_hidden
+from tunesmith.training.dropout import use_fast_lora_dropout
 from tunesmith.training.losses import head_ce_sum, kl_policy_base_sum, lm_nll_sum
 
 COMPONENTS = ("lm", "emotion", "strategy", "safety_kl")
@@ -163,6 +164,7 @@ class Trainer:
             step_scheduler_with_optimizer=False,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=heads is not None)])
         torch.manual_seed(cfg.seed)
+        use_fast_lora_dropout(model)
         self.module = TrainModule(model, heads, safety_kl=safety_kl and self.weights["safety_kl"] > 0)
         head_ids = {id(p) for p in heads.parameters()} if heads is not None else set()
         groups = [{"params": [p for p in self.module.parameters() if p.requires_grad and id(p) not in head_ids],
