@@ -94,3 +94,42 @@ def test_embedded_model_batched_equals_one_at_a_time(builtin_dir, tokenizer):
     many = Generator(model, tokenizer, batch_size=4, max_new_tokens=10).generate_ids(prompts)
     assert many == one
     assert all(len(o) > 0 for o in one)
+
+
+FEWSHOT = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"},
+           {"role": "assistant", "content": "He has 3 + 5 = 8 apples.\n#### 8"},
+           {"role": "user", "content": "A box holds 6 eggs. How many eggs are in 7 boxes?"},
+           {"role": "assistant", "content": "6 * 7 = 42 eggs.\n#### 42"}]
+
+
+def test_common_prefix_len_leaves_every_row_a_token():
+    from tunesmith.evaluation.generation import common_prefix_len
+
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 9, 9], [1, 2, 7]]) == 2
+    assert common_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token
+    assert common_prefix_len([[5, 1], [6, 1]]) == 0
+
+
+@pytest.mark.parametrize("which", ["tiny", "embedded"])
+def test_shared_fewshot_prefix_is_cached_once_and_changes_nothing(which, tiny_model, builtin_dir, tokenizer):
+    from tunesmith.evaluation.generation import common_prefix_len
+    from tunesmith.modeling.loading import load_model
+
+    model = tiny_model if which == "tiny" else load_model(str(builtin_dir), dtype="fp32")
+    new = 24 if which == "tiny" else 12
+    convs = [FEWSHOT + [{"role": "user", "content": q}] for q in QUESTIONS[:5]]
+    prompts = [prompt_ids(tokenizer, c) for c in convs]
+    batched = Generator(model, tokenizer, batch_size=5, max_new_tokens=new)
+    assert common_prefix_len(prompts) >= batched.min_shared_prefix  # the shared-prefix path runs
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        many = batched.generate_ids(prompts)
+    finally:
+        hook.remove()
+    assert calls[0][0] == 1 and calls[0][1] == common_prefix_len(prompts)  # prefix once, batch size 1
+    one = [Generator(model, tokenizer, batch_size=1, max_new_tokens=new).generate_ids([p])[0] for p in prompts]
+    assert many == one
+    plain = Generator(model, tokenizer, batch_size=5, max_new_tokens=new)
+    plain.min_shared_prefix = 10**9  # left padding only
+    assert plain.generate_ids(prompts) == one

@@ -65,6 +65,18 @@ def progress_bar(description: str, total: int):
     return _Bar(p), p.add_task(description, total=total)
 
 
+def common_prefix_len(prompts: Sequence[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each prompt at least one token of its own
+    (generate needs a new input token per row)."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
 class Generator:
     def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 256, system_prompt: str | None = None):
         self.model = model
@@ -77,6 +89,8 @@ class Generator:
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
         self.eos_ids = sorted(e for e in eos if e is not None)
+        # below this many shared tokens, a separate prefix forward costs more than it saves
+        self.min_shared_prefix = 32
 
     def disable_adapter(self):
         """Base-model replies inside the block (PeftModel.disable_adapter); the same call works
@@ -98,12 +112,19 @@ class Generator:
             with bar:
                 for b in range(0, len(order), self.batch_size):
                     idx = order[b : b + self.batch_size]
-                    ids, mask = self._left_pad([prompts[i] for i in idx])
+                    batch = [prompts[i] for i in idx]
+                    shared = common_prefix_len(batch) if len(batch) > 1 else 0
+                    cache = None
+                    if shared >= self.min_shared_prefix:
+                        ids, mask, cache = self._shared_prefix_inputs(batch, shared, device)
+                    else:
+                        ids, mask = self._left_pad(batch)
                     width = ids.shape[1]
                     gen = self.model.generate(
                         input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new,
                         do_sample=False, num_beams=1, use_cache=True, pad_token_id=self.pad_id,
                         eos_token_id=self.eos_ids, temperature=None, top_p=None, top_k=None,
+                        **({"cache": cache} if cache is not None else {}),
                     )
                     new = gen[:, width:].tolist()
                     batch_out = []
@@ -130,6 +151,28 @@ class Generator:
             out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             rows.append(out.logits[:, -1].float().cpu())
         return torch.cat(rows)
+
+    def _shared_prefix_inputs(self, prompts: Sequence[list[int]], shared: int, device):
+        """Few-shot prompts share a long prefix (system prompt + examples): its KV cache is computed
+        once and repeated over the batch. The rows become [prefix][pads][suffix] with the pads masked;
+        generate derives position ids from the mask, so every token keeps the position it has
+        unpadded and the replies equal the left-padded ones (tested in fp32)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        prefix = torch.tensor([prompts[0][:shared]], device=device)
+        self.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(prompts))
+        tails = [p[shared:] for p in prompts]
+        width = max(len(t) for t in tails)
+        ids = torch.full((len(prompts), shared + width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        ids[:, :shared] = prefix[0].cpu()
+        mask[:, :shared] = 1
+        for r, t in enumerate(tails):
+            ids[r, shared + width - len(t):] = torch.tensor(t)
+            mask[r, shared + width - len(t):] = 1
+        return ids, mask, cache
 
     def _left_pad(self, prompts: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
