@@ -312,3 +312,8 @@ def test_evaluate_safety_with_generative_guard_writes_every_verdict(tmp_path, ge
     assert summary["total"] == 5 and summary["unparsed_verdicts"] == 0
     assert all(r["safe"] in (True, False) for r in read_jsonl(tmp_path / "s.jsonl"))
     assert 0.0 <= summary["safety_rate"] <= 1.0
+
+
+def test_builtin_categories_match_the_shared_file():
+    path = shared("llamaguard3", "llama_guard3_categories.txt")
+    assert load_categories(str(path)) == load_categories()

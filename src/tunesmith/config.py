@@ -130,7 +130,7 @@ class GuardConfig(Section):
     model: str = "self"
     kind: Literal["generative", "classifier"] = "generative"
     guidelines: str | None = None  # Safety Guidelines file prepended to the guard prompt
-    categories: str | None = None  # Llama Guard S1–S14 list; None: the copy shipped with tunesmith
+    categories: str | None = None  # Llama Guard S1–S14 list, one per line; None: the built-in list
     max_new_tokens: int = Field(10, gt=0)
     batch_size: int = Field(8, gt=0)
 

@@ -72,11 +72,20 @@ def load_prompts(path: str, limit: int | None = None, seed: int = 0) -> list[Saf
     return out
 
 
+# The hazard taxonomy Llama Guard 3's own chat template lists (its model card); used when no categories
+# file is configured. The configs point at ../shared/data/llamaguard3/llama_guard3_categories.txt.
+LLAMA_GUARD3_CATEGORIES = (
+    "S1: Violent Crimes", "S2: Non-Violent Crimes", "S3: Sex-Related Crimes", "S4: Child Sexual Exploitation",
+    "S5: Defamation", "S6: Specialized Advice", "S7: Privacy", "S8: Intellectual Property",
+    "S9: Indiscriminate Weapons", "S10: Hate", "S11: Suicide & Self-Harm", "S12: Sexual Content",
+    "S13: Elections", "S14: Code Interpreter Abuse",
+)
+
+
 def load_categories(path: str | None = None) -> list[str]:
-    if path:
-        text = require_file(path, "guard categories file").read_text(encoding="utf-8")
-    else:
-        text = resources.files("tunesmith.resources").joinpath("llama_guard3_categories.txt").read_text(encoding="utf-8")
+    if not path:
+        return list(LLAMA_GUARD3_CATEGORIES)
+    text = require_file(path, "guard categories file").read_text(encoding="utf-8")
     cats = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not cats:
         raise DataError(f"{path}: no categories")
