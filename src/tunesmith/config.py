@@ -79,6 +79,9 @@ class DataConfig(Section):
     empathy: EmpathyData = EmpathyData()
 
 
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]  # transformers.get_scheduler names both trainers accept
+
+
 class TrainingConfig(Section):
     enabled: bool = True
     learning_rate: float = Field(2e-4, gt=0)
@@ -90,7 +93,7 @@ class TrainingConfig(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    scheduler: Scheduler = "linear"
     max_grad_norm: float | None = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 42
@@ -195,7 +198,7 @@ class DpoConfig(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    scheduler: Scheduler = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(1024, gt=16)  # prompt + reply tokens
     gradient_checkpointing: bool = False
