@@ -737,3 +737,27 @@ def test_results_record_versions_and_git_commit(gsm8k_runs):
     with (tmp / "results" / "summary.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["git_commit"] == (commit or "")
+
+
+def test_empathy_run_evaluates_heads_from_the_validation_pass(tmp_path, tiny_model_dir):
+    """A whole empathy run (train + evaluate): the head metrics it reports, taken from the
+    validation-loss pass's logits, equal a separate head pass over the saved adapter."""
+    from tunesmith.modeling.multitask import load_for_inference
+    from tunesmith.recipes import empathy
+
+    cfg = parse_config(empathy_workspace(tmp_path, tiny_model_dir))
+    metrics = empathy.run(cfg)
+    run_dir = tmp_path / "runs" / "emp"
+    assert set(metrics["heads"]) == {"emotion", "strategy"}
+    assert metrics["validation_loss"]["emotion"] is not None and metrics["validation_loss"]["strategy"] is not None
+    model, tok, heads = load_for_inference(run_dir / "adapter", dtype="fp32")
+    _, held = empathy.load_sources(cfg)
+    again = empathy.head_eval(cfg, model, heads, held, empathy.encode_heldout(cfg, tok, held), tok.pad_token_id,
+                              tmp_path / "again")
+    for head in ("emotion", "strategy"):
+        assert metrics["heads"][head]["n"] == again[head]["n"] > 0
+        assert metrics["heads"][head]["accuracy"] == pytest.approx(again[head]["accuracy"])
+        assert metrics["heads"][head]["weighted_f1"] == pytest.approx(again[head]["weighted_f1"])
+        preds = (run_dir / f"{head}_preds_emp.jsonl").read_text().splitlines()
+        assert preds == (tmp_path / "again" / f"{head}_preds_emp.jsonl").read_text().splitlines()
+    assert json.loads((run_dir / "metrics.json").read_text())["heads"]["emotion"]["n"] == again["emotion"]["n"]

@@ -200,3 +200,35 @@ def test_heads_get_their_own_learning_rate(tmp_path, tiny_model_dir, tokenizer):
     assert by_lr[3e-3] == {id(p) for p in heads.parameters()}
     lora = {id(p) for n, p in model.named_parameters() if "lora_" in n}
     assert lora and lora <= by_lr[1e-4]
+
+
+def test_validation_pass_returns_the_head_logits_of_a_separate_pass(tiny_model_dir, tokenizer):
+    """The empathy runner reads head metrics from the validation-loss pass: its logits must be the
+    ones `head_logits` computes, row for row, whatever the length-sorted batch order."""
+    from tunesmith.data.schema import Example
+    from tunesmith.modeling.heads import Heads
+    from tunesmith.modeling.multitask import head_logits
+    from tunesmith.training.trainer import evaluate_loss
+
+    torch.manual_seed(0)
+    model = lora_model(tiny_model_dir)
+    heads = Heads(model.config.hidden_size, dropout=0.1)
+    texts = ["I lost my job today.", "Thanks so much, that is wonderful news!!", "ok",
+             "My dog died last week and I can't stop crying about it, everything reminds me of him.",
+             "Why would anyone do that?"]
+    exs = [Example(messages=[{"role": "user", "content": t}, {"role": "assistant", "content": "I hear you."}],
+                   emotion=i % 28 if i != 2 else None, strategy=i % 8 if i != 4 else None)
+           for i, t in enumerate(texts)]
+    feats = [encode(tokenizer, x, max_length=96) for x in exs]
+    got: dict[str, torch.Tensor] = {}
+    losses = evaluate_loss(TrainModule(model, heads), feats, tokenizer.pad_token_id, batch_size=2, head_logits=got)
+    want = head_logits(model, heads, feats, tokenizer.pad_token_id, batch_size=5)
+    assert set(got) == {"emotion", "strategy"}
+    for k in got:
+        assert got[k].shape == want[k].shape
+        assert torch.allclose(got[k], want[k], atol=1e-5), k
+    # and the loss components are the per-label means of the same logits
+    labelled = [i for i, x in enumerate(exs) if x.emotion is not None]
+    ce = torch.nn.functional.cross_entropy(want["emotion"][labelled], torch.tensor([exs[i].emotion for i in labelled]))
+    assert losses["emotion"] == pytest.approx(float(ce), abs=1e-4)
+    assert heads.training  # evaluation left the modules in the mode it found them

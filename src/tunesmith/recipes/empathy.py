@@ -103,7 +103,10 @@ def encode_heldout(cfg: Config, tok, held: dict[str, list[Example]]) -> dict[str
 
 
 def head_eval(cfg: Config, model, heads: Heads | None, held: dict[str, list[Example]],
-              held_feats: dict[str, list[Encoded]], pad_id: int, run_dir: Path) -> dict:
+              held_feats: dict[str, list[Encoded]], pad_id: int, run_dir: Path,
+              logits: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
+    """Head accuracy/F1 on the held-out sets; `logits` (source → head → per-example logits) are
+    reused from the validation-loss pass when given, else computed here."""
     from tunesmith.evaluation.heads import head_metrics
 
     results: dict = {}
@@ -116,9 +119,12 @@ def head_eval(cfg: Config, model, heads: Heads | None, held: dict[str, list[Exam
         keep = [i for i, x in enumerate(held[source]) if getattr(x, head) is not None]
         exs = [held[source][i] for i in keep]
         feats = [held_feats[source][i] for i in keep]
-        logits = head_logits(model, heads, feats, pad_id, cfg.eval.batch_size)[head]
+        if logits is not None and head in logits.get(source, {}):
+            head_out = logits[source][head][torch.as_tensor(keep)]
+        else:
+            head_out = head_logits(model, heads, feats, pad_id, cfg.eval.batch_size)[head]
         y_true = [getattr(x, head) for x in exs]
-        y_pred = logits.argmax(-1).tolist()
+        y_pred = head_out.argmax(-1).tolist()
         m = head_metrics(y_true, y_pred, labels, png_path=run_dir / "plots" / f"confusion_{head}.png",
                          title=f"{head} head on {source} held-out")
         m["data"] = f"{source} held-out"
@@ -183,6 +189,8 @@ def prepare(cfg: Config, resume: bool):
 
 
 def train_model(cfg: Config, run_dir: Path, train_src, held_feats, model, tok, heads: Heads | None, resume: bool):
+    """Train; then one pass over the held-out sets gives the validation loss and the heads' logits
+    (returned per source for `head_eval`)."""
     from tunesmith.data.mixing import MixtureSampler
     from tunesmith.training.trainer import Trainer, TrainModule, evaluate_loss
 
@@ -200,12 +208,17 @@ def train_model(cfg: Config, run_dir: Path, train_src, held_feats, model, tok, h
     trainer.train(resume=resume)
     module: TrainModule = trainer.unwrapped()
     val = [f for feats_ in held_feats.values() for f in feats_]
-    val_loss = evaluate_loss(module, val, tok.pad_token_id, cfg.training.batch_size) if val else {}
+    flat: dict[str, torch.Tensor] = {}
+    val_loss = evaluate_loss(module, val, tok.pad_token_id, cfg.eval.batch_size, head_logits=flat) if val else {}
+    held_logits, start = {}, 0
+    for source, feats_ in held_feats.items():
+        held_logits[source] = {k: v[start : start + len(feats_)] for k, v in flat.items()}
+        start += len(feats_)
     w = {"lm": cfg.loss.lambda_lm, "emotion": cfg.loss.lambda_emotion, "strategy": cfg.loss.lambda_strategy}
     total = sum(w[k] * v for k, v in val_loss.items() if k in w and v is not None)
     return {"validation_loss": {**val_loss, "total": total}, "mixing": {"alpha": cfg.data.empathy.alpha,
                                                                          "counts_per_epoch": sampler.counts,
-                                                                         "sizes": sampler.sizes}}
+                                                                         "sizes": sampler.sizes}}, held_logits
 
 
 def run(cfg: Config, resume: bool = False, evaluate: bool = True) -> dict:
@@ -214,21 +227,23 @@ def run(cfg: Config, resume: bool = False, evaluate: bool = True) -> dict:
                      "train_sizes": {k: len(v) for k, v in train_src.items()},
                      "heldout_sizes": {k: len(v) for k, v in held.items()}}
     held_feats = encode_heldout(cfg, tok, held)
+    held_logits = None
     if cfg.training.enabled:
-        metrics |= train_model(cfg, run_dir, train_src, held_feats, model, tok, heads, resume)
+        trained, held_logits = train_model(cfg, run_dir, train_src, held_feats, model, tok, heads, resume)
+        metrics |= trained
     if not is_main_process():
         return metrics  # under `accelerate launch` the other processes only train; rank 0 evaluates
     if not evaluate:
         write_json(run_dir / "metrics.json", metrics)
         return metrics
-    metrics |= evaluate_run(cfg, run_dir, model, tok, heads, held, held_feats, resume)
+    metrics |= evaluate_run(cfg, run_dir, model, tok, heads, held, held_feats, resume, held_logits)
     return finish(cfg, metrics)
 
 
 def evaluate_run(cfg: Config, run_dir: Path, model, tok, heads: Heads | None, held, held_feats,
-                 resume: bool = False) -> dict:
+                 resume: bool = False, held_logits: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
     m: dict = {}
-    m["heads"] = head_eval(cfg, model, heads, held, held_feats, tok.pad_token_id, run_dir)
+    m["heads"] = head_eval(cfg, model, heads, held, held_feats, tok.pad_token_id, run_dir, held_logits)
     gen = Generator(model, tok, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.data.system_prompt)
     if cfg.eval.eqbench.enabled:
         with model.disable_adapter():

@@ -102,6 +102,7 @@ class TrainModule(nn.Module):
         out = {"lm": lm_nll_sum(hidden, labels, lm_head), "emotion": zero, "strategy": zero, "safety_kl": zero}
         if self.heads is not None and ((emotion >= 0).any() or (strategy >= 0).any()):
             logits = self.heads(self.heads.pool(hidden, pool_index, user_span))
+            out["head_logits"] = logits  # evaluation reads them; the training loop ignores them
             if "emotion" in logits:
                 out["emotion"] = head_ce_sum(logits["emotion"], emotion)
             if "strategy" in logits:
@@ -435,19 +436,31 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate_loss(module: TrainModule, features: list[Encoded], pad_id: int, batch_size: int = 8) -> dict[str, float | None]:
-    """Each loss component's mean over held-out examples (same normalisation as training)."""
+def evaluate_loss(module: TrainModule, features: list[Encoded], pad_id: int, batch_size: int = 8,
+                  head_logits: dict[str, torch.Tensor] | None = None) -> dict[str, float | None]:
+    """Each loss component's mean over held-out examples (same normalisation as training).
+
+    Given a dict as `head_logits`, also fills in each head's logits per example in `features` order
+    (NaN rows for batches without any head label), so head metrics need no second forward pass.
+    """
     was = module.training
     module.eval()
     device = next(module.parameters()).device
     sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)
     norm = torch.zeros(len(COMPONENTS), dtype=torch.float64)
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))  # less padding per batch
     try:
-        for b in range(0, len(features), batch_size):
-            batch = collate(features[b : b + batch_size], pad_id)
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            batch = collate([features[i] for i in idx], pad_id)
             norm += counts(batch)
             out = module(**{k: v.to(device) for k, v in batch.items()})
             sums += torch.tensor([float(out[k]) for k in COMPONENTS], dtype=torch.float64)
+            if head_logits is not None:
+                for k, v in out.get("head_logits", {}).items():
+                    if k not in head_logits:
+                        head_logits[k] = torch.full((len(features), v.shape[-1]), float("nan"))
+                    head_logits[k][torch.as_tensor(idx)] = v.float().cpu()
     finally:
         module.train(was)
     return {k: (float(sums[j] / norm[j]) if norm[j] > 0 else None) for j, k in enumerate(COMPONENTS)}
