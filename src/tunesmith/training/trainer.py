@@ -33,6 +33,7 @@ from tunesmith.modeling.heads import Heads
 from tunesmith.modeling.multitask import causal_lm, decoder_hidden
 from tunesmith.training.dropout import use_fast_lora_dropout
 from tunesmith.training.losses import head_ce_sum, kl_policy_base_sum, lm_nll_sum
+from tunesmith.training.precision import LoraAutocast
 
 COMPONENTS = ("lm", "emotion", "strategy", "safety_kl")
 
@@ -166,6 +167,7 @@ class Trainer:
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=heads is not None)])
         torch.manual_seed(cfg.seed)
         use_fast_lora_dropout(model)
+        self.amp = LoraAutocast(model)
         self.module = TrainModule(model, heads, safety_kl=safety_kl and self.weights["safety_kl"] > 0)
         head_ids = {id(p) for p in heads.parameters()} if heads is not None else set()
         groups = [{"params": [p for p in self.module.parameters() if p.requires_grad and id(p) not in head_ids],
@@ -266,7 +268,8 @@ class Trainer:
                             acc.gradient_state._set_sync_gradients(i == len(window) - 1)
                         sync = acc.no_sync(self.module) if i < len(window) - 1 else contextlib.nullcontext()
                         with sync:
-                            out = self.module(**batch)
+                            with self.amp():
+                                out = self.module(**batch)
                             loss = 0.0
                             for j, k in enumerate(COMPONENTS):
                                 if norm[j] > 0 and self.weights[k] > 0:
