@@ -54,6 +54,15 @@ def test_autocast_only_for_a_bf16_base_with_wider_trainable_weights(tiny_model_d
     assert not LoraAutocast(model).enabled
 
 
+def test_autocast_follows_the_model_to_its_device(tiny_model_dir):
+    # the trainer builds it before accelerate moves the model (to CUDA on a GPU machine)
+    model = lora(tiny_model_dir, "bf16")
+    amp = LoraAutocast(model)
+    assert amp.device_type == "cpu"
+    model.to("meta")
+    assert amp.device_type == "meta"
+
+
 def test_bf16_lora_step_matches_the_upcast_path_and_keeps_less_for_backward(tiny_model_dir, tokenizer):
     model = lora(tiny_model_dir, "bf16")
     batch = collate([encode(tokenizer, gsm8k.to_example(r), max_length=64) for r in RECORDS], tokenizer.pad_token_id)
@@ -86,7 +95,13 @@ def test_trainer_trains_a_bf16_base_with_fp32_lora(tmp_path, tiny_model_dir, tok
     cfg = TrainingConfig(learning_rate=1e-2, batch_size=3, max_steps=8, seed=0)
     trainer = Trainer(model, tokenizer, cfg, lambda e: feats, tmp_path / "run", log=lambda m: None)
     assert trainer.amp.enabled
+    seen = []
+    layer = trainer.amp.layers[0]
+    hook = layer.register_forward_pre_hook(
+        lambda m, args: seen.append((m.cast_input_dtype_enabled, torch.is_autocast_enabled("cpu"))))
     state = trainer.train()
+    hook.remove()
+    assert seen and all(s == (False, True) for s in seen)  # every training forward ran under the autocast
     losses = [r["loss"] for r in state.history]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]

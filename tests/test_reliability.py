@@ -761,3 +761,24 @@ def test_empathy_run_evaluates_heads_from_the_validation_pass(tmp_path, tiny_mod
         preds = (run_dir / f"{head}_preds_emp.jsonl").read_text().splitlines()
         assert preds == (tmp_path / "again" / f"{head}_preds_emp.jsonl").read_text().splitlines()
     assert json.loads((run_dir / "metrics.json").read_text())["heads"]["emotion"]["n"] == again["emotion"]["n"]
+
+
+def test_empathy_validation_logits_map_back_to_each_source(tmp_path, tiny_model_dir):
+    """train_model's one held-out pass is sliced back per source: each source's rows must equal a
+    fresh head pass over that source alone (a wrong offset would hand one source another's rows)."""
+    from tunesmith.modeling.multitask import head_logits
+    from tunesmith.recipes import empathy
+
+    cfg = parse_config(empathy_workspace(tmp_path, tiny_model_dir))
+    run_dir, train_src, held, model, tok, heads = empathy.prepare(cfg, resume=False)
+    held_feats = empathy.encode_heldout(cfg, tok, held)
+    assert len(held_feats) == 2 and all(held_feats.values())
+    _, held_logits = empathy.train_model(cfg, run_dir, train_src, held_feats, model, tok, heads, resume=False)
+    for source, feats in held_feats.items():
+        fresh = head_logits(model, heads, feats, tok.pad_token_id)
+        for head, want in fresh.items():
+            got = held_logits[source][head]
+            assert got.shape == want.shape, (source, head)
+            rows = ~torch.isnan(got).any(-1)  # rows from batches without any head label stay NaN
+            assert rows.sum() > 0
+            assert torch.allclose(got[rows], want[rows], atol=1e-5), (source, head)

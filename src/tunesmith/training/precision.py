@@ -34,9 +34,14 @@ class LoraAutocast:
     def __init__(self, model: nn.Module):
         from peft.tuners.tuners_utils import BaseTunerLayer
 
+        self.model = model
         self.dtype = autocast_dtype(model)
         self.layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)] if self.dtype else []
-        self.device_type = next(model.parameters()).device.type
+
+    @property
+    def device_type(self) -> str:
+        # read at each forward: the trainer builds this before accelerate moves the model to its device
+        return next(self.model.parameters()).device.type
 
     @property
     def enabled(self) -> bool:
