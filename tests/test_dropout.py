@@ -56,3 +56,16 @@ def test_swapped_into_every_lora_layer(tiny_model_dir):
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
     assert use_fast_lora_dropout(add_lora(load_model(str(tiny_model_dir), dtype="fp32"), r=4, alpha=8, dropout=0.0,
                                           targets="auto")) == 0
+
+
+def test_non_cpu_inputs_take_torchs_dropout(monkeypatch):
+    # the swap happens before accelerate moves the model, so the kernel is chosen per input
+    # (no GPU here: a meta tensor stands in for a CUDA one)
+    from tunesmith.training import dropout as dmod
+
+    calls = []
+    monkeypatch.setattr(dmod.F, "dropout", lambda x, p, training: calls.append((x.device.type, p)) or x)
+    x = torch.ones(4, 4, device="meta")
+    assert FastDropout(0.2).train()(x) is x and calls == [("meta", 0.2)]
+    FastDropout(0.2).train()(torch.ones(4, 4))
+    assert len(calls) == 1  # CPU inputs keep the cheap mask

@@ -11,6 +11,7 @@ multiple of 1/65536 (|p′ − p| ≤ 2^-17). Seeded by torch's generator like `
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -35,6 +36,8 @@ class FastDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
+        if x.device.type != "cpu":  # torch's CUDA dropout kernel is already fast
+            return F.dropout(x, self.p, training=True)
         keep, p = bernoulli_keep_mask(x.shape, self.p, x.device)
         return x * keep * (1.0 / (1.0 - p))
 
@@ -43,10 +46,9 @@ class FastDropout(nn.Module):
 
 
 def use_fast_lora_dropout(model: nn.Module) -> int:
-    """Swap every PEFT LoRA `nn.Dropout` (in `lora_dropout` ModuleDicts) for FastDropout on CPU;
-    returns how many were swapped. On CUDA torch's dropout kernel is already fast: left alone."""
-    if next(model.parameters()).device.type != "cpu":
-        return 0
+    """Swap every PEFT LoRA `nn.Dropout` (in `lora_dropout` ModuleDicts) for FastDropout; returns how
+    many were swapped. FastDropout picks its kernel per input device, so this may run before
+    accelerate moves the model."""
     swapped = 0
     for module in model.modules():
         drops = getattr(module, "lora_dropout", None)
