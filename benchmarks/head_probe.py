@@ -17,10 +17,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from tunesmith.config import load_config
-from tunesmith.recipes import empathy
-from tunesmith.modeling.multitask import load_for_inference, decoder_hidden
 from tunesmith.data.chat import encode
-from tunesmith.training.trainer import collate
+from tunesmith.modeling.heads import Heads
+from tunesmith.modeling.multitask import decoder_hidden, load_for_inference
+from tunesmith.recipes import empathy
+from tunesmith.training.trainer import collate, sorted_batches
+
 torch.manual_seed(0)
 cfg = load_config("configs/empathy-cpu.yaml")
 cfg.data.empathy.limit_eval = 600
@@ -29,24 +31,24 @@ print({k: len(v) for k, v in train.items()}, {k: len(v) for k, v in held.items()
 adapter = sys.argv[1] if len(sys.argv) > 1 else None  # the adapter folder holds the base model ref too
 model, tok, _ = load_for_inference(adapter, "builtin:smollm2-135m-instruct")
 model.eval()
+POOLINGS = {"last": Heads(1, False, False, pooling="last_prompt_token"),
+            "mean": Heads(1, False, False, pooling="mean_last_user")}  # only their .pool is used
+
+
 def feats(exs):
     enc = [encode(tok, x, cfg.data.max_length, cfg.data.system_prompt, train_on="last") for x in exs]
-    order = sorted(range(len(enc)), key=lambda i: len(enc[i].input_ids))
-    res = {"last": [None]*len(enc), "mean": [None]*len(enc)}
+    res = {k: [None] * len(enc) for k in POOLINGS}
     with torch.no_grad():
-        for b in range(0, len(order), 32):
-            idx = order[b:b+32]
+        for idx in sorted_batches(enc, 32):
             batch = collate([enc[i] for i in idx], tok.pad_token_id)
             h = decoder_hidden(model, batch["input_ids"], batch["attention_mask"]).float()
-            rows = torch.arange(h.shape[0])
-            last = h[rows, batch["pool_index"]]
-            span = batch["user_span"]
-            pos = torch.arange(h.shape[1])
-            m = ((pos[None] >= span[:, :1]) & (pos[None] < span[:, 1:2])).float()
-            mean = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
-            for j, i in enumerate(idx):
-                res["last"][i] = last[j].numpy(); res["mean"][i] = mean[j].numpy()
+            for k, pooler in POOLINGS.items():
+                pooled = pooler.pool(h, batch["pool_index"], batch["user_span"])
+                for j, i in enumerate(idx):
+                    res[k][i] = pooled[j].numpy()
     return {k: np.stack(v) for k, v in res.items()}
+
+
 for head, src in [("emotion", "goemotions"), ("strategy", "esconv")]:
     tr = [x for x in train[src] if getattr(x, head) is not None]
     random.Random(0).shuffle(tr); tr = tr[:3000]

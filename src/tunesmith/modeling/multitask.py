@@ -25,31 +25,25 @@ def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 @torch.inference_mode()
 def head_logits(model, heads: Heads, features: list[Encoded], pad_id: int, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Emotion/strategy logits for encoded examples (right-padded batches, pooled per row)."""
-    from tunesmith.training.trainer import collate
+    from tunesmith.training.trainer import collate, sorted_batches
 
     was = model.training, heads.training
     model.eval()
     heads.eval()
     device = next(model.parameters()).device
-    out: dict[str, list[torch.Tensor]] = {}
+    result: dict[str, torch.Tensor] = {}
     try:
-        order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
+        for idx in sorted_batches(features, batch_size):
             batch = collate([features[i] for i in idx], pad_id)
             hidden = decoder_hidden(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
             logits = heads(heads.pool(hidden, batch["pool_index"].to(device), batch["user_span"].to(device)))
             for k, v in logits.items():
-                out.setdefault(k, []).append((torch.as_tensor(idx), v.float().cpu()))
+                if k not in result:
+                    result[k] = torch.empty((len(features), v.shape[-1]))
+                result[k][torch.as_tensor(idx)] = v.float().cpu()
     finally:
         model.train(was[0])
         heads.train(was[1])
-    result = {}
-    for k, parts in out.items():
-        full = torch.empty((len(features), parts[0][1].shape[1]))
-        for idx, v in parts:
-            full[idx] = v
-        result[k] = full
     return result
 
 

@@ -73,6 +73,12 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     }
 
 
+def sorted_batches(features: list[Encoded], batch_size: int) -> list[list[int]]:
+    """Indices of `features` in batches of similar length (inference passes: less padding per batch)."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+    return [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+
+
 def counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Normalisers of each loss term: [lm tokens, emotion rows, strategy rows, kl positions]."""
     return torch.tensor([
@@ -451,10 +457,8 @@ def evaluate_loss(module: TrainModule, features: list[Encoded], pad_id: int, bat
     device = next(module.parameters()).device
     sums = torch.zeros(len(COMPONENTS), dtype=torch.float64)
     norm = torch.zeros(len(COMPONENTS), dtype=torch.float64)
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))  # less padding per batch
     try:
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
+        for idx in sorted_batches(features, batch_size):
             batch = collate([features[i] for i in idx], pad_id)
             norm += counts(batch)
             out = module(**{k: v.to(device) for k, v in batch.items()})
