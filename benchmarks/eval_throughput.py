@@ -5,7 +5,7 @@ Both sides answer the same N GSM8K test questions (the first N of test.jsonl) wi
 k-shot chat prompts (the first k of the recipe's few-shot pool: 8 drawn from train.jsonl with seed
 42), greedy, up to --max-new-tokens new tokens, stopping at the same end-of-turn ids:
 
-  batched        tunesmith.recipes.gsm8k.evaluate_gsm8k with tunesmith.evaluation.generation.Generator
+  batched        tunesmith.recipes.gsm8k.evaluate_gsm8k with tunesmith.generation.hf.HFGenerator
                  (batch --batch-size, prompts sorted by length, left padding, KV cache) — the real
                  eval path, answer extraction and the per-batch JSONL writes included
   one at a time  a loop calling model.generate on one unpadded prompt per call (what a plain
@@ -105,7 +105,7 @@ def synthetic_records(n: int, seed: int) -> list[dict]:
 
 def load_questions(args) -> tuple[list[dict], list[dict], str]:
     """(test records, few-shot pool, description)."""
-    from tunesmith.data import gsm8k
+    from tunesmith.data.sources import gsm8k
 
     test_path = Path(args.test_path or SHARED / "gsm8k" / "test.jsonl")
     train_path = Path(args.train_path or SHARED / "gsm8k" / "train.jsonl")
@@ -132,9 +132,9 @@ def build(args, dtype: str):
 
 def counting_generator(model, tok, batch_size: int, max_new: int):
     """tunesmith's Generator, keeping the ids it returns (in the caller's order) in `.outputs`."""
-    from tunesmith.evaluation.generation import Generator
+    from tunesmith.generation.hf import HFGenerator
 
-    class Counting(Generator):
+    class Counting(HFGenerator):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             self.outputs: list[list[int]] = []
@@ -166,7 +166,7 @@ def one_at_a_time(model, gen, prompts: list[list[int]], max_new: int) -> list[li
 
 
 def prompts_for(tok, test, pool, k) -> list[list[int]]:
-    from tunesmith.data import gsm8k
+    from tunesmith.data.sources import gsm8k
     from tunesmith.data.chat import prompt_ids
 
     shots = gsm8k.fewshot_turns(pool, k)
@@ -174,7 +174,7 @@ def prompts_for(tok, test, pool, k) -> list[list[int]]:
 
 
 def accuracy(tok, test, ids: list[list[int]]) -> float:
-    from tunesmith.data import gsm8k
+    from tunesmith.data.sources import gsm8k
     from tunesmith.evaluation.gsm8k import extract_answer, is_correct
 
     texts = [tok.decode(t, skip_special_tokens=True).strip() for t in ids]

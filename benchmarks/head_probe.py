@@ -19,9 +19,10 @@ from sklearn.linear_model import LogisticRegression
 from tunesmith.config import load_config
 from tunesmith.data.chat import encode
 from tunesmith.modeling.heads import Heads
-from tunesmith.modeling.multitask import decoder_hidden, load_for_inference
+from tunesmith.modeling.forward import decoder_hidden
+from tunesmith.modeling.loading import load_for_inference
 from tunesmith.recipes import empathy
-from tunesmith.training.trainer import collate, sorted_batches
+from tunesmith.data.batching import collate, sorted_batches
 
 torch.manual_seed(0)
 cfg = load_config("configs/empathy-cpu.yaml")

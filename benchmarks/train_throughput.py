@@ -140,11 +140,11 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
 
 def load_examples(args, want: int, tok):
     """Up to `want` Encoded examples following --data/--lengths, plus where they came from."""
-    from tunesmith.data import gsm8k
+    from tunesmith.data.sources import gsm8k
     from tunesmith.data.chat import encode
 
     if args.data == "esconv":
-        from tunesmith.data.esconv import load_esconv
+        from tunesmith.data.sources.esconv import load_esconv
 
         path = Path(args.data_path or SHARED / "esconv")
         if path.exists():
@@ -201,10 +201,10 @@ def plan(args, tok) -> dict:
     for batch in batches:
         for j, i in enumerate(batch):
             if j < n_safety:
-                b_extra[i] = {"is_safety": True, "emotion": None, "strategy": None}
+                b_extra[i] = {"is_kl_prompt": True, "emotion": None, "strategy": None}
             else:
                 r = rows[i]
-                b_extra[i] = {"is_safety": False,
+                b_extra[i] = {"is_kl_prompt": False,
                               "emotion": r["emotion"] if r["emotion"] is not None else i % 28,
                               "strategy": r["strategy"] if r["strategy"] is not None else i % 8}
     step_tokens = [sum(len(rows[i]["input_ids"]) for i in b) for b in batches]
@@ -236,7 +236,7 @@ def worker_tunesmith(spec: dict, config: str, run_dir: Path) -> dict:
     p = spec["plan"]
     feats = []
     for i, r in enumerate(p["rows"]):
-        extra = p["b_extra"][i] if config == "b" else {"is_safety": False, "emotion": None, "strategy": None}
+        extra = p["b_extra"][i] if config == "b" else {"is_kl_prompt": False, "emotion": None, "strategy": None}
         feats.append(Encoded(input_ids=r["input_ids"], labels=r["labels"], pool_index=r["pool_index"],
                              user_span=tuple(r["user_span"]), **extra))
     cfg = TrainingConfig(learning_rate=spec["lr"], batch_size=spec["batch_size"], grad_accum=1,
@@ -246,16 +246,16 @@ def worker_tunesmith(spec: dict, config: str, run_dir: Path) -> dict:
     heads = loss = None
     if config == "b":
         heads = Heads(model.config.hidden_size, emotion=True, strategy=True, dropout=0.1).to(model.device)
-        loss = LossConfig(lambda_lm=1.0, lambda_emotion=0.2, lambda_strategy=0.2, lambda_safety_kl=0.1)
+        loss = LossConfig(lambda_lm=1.0, lambda_emotion=0.2, lambda_strategy=0.2, lambda_kl=0.1)
     trainer = Trainer(model, tok, cfg, lambda epoch: feats, run_dir, heads=heads, loss=loss,
-                      safety_kl=config == "b", log=lambda _m: None)
+                      kl=config == "b", log=lambda _m: None)
     rss_before = peak_rss_mib()
     trainer.train()  # ends with a checkpoint + adapter save: outside every step_seconds
     hist = trainer.state.history
     cum = [0] + [h["tokens"] for h in hist]
     return {"step_seconds": [h["step_seconds"] for h in hist], "step_tokens": [b - a for a, b in zip(cum, cum[1:])],
             "loss": [h["loss"] for h in hist], "peak_rss_before_train_mib": rss_before,
-            "components": {k: hist[-1].get(k) for k in ("lm", "emotion", "strategy", "safety_kl")}}
+            "components": {k: hist[-1].get(k) for k in ("lm", "emotion", "strategy", "kl")}}
 
 
 def worker_trl(spec: dict, run_dir: Path) -> dict:

@@ -40,7 +40,7 @@ def test_train_throughput_quick(tmp_path, tiny_model_dir):
     # identical batches everywhere; (a) and (c) start from the same model on the same labels
     assert runs["a"]["step_tokens"] == runs["b"]["step_tokens"] == runs["c"]["step_tokens"]
     assert runs["a"]["loss"][0] == pytest.approx(runs["c"]["loss"][0], rel=2e-2)
-    assert runs["b"]["components"]["safety_kl"] is not None  # the KL path ran
+    assert runs["b"]["components"]["kl"] is not None  # the KL path ran
 
 
 def test_eval_throughput_quick(tmp_path, tiny_model_dir):

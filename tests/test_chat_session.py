@@ -119,7 +119,7 @@ def test_heads_predictions_from_the_last_prompt_token(model, tokenizer, layer, t
     assert reply.emotion.label in EMOTIONS and 0 < reply.emotion.prob <= 1
     assert reply.strategy.label in STRATEGIES and 0 < reply.strategy.prob <= 1
     # the same numbers by hand: decoder hidden state at the last prompt token → heads
-    from tunesmith.modeling.multitask import decoder_hidden
+    from tunesmith.modeling.forward import decoder_hidden
 
     ids = torch.tensor([reply.fitted.ids])
     with torch.no_grad():

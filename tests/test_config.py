@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunesmith.config import Config, apply_override, load_config, parse_config
+from tunesmith.config import Gsm8kRunConfig, RunConfig, apply_override, load_config, parse_config
 from tunesmith.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_top_level_must_be_a_mapping(tmp_path):
 
 def test_empty_file_gives_defaults(tmp_path):
     cfg = load_config(write(tmp_path, ""))
-    assert cfg == Config()
+    assert cfg == Gsm8kRunConfig()
 
 
 # ---- --set overrides ---------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_smoke_caps():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_parses(path):
     cfg = load_config(path)
-    assert isinstance(cfg, Config)
+    assert isinstance(cfg, RunConfig)
     # the file holds no key the schema would silently drop
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     dumped = cfg.model_dump()

@@ -86,8 +86,8 @@ def test_classifier_training_data_is_disjoint_from_redteam_sheet():
 
 
 def test_crisis_data_is_disjoint_from_the_safety_training_prompts():
-    # safety_prompts.jsonl trains the KL term; neither crisis file may reuse its prompts
-    safety = [json.loads(line)["prompt"] for line in (RESOURCES / "safety_prompts.jsonl").read_text().splitlines()
+    # kl_prompts.jsonl trains the KL term; neither crisis file may reuse its prompts
+    safety = [json.loads(line)["prompt"] for line in (RESOURCES / "kl_prompts.jsonl").read_text().splitlines()
               if line.strip()]
     ours = [r.text for r in C.load_labelled()] + [i.prompt for i in load_sheet()]
     assert not {normalize(t) for t in ours} & {normalize(s) for s in safety}

@@ -40,7 +40,7 @@ feats = [encode(tok, Example(messages=[{"role": "user", "content": q}, {"role": 
                              emotion=(7 if i in (1, 6) else None)), 96) for i, (q, a) in enumerate(zip(Q, A))]
 cfg = TrainingConfig(learning_rate=1e-2, batch_size=bs, grad_accum=ga, epochs=epochs, seed=0, save_total_limit=1,
                      warmup_ratio=0.0, scheduler="linear")
-loss = LossConfig(lambda_emotion=0.5, lambda_strategy=0.0, lambda_safety_kl=0.0)
+loss = LossConfig(lambda_emotion=0.5, lambda_strategy=0.0, lambda_kl=0.0)
 trainer = Trainer(model, tok, cfg, lambda e: feats, run_dir, heads=heads, loss=loss, log=lambda m: None)
 state = trainer.train()
 acc = trainer.accelerator

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tunesmith.config import parse_config
-from tunesmith.data import pairs as P
+from tunesmith.preference import candidates, judges, pairs
 from tunesmith.errors import ConfigError, DataError, TunesmithError
 from tunesmith.io import read_jsonl, write_jsonl
 
@@ -46,29 +46,28 @@ def test_load_pairs_accepts_strings_and_messages(tmp_path):
         {"id": "x", "prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}],
          "rejected": [{"role": "assistant", "content": "b"}]},
     ])
-    rows = P.load_pairs(f)
+    rows = pairs.load_pairs(f)
     assert rows[0]["prompt"] == [{"role": "user", "content": "hi"}]
     assert rows[0]["chosen"] == [{"role": "assistant", "content": "hello there"}]
     assert rows[1]["id"] == "x" and rows[1]["rejected"][0]["content"] == "b"
     write_jsonl(f, [{"prompt": "hi", "chosen": "same", "rejected": "same"}])
     with pytest.raises(DataError, match=r"p.jsonl:1: chosen and rejected are the same"):
-        P.load_pairs(f)
+        pairs.load_pairs(f)
     write_jsonl(f, [{"prompt": "hi", "chosen": 3, "rejected": "x"}])
     with pytest.raises(DataError, match=r"p.jsonl:1: chosen"):
-        P.load_pairs(f)
+        pairs.load_pairs(f)
 
 
 def test_shipped_prompts_are_harmless_and_held_in():
     from importlib import resources
 
-    items = P.load_prompt_items()
+    items = candidates.load_prompt_items()
     assert len(items) >= 80 and len({it.id for it in items}) == len(items)
     scen = resources.files("tunesmith.resources").joinpath("scenarios.jsonl").read_text(encoding="utf-8")
     scen_prompts = {json.loads(ln)["prompt"] for ln in scen.splitlines() if ln.strip()}
     assert not {it.text for it in items} & scen_prompts
-    crisis = P._crisis()
-    if crisis is not None:  # nothing in the shipped set trips a crisis rule
-        assert [it.id for it in items if crisis.rule_hits(it.text)] == []
+    # nothing in the shipped set trips a crisis rule
+    assert [it.id for it in items if judges.crisis.rule_hits(it.text)] == []
     eq = Path(__file__).resolve().parents[2] / "shared/data/eqbench/eq_bench_v2_questions_171.json"
     if eq.is_file():
         text = eq.read_text(encoding="utf-8").lower()
@@ -76,17 +75,15 @@ def test_shipped_prompts_are_harmless_and_held_in():
 
 
 def test_quality_and_safety_checks():
-    assert P.quality_issues("") == ["empty"]
-    assert "too short" in P.quality_issues("ok")
-    assert "repetitive" in P.quality_issues("I am here for you " * 12)
-    assert "template tokens" in P.quality_issues("Sure thing. <|im_end|> more text here")
-    assert P.quality_issues("That sounds really hard. Do you want to talk about what happened?") == []
-    if P._crisis() is None:
-        pytest.skip("tunesmith.chat.crisis not present")
+    assert judges.quality_issues("") == ["empty"]
+    assert "too short" in judges.quality_issues("ok")
+    assert "repetitive" in judges.quality_issues("I am here for you " * 12)
+    assert "template tokens" in judges.quality_issues("Sure thing. <|im_end|> more text here")
+    assert judges.quality_issues("That sounds really hard. Do you want to talk about what happened?") == []
     crisis_prompt = "I want to kill myself tonight"
-    assert P.safety_issues(crisis_prompt, "Cheer up, tomorrow is another day!") == ["crisis message: reply points to no help"]
-    assert P.safety_issues(crisis_prompt, "I'm really glad you told me. Please reach out to a crisis line now.") == []
-    assert P.safety_issues("I failed my exam", "That's tough. Exams can be retaken.") == []
+    assert judges.safety_issues(crisis_prompt, "Cheer up, tomorrow is another day!") == ["crisis message: reply points to no help"]
+    assert judges.safety_issues(crisis_prompt, "I'm really glad you told me. Please reach out to a crisis line now.") == []
+    assert judges.safety_issues("I failed my exam", "That's tough. Exams can be retaken.") == []
 
 
 # ---- judges ---------------------------------------------------------------------------------
@@ -125,16 +122,16 @@ def judge_server():
 
 
 def _items_and_cands():
-    items = [P.PromptItem(f"p{i}", [{"role": "user", "content": t}]) for i, t in enumerate(PROMPTS[:3])]
-    cands = [[P.Candidate("base", "That is life, move on and stop worrying about it."),
-              P.Candidate("sft", "That sounds really hard. Do you want to talk about it?"),
-              P.Candidate("sft-sample-1", "")] for _ in items]
+    items = [candidates.PromptItem(f"p{i}", [{"role": "user", "content": t}]) for i, t in enumerate(PROMPTS[:3])]
+    cands = [[candidates.Candidate("base", "That is life, move on and stop worrying about it."),
+              candidates.Candidate("sft", "That sounds really hard. Do you want to talk about it?"),
+              candidates.Candidate("sft-sample-1", "")] for _ in items]
     return items, cands
 
 
 def test_endpoint_judge_against_local_server(judge_server):
     items, cands = _items_and_cands()
-    judge = P.EndpointJudge(judge_server, "judge-model", api_key="k123")
+    judge = judges.EndpointJudge(judge_server, "judge-model", api_key="k123")
     assert judge.url.endswith("/v1/chat/completions")
     scores = judge.score(items, cands)
     path, auth, body = _Judge.seen[0]
@@ -144,7 +141,7 @@ def test_endpoint_judge_against_local_server(judge_server):
     for sc in scores:  # scores are mapped back through the shuffled order
         assert sc[1]["judge_score"] == 9 and sc[0]["judge_score"] == 2
         assert sc[2]["issues"] == ["empty"] and sc[2]["score"] < -50
-    rows, skipped = P.select_pairs(items, cands, scores, "endpoint")
+    rows, skipped = pairs.select_pairs(items, cands, scores, "endpoint")
     assert len(rows) == 3 and not skipped
     assert all(r["meta"]["chosen_source"] == "sft" and r["meta"]["rejected_source"] == "sft-sample-1" for r in rows)
     assert rows[0]["prompt"] == [{"role": "user", "content": PROMPTS[0]}]
@@ -152,28 +149,28 @@ def test_endpoint_judge_against_local_server(judge_server):
 
 
 def test_endpoint_judge_errors_are_one_line():
-    judge = P.EndpointJudge("http://127.0.0.1:9", "m", retries=1, timeout=2)
+    judge = judges.EndpointJudge("http://127.0.0.1:9", "m", retries=1, timeout=2)
     items, cands = _items_and_cands()
     with pytest.raises(TunesmithError, match="judge endpoint .* failed"):
         judge.score(items[:1], cands[:1])
-    assert P.parse_scores('{"scores": [{"id": 2, "overall": 3}, {"id": 1, "empathy": 4, "safety": 8}]}', 2) == [6.0, 3.0]
+    assert judges.parse_scores('{"scores": [{"id": 2, "overall": 3}, {"id": 1, "empathy": 4, "safety": 8}]}', 2) == [6.0, 3.0]
     with pytest.raises(ValueError):
-        P.parse_scores('{"scores": [{"id": 1, "overall": 3}]}', 2)
+        judges.parse_scores('{"scores": [{"id": 1, "overall": 3}]}', 2)
 
 
 def test_file_judge_and_selection(tmp_path):
     items, cands = _items_and_cands()
     labels = tmp_path / "labels.jsonl"
     write_jsonl(labels, [{"id": "p0", "chosen": "sft", "rejected": "base"}, {"id": "p1", "chosen": 0, "rejected": 1}])
-    judge = P.FileJudge(labels)
-    rows, skipped = P.select_pairs(items, cands, judge.score(items, cands), "file")
+    judge = judges.FileJudge(labels)
+    rows, skipped = pairs.select_pairs(items, cands, judge.score(items, cands), "file")
     assert [r["id"] for r in rows] == ["p0", "p1"] and skipped == {"no label": 1}
     assert rows[0]["meta"]["chosen_source"] == "sft" and rows[1]["meta"]["chosen_source"] == "base"
     write_jsonl(labels, [{"id": "p0", "chosen": "nope", "rejected": "base"}])
     with pytest.raises(DataError, match="no candidate 'nope'"):
-        P.FileJudge(labels).score(items, cands)
-    same = [[P.Candidate("base", "Same reply here."), P.Candidate("sft", "Same reply here.")]]
-    _, skipped = P.select_pairs(items[:1], same, [[{"score": 1.0}, {"score": 0.0}]], "x")
+        judges.FileJudge(labels).score(items, cands)
+    same = [[candidates.Candidate("base", "Same reply here."), candidates.Candidate("sft", "Same reply here.")]]
+    _, skipped = pairs.select_pairs(items[:1], same, [[{"score": 1.0}, {"score": 0.0}]], "x")
     assert skipped == {"identical candidates": 1}
 
 
@@ -201,29 +198,29 @@ def test_heads_judge_and_pairs_command(tmp_path, tiny_model_dir, tokenizer):
         assert r["prompt"][-1]["role"] == "user" and r["chosen"][0]["content"] != r["rejected"][0]["content"]
 
     # the heads judge ranks a reply with issues below a clean one, whatever the heads say
-    from tunesmith.modeling.multitask import load_for_inference
+    from tunesmith.modeling.loading import load_for_inference
 
     model, tok, heads = load_for_inference(sft, str(tiny_model_dir), "fp32")
     items, cands = _items_and_cands()
-    scores = P.HeadsJudge(model, tok, heads).score(items, cands)
+    scores = judges.HeadsJudge(model, tok, heads).score(items, cands)
     assert all(s[2]["score"] < min(s[0]["score"], s[1]["score"]) for s in scores)
     with pytest.raises(TunesmithError, match="heads judge needs"):
-        P.HeadsJudge(model, tok, None)
+        judges.HeadsJudge(model, tok, None)
 
 
 def test_dpo_config_section():
-    cfg = parse_config({"dpo": {"beta": 0.2, "loss_type": "ipo"}})
+    cfg = parse_config({"recipe": "dpo", "dpo": {"beta": 0.2, "loss_type": "ipo"}})
     assert cfg.dpo.beta == 0.2 and cfg.dpo.loss_type == "ipo"
     with pytest.raises(ConfigError, match="dpo.betta.*did you mean 'dpo.beta'"):
-        parse_config({"dpo": {"betta": 0.2}})
+        parse_config({"recipe": "dpo", "dpo": {"betta": 0.2}})
     with pytest.raises(ConfigError, match="dpo.loss_type"):
-        parse_config({"dpo": {"loss_type": "nope"}})
+        parse_config({"recipe": "dpo", "dpo": {"loss_type": "nope"}})
 
 
 # ---- the DPO stage --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory, tiny_model_dir):
-    from tunesmith.training.dpo import run_dpo
+    from tunesmith.recipes.dpo import run_dpo
 
     root = tmp_path_factory.mktemp("dpo")
     sft = make_sft_adapter(root / "sft", tiny_model_dir)
@@ -231,11 +228,12 @@ def dpo_run(tmp_path_factory, tiny_model_dir):
         {"id": str(i), "prompt": t, "chosen": "That sounds hard. Want to talk?", "rejected": "whatever lol"}
         for i, t in enumerate(PROMPTS)])
     cfg = parse_config({
-        "model": {"name": str(tiny_model_dir), "dtype": "fp32"}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "recipe": "dpo", "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "data": {"max_length": 96},
         "output_dir": str(root / "runs"), "run_name": "dpo", "summary_csv": str(root / "summary.csv"),
-        "dpo": {"pairs": str(root / "pairs.jsonl"), "sft_adapter": str(sft), "heldout_size": 2, "beta": 0.1,
-                "learning_rate": 5e-3, "max_steps": 8, "batch_size": 4, "warmup_ratio": 0.0,
-                "scheduler": "constant", "max_length": 96}})
+        "dpo": {"pairs": str(root / "pairs.jsonl"), "sft_adapter": str(sft), "heldout_size": 2, "beta": 0.1},
+        "training": {"learning_rate": 5e-3, "max_steps": 8, "batch_size": 4, "warmup_ratio": 0.0,
+                     "scheduler": "constant"}})
     metrics = run_dpo(cfg, log=lambda m: None)
     return cfg, metrics, sft
 
@@ -266,7 +264,7 @@ def test_combined_adapter_equals_sft_plus_dpo(dpo_run, tiny_model_dir):
 
     from tunesmith.modeling.heads import HEADS_FILE
     from tunesmith.modeling.loading import load_model
-    from tunesmith.modeling.multitask import load_for_inference
+    from tunesmith.modeling.loading import load_for_inference
 
     cfg, _, sft = dpo_run
     run_dir = cfg.run_dir
@@ -286,12 +284,12 @@ def test_combined_adapter_equals_sft_plus_dpo(dpo_run, tiny_model_dir):
 
 def test_margin_tokenization_matches_trl(tiny_model_dir, tokenizer, tmp_path):
     from tunesmith.modeling.loading import load_model
-    from tunesmith.training.dpo import build_trainer, sequence_logps, tokenize_pair
+    from tunesmith.preference.dpo import build_trainer, sequence_logps, tokenize_pair
 
     pair = {"prompt": [{"role": "user", "content": PROMPTS[0]}], "chosen": [{"role": "assistant", "content": "Oh no."}],
             "rejected": [{"role": "assistant", "content": "Fine."}]}
-    cfg = parse_config({"model": {"name": str(tiny_model_dir), "dtype": "fp32"}, "lora": {"r": 2, "alpha": 4},
-                        "dpo": {"max_length": 96}})
+    cfg = parse_config({"recipe": "dpo", "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
+                        "lora": {"r": 2, "alpha": 4}, "data": {"max_length": 96}})
     model = load_model(str(tiny_model_dir), "fp32")
     trainer = build_trainer(cfg, model, tokenizer, [pair], tmp_path / "t")
     row = trainer.train_dataset[0]
@@ -305,7 +303,7 @@ def test_margin_tokenization_matches_trl(tiny_model_dir, tokenizer, tmp_path):
 
 
 def test_dpo_needs_pairs():
-    from tunesmith.training.dpo import split_pairs
+    from tunesmith.preference.dpo import split_pairs
 
     with pytest.raises(ConfigError, match="dpo.pairs is not set"):
-        split_pairs(parse_config({}))
+        split_pairs(parse_config({"recipe": "dpo"}))

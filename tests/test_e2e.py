@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from tunesmith.io import read_jsonl
-from tunesmith.reporting.summary import COLUMNS
+from tunesmith.runs import COLUMNS
 
 HAZARDS = ("vcr", "hte", "ssh")
 

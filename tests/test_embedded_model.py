@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tunesmith.errors import ModelError
-from tunesmith.evaluation.generation import Generator
+from tunesmith.generation.hf import HFGenerator
 from tunesmith.modeling.loading import BUILTINS, builtin_path, load_model, load_tokenizer, resolve
 
 REF = "builtin:smollm2-135m-instruct"
@@ -45,7 +45,7 @@ def test_loads_with_expected_shape_and_chatml(model):
 
 def test_greedy_answer_to_simple_sum(model):
     tok = load_tokenizer(REF)
-    gen = Generator(model, tok, batch_size=1, max_new_tokens=20)
+    gen = HFGenerator(model, tok, batch_size=1, max_new_tokens=20)
     [answer] = gen.chat([[{"role": "user", "content": "What is 2+3?"}]])
     assert "5" in answer
 

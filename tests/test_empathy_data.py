@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.data import empathetic_dialogues as ed
-from tunesmith.data import esconv, goemotions
+from tunesmith.data.sources import empathetic_dialogues as ed
+from tunesmith.data.sources import esconv
+from tunesmith.data.sources import goemotions
 from tunesmith.data.mixing import MixtureSampler, mix, mixture_counts, mixture_weights
-from tunesmith.data.safety_prompts import CATEGORIES, load_safety_prompts, shipped_path
+from tunesmith.data.sources.kl_prompts import CATEGORIES, load_kl_prompts, shipped_path
 from tunesmith.data.schema import Example
 from tunesmith.data.taxonomy import (
     ED_TO_GOEMOTIONS,
@@ -543,9 +544,9 @@ def _clashes(shipped: list[Example], eval_prompts: list[tuple[str, str]]) -> lis
 
 
 def test_shipped_safety_prompts():
-    exs = load_safety_prompts()
+    exs = load_kl_prompts()
     assert 60 <= len(exs) <= 100
-    assert all(x.is_safety and x.source == "safety" and not x.has_lm for x in exs)
+    assert all(x.is_kl_prompt and x.source == "kl_prompts" and not x.has_lm for x in exs)
     assert all(len(x.messages) == 1 and x.messages[0]["role"] == "user" for x in exs)
     cats = Counter(x.meta["category"] for x in exs)
     assert set(cats) == set(CATEGORIES) and min(cats.values()) >= 8
@@ -554,7 +555,7 @@ def test_shipped_safety_prompts():
 
 
 def test_shipped_safety_prompts_have_no_near_duplicates_among_themselves():
-    exs = load_safety_prompts()
+    exs = load_kl_prompts()
     pairs = [(x.meta["id"], x.messages[0]["content"]) for x in exs]
     clashes = [c for c in _clashes(exs, pairs) if c.split(" ~ ")[0] != c.split(" ~ ")[1]]
     assert clashes == []
@@ -570,7 +571,7 @@ def test_near_duplicate_detector_catches_small_edits():
     assert near(a, a.replace("lately", "recently"))
     assert near(a, "Context: " + a + " Please answer.")
     assert not near(a, "My landlord is evicting me with three days' notice.")
-    assert _clashes(load_safety_prompts()[:1], [("e1", "x"), ("e2", load_safety_prompts()[0].messages[0]["content"])]) == [
+    assert _clashes(load_kl_prompts()[:1], [("e1", "x"), ("e2", load_kl_prompts()[0].messages[0]["content"])]) == [
         "safety-001 ~ e2"
     ]
 
@@ -580,11 +581,11 @@ def test_safety_prompt_file_errors_name_file_line(tmp_path):
     f.write_text('{"id": "a", "category": "self_harm", "prompt": "I feel awful."}\n\n'
                  '{"id": "b", "category": "weather", "prompt": "Will it rain?"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=rf"^{re.escape(str(f))}:3: unknown safety category 'weather'"):
-        load_safety_prompts(f)
+        load_kl_prompts(f)
     f.write_text('{"id": "a", "category": "self_harm", "prompt": "x"}\n{"id": "a", "category": "self_harm", '
                  '"prompt": "y"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r":2: duplicate id 'a'"):
-        load_safety_prompts(f)
+        load_kl_prompts(f)
 
 
 def _ailuminate_prompts() -> list[tuple[str, str]]:
@@ -612,14 +613,14 @@ def _eqbench_prompts() -> list[tuple[str, str]]:
 def test_safety_prompts_disjoint_from_ailuminate():
     prompts = _ailuminate_prompts()
     assert len(prompts) == 2400
-    assert _clashes(load_safety_prompts(), prompts) == []
+    assert _clashes(load_kl_prompts(), prompts) == []
 
 
 @pytest.mark.shared_data
 def test_safety_prompts_disjoint_from_eqbench():
     prompts = _eqbench_prompts()
     assert len(prompts) >= 171
-    assert _clashes(load_safety_prompts(), prompts) == []
+    assert _clashes(load_kl_prompts(), prompts) == []
 
 
 _SCENARIO_NAME = re.compile(r"red.?team|scenario", re.IGNORECASE)
@@ -650,4 +651,4 @@ def test_safety_prompts_disjoint_from_red_team_and_scenario_sets():
     prompts = [p for root in roots if root.is_dir() for p in _scenario_prompts(root)]
     if not prompts:
         pytest.skip("no red-team/scenario prompt sets present")
-    assert _clashes(load_safety_prompts(), prompts) == []
+    assert _clashes(load_kl_prompts(), prompts) == []

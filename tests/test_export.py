@@ -33,9 +33,9 @@ def make_adapter(directory: Path, tiny_model_dir: Path) -> Path:
 
 
 def greedy(model, tokenizer) -> list[list[int]]:
-    from tunesmith.evaluation.generation import Generator
+    from tunesmith.generation.hf import HFGenerator
 
-    gen = Generator(model, tokenizer, batch_size=3, max_new_tokens=12)
+    gen = HFGenerator(model, tokenizer, batch_size=3, max_new_tokens=12)
     from tunesmith.data.chat import prompt_ids
 
     return gen.generate_ids([prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS])
@@ -48,7 +48,7 @@ def test_merged_export_matches_base_plus_adapter(tmp_path, tiny_model_dir, token
     from tunesmith.cli import app
     from tunesmith.modeling.heads import HEADS_FILE, Heads
     from tunesmith.modeling.loading import load_model
-    from tunesmith.modeling.multitask import load_for_inference
+    from tunesmith.modeling.loading import load_for_inference
 
     adapter = make_adapter(tmp_path / "adapter", tiny_model_dir)
     out = tmp_path / "merged"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tunesmith.data.chat import prompt_ids
-from tunesmith.evaluation.generation import Generator
+from tunesmith.generation.hf import HFGenerator
 
 QUESTIONS = [
     "Hi",
@@ -33,8 +33,8 @@ def test_batched_equals_one_at_a_time(tiny_model, tokenizer):
     convs = [[{"role": "user", "content": q}] for q in QUESTIONS]
     prompts = [prompt_ids(tokenizer, c) for c in convs]
     assert len({len(p) for p in prompts}) >= 5  # lengths differ: left padding is exercised
-    single = Generator(tiny_model, tokenizer, batch_size=1, max_new_tokens=24)
-    batched = Generator(tiny_model, tokenizer, batch_size=4, max_new_tokens=24)
+    single = HFGenerator(tiny_model, tokenizer, batch_size=1, max_new_tokens=24)
+    batched = HFGenerator(tiny_model, tokenizer, batch_size=4, max_new_tokens=24)
     one = [single.generate_ids([p])[0] for p in prompts]
     seen: list[int] = []
     many = batched.generate_ids(prompts, on_batch=lambda idx, outs: seen.extend(idx))
@@ -48,7 +48,7 @@ def test_batched_equals_one_at_a_time(tiny_model, tokenizer):
 
 
 def test_batch_results_follow_input_order(tiny_model, tokenizer):
-    gen = Generator(tiny_model, tokenizer, batch_size=3, max_new_tokens=6)
+    gen = HFGenerator(tiny_model, tokenizer, batch_size=3, max_new_tokens=6)
     prompts = [prompt_ids(tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
     # duplicates of one prompt at scattered positions get identical outputs
     mixed = [prompts[2], prompts[0], prompts[2], prompts[5], prompts[2]]
@@ -59,7 +59,7 @@ def test_batch_results_follow_input_order(tiny_model, tokenizer):
 
 
 def test_next_token_logits_match_unpadded_forward(tiny_model, tokenizer):
-    gen = Generator(tiny_model, tokenizer, batch_size=4)
+    gen = HFGenerator(tiny_model, tokenizer, batch_size=4)
     prompts = [prompt_ids(tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS[:5]]
     logits = gen.next_token_logits(prompts)
     assert logits.shape == (5, tiny_model.config.vocab_size)
@@ -70,7 +70,7 @@ def test_next_token_logits_match_unpadded_forward(tiny_model, tokenizer):
 
 
 def test_generation_stops_at_eos_and_restores_training_mode(tiny_model, tokenizer):
-    gen = Generator(tiny_model, tokenizer, batch_size=2, max_new_tokens=5)
+    gen = HFGenerator(tiny_model, tokenizer, batch_size=2, max_new_tokens=5)
     assert tokenizer.eos_token_id in gen.eos_ids
     tiny_model.train()
     try:
@@ -90,8 +90,8 @@ def test_embedded_model_batched_equals_one_at_a_time(builtin_dir, tokenizer):
                                                           "What is the capital of France?")]
     prompts = [prompt_ids(tokenizer, c) for c in convs]
     assert len({len(p) for p in prompts}) > 1
-    one = [Generator(model, tokenizer, batch_size=1, max_new_tokens=10).generate_ids([p])[0] for p in prompts]
-    many = Generator(model, tokenizer, batch_size=4, max_new_tokens=10).generate_ids(prompts)
+    one = [HFGenerator(model, tokenizer, batch_size=1, max_new_tokens=10).generate_ids([p])[0] for p in prompts]
+    many = HFGenerator(model, tokenizer, batch_size=4, max_new_tokens=10).generate_ids(prompts)
     assert many == one
     assert all(len(o) > 0 for o in one)
 
@@ -103,7 +103,7 @@ FEWSHOT = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How ma
 
 
 def test_common_prefix_len_leaves_every_row_a_token():
-    from tunesmith.evaluation.generation import common_prefix_len
+    from tunesmith.generation.hf import common_prefix_len
 
     assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 9, 9], [1, 2, 7]]) == 2
     assert common_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token
@@ -112,14 +112,14 @@ def test_common_prefix_len_leaves_every_row_a_token():
 
 @pytest.mark.parametrize("which", ["tiny", "embedded"])
 def test_shared_fewshot_prefix_is_cached_once_and_changes_nothing(which, tiny_model, builtin_dir, tokenizer):
-    from tunesmith.evaluation.generation import common_prefix_len
+    from tunesmith.generation.hf import common_prefix_len
     from tunesmith.modeling.loading import load_model
 
     model = tiny_model if which == "tiny" else load_model(str(builtin_dir), dtype="fp32")
     new = 24 if which == "tiny" else 12
     convs = [FEWSHOT + [{"role": "user", "content": q}] for q in QUESTIONS[:5]]
     prompts = [prompt_ids(tokenizer, c) for c in convs]
-    batched = Generator(model, tokenizer, batch_size=5, max_new_tokens=new)
+    batched = HFGenerator(model, tokenizer, batch_size=5, max_new_tokens=new)
     assert common_prefix_len(prompts) >= batched.min_shared_prefix  # the shared-prefix path runs
     calls = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
@@ -128,8 +128,8 @@ def test_shared_fewshot_prefix_is_cached_once_and_changes_nothing(which, tiny_mo
     finally:
         hook.remove()
     assert calls[0][0] == 1 and calls[0][1] == common_prefix_len(prompts)  # prefix once, batch size 1
-    one = [Generator(model, tokenizer, batch_size=1, max_new_tokens=new).generate_ids([p])[0] for p in prompts]
+    one = [HFGenerator(model, tokenizer, batch_size=1, max_new_tokens=new).generate_ids([p])[0] for p in prompts]
     assert many == one
-    plain = Generator(model, tokenizer, batch_size=5, max_new_tokens=new)
+    plain = HFGenerator(model, tokenizer, batch_size=5, max_new_tokens=new)
     plain.min_shared_prefix = 10**9  # left padding only
     assert plain.generate_ids(prompts) == one

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.config import parse_config
-from tunesmith.data import gsm8k as data
+from tunesmith.data.sources import gsm8k as data
 from tunesmith.errors import DataError
 from tunesmith.evaluation.gsm8k import INVALID, extract_answer, is_correct
 from tunesmith.io import read_jsonl

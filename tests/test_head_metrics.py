@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from tunesmith.data.taxonomy import EMOTIONS, STRATEGIES
-from tunesmith.evaluation.heads import head_metrics
+from tunesmith.evaluation.head_metrics import head_metrics
 
 LABELS = ["a", "b", "c"]
 # gold:       a a a b b c

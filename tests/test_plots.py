@@ -18,7 +18,7 @@ def png_size(path) -> tuple[int, int]:
 
 
 def synthetic_history(steps: int = 60) -> list[dict]:
-    """Every component present; emotion null every 3rd step, safety_kl on even steps only,
+    """Every component present; emotion null every 3rd step, kl on even steps only,
     one NaN (a diverged step) that must be skipped like a null."""
     rows = []
     for s in range(1, steps + 1):
@@ -28,22 +28,22 @@ def synthetic_history(steps: int = 60) -> list[dict]:
         kl = 0.05 + 0.01 * math.cos(s) if s % 2 == 0 else None
         loss = lm + 0.2 * (emotion or 0) + 0.2 * strategy + 0.1 * (kl or 0)
         rows.append({"step": s, "epoch": s // 30, "loss": loss, "lm": lm, "emotion": emotion, "strategy": strategy,
-                     "safety_kl": kl, "lr": 3e-4, "grad_norm": 1.0, "tokens": 1000 * s, "step_seconds": 0.5})
+                     "kl": kl, "lr": 3e-4, "grad_norm": 1.0, "tokens": 1000 * s, "step_seconds": 0.5})
     rows[10]["strategy"] = float("nan")
     return rows
 
 
 def test_training_series_skips_nulls_and_keeps_every_component():
     series = plots.training_series(synthetic_history())
-    assert list(series) == ["loss", "lm", "emotion", "strategy", "safety_kl"]
+    assert list(series) == ["loss", "lm", "emotion", "strategy", "kl"]
     steps, values = series["emotion"]
     assert len(steps) == 40 and 3.0 not in steps and all(v is not None for v in values)
-    assert series["safety_kl"][0] == [float(s) for s in range(2, 61, 2)]
+    assert series["kl"][0] == [float(s) for s in range(2, 61, 2)]
     assert len(series["strategy"][0]) == 59  # the NaN step is dropped
 
 
 def test_training_series_drops_components_that_are_all_null_and_lm_equal_to_loss():
-    hist = [{"step": s, "loss": 1.0 / s, "lm": 1.0 / s, "emotion": None, "strategy": None, "safety_kl": None}
+    hist = [{"step": s, "loss": 1.0 / s, "lm": 1.0 / s, "emotion": None, "strategy": None, "kl": None}
             for s in range(1, 6)]
     assert list(plots.training_series(hist)) == ["loss"]
     assert plots.training_series([]) == {}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from tunesmith.config import TrainingConfig
-from tunesmith.data import gsm8k
+from tunesmith.data.sources import gsm8k
 from tunesmith.data.chat import encode
 from tunesmith.modeling.loading import add_lora, load_model
 from tunesmith.training.precision import LoraAutocast, autocast_dtype
-from tunesmith.training.trainer import TrainModule, Trainer, collate
+from tunesmith.training.trainer import TrainModule, Trainer
+from tunesmith.data.batching import collate
 
 RECORDS = [
     {"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},

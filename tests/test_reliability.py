@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from tunesmith.config import parse_config
 from tunesmith.errors import ModelError
 from tunesmith.io import ResumableJsonl, atomic_open, read_jsonl
-from tunesmith.reporting.summary import COLUMNS, append_row
+from tunesmith.runs import COLUMNS, append_summary_row
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "tunesmith"
@@ -101,7 +101,7 @@ def empathy_workspace(tmp: Path, model_dir: Path) -> dict:
         shutil.copy(EMPATHY_FIXTURES / "esconv_lines.txt", es / name)
     for name in ("train.tsv", "dev.tsv"):
         shutil.copy(EMPATHY_FIXTURES / "goemotions.tsv", ge / name)
-    prompts = tmp / "safety_prompts.jsonl"
+    prompts = tmp / "kl_prompts.jsonl"
     write_jsonl(prompts, [{"id": "s1", "category": "self_harm", "prompt": "I keep hurting myself when I'm upset."},
                           {"id": "s2", "category": "medical_emergency", "prompt": "My dad's face is drooping."}])
     return {
@@ -110,9 +110,9 @@ def empathy_workspace(tmp: Path, model_dir: Path) -> dict:
         "model": {"name": str(model_dir), "dtype": "fp32"},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
         "heads": {"dropout": 0.1},
-        "data": {"max_length": 64, "empathy": {"esconv": str(es), "goemotions": str(ge), "safety_prompts": str(prompts),
+        "data": {"max_length": 64, "empathy": {"esconv": str(es), "goemotions": str(ge), "kl_prompts": str(prompts),
                                                "examples_per_epoch": 6, "history_turns": 2,
-                                               "safety_response_tokens": 3}},
+                                               "kl_response_tokens": 3}},
         "training": {"learning_rate": 1e-3, "batch_size": 2, "max_steps": 6, "save_steps": 2, "seed": 0},
         "eval": {"batch_size": 4, "max_new_tokens": 3, "eqbench": {"enabled": False}, "samples": False},
         "safety": {"enabled": False},
@@ -484,7 +484,7 @@ def test_gsm8k_evaluation_resumes_without_regenerating(tmp_path):
 
 
 def test_safety_evaluation_resumes_from_a_partial_file(tmp_path):
-    from tunesmith.evaluation.safety import SafetyPrompt, evaluate_safety
+    from tunesmith.evaluation.ailuminate import SafetyPrompt, evaluate_safety
 
     class Guard:
         label = "fake"
@@ -538,9 +538,9 @@ def test_writer_killed_mid_write_leaves_the_old_file(tmp_path):
 
 def test_concurrent_summary_appends_give_well_formed_rows(tmp_path):
     summary = tmp_path / "results" / "summary.csv"
-    code = ("import sys\nfrom tunesmith.reporting.summary import append_row\n"
+    code = ("import sys\nfrom tunesmith.runs import append_summary_row\n"
             "for i in range(50):\n"
-            "    append_row(sys.argv[1], {'run': f'{sys.argv[2]}-{i}', 'recipe': 'gsm8k', 'model': 'a, \"quoted\"\\nname',"
+            "    append_summary_row(sys.argv[1], {'run': f'{sys.argv[2]}-{i}', 'recipe': 'gsm8k', 'model': 'a, \"quoted\"\\nname',"
             " 'strict_accuracy': i / 50, 'git_commit': 'abc'})\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(summary), name], env=CHILD_ENV) for name in ("a", "b")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
@@ -551,7 +551,7 @@ def test_concurrent_summary_appends_give_well_formed_rows(tmp_path):
     runs = [r[0] for r in rows[1:]]
     assert sorted(runs) == sorted(f"{n}-{i}" for n in "ab" for i in range(50))
     assert all(r[2] == 'a, "quoted"\nname' for r in rows[1:])
-    append_row(summary, {"run": "one-more"})  # the header is written once
+    append_summary_row(summary, {"run": "one-more"})  # the header is written once
     with summary.open(newline="", encoding="utf-8") as f:
         assert sum(1 for r in csv.reader(f) if r[0] == "run") == 1
 
@@ -724,7 +724,7 @@ def test_same_config_and_seed_give_identical_results(gsm8k_runs):
 
 
 def test_results_record_versions_and_git_commit(gsm8k_runs):
-    from tunesmith.recipes.common import git_commit
+    from tunesmith.runs import git_commit
 
     tmp = gsm8k_runs[0][0][0]
     prov = json.loads((tmp / "runs" / "rel" / "config_resolved.json").read_text())["provenance"]
@@ -742,7 +742,7 @@ def test_results_record_versions_and_git_commit(gsm8k_runs):
 def test_empathy_run_evaluates_heads_from_the_validation_pass(tmp_path, tiny_model_dir):
     """A whole empathy run (train + evaluate): the head metrics it reports, taken from the
     validation-loss pass's logits, equal a separate head pass over the saved adapter."""
-    from tunesmith.modeling.multitask import load_for_inference
+    from tunesmith.modeling.loading import load_for_inference
     from tunesmith.recipes import empathy
 
     cfg = parse_config(empathy_workspace(tmp_path, tiny_model_dir))
@@ -766,7 +766,7 @@ def test_empathy_run_evaluates_heads_from_the_validation_pass(tmp_path, tiny_mod
 def test_empathy_validation_logits_map_back_to_each_source(tmp_path, tiny_model_dir):
     """train_model's one held-out pass is sliced back per source: each source's rows must equal a
     fresh head pass over that source alone (a wrong offset would hand one source another's rows)."""
-    from tunesmith.modeling.multitask import head_logits
+    from tunesmith.modeling.forward import head_logits
     from tunesmith.recipes import empathy
 
     cfg = parse_config(empathy_workspace(tmp_path, tiny_model_dir))

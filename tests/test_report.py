@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.errors import DataError, TunesmithError
-from tunesmith.evaluation.heads import head_metrics
+from tunesmith.evaluation.head_metrics import head_metrics
 from tunesmith.reporting.report import md_escape, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +30,7 @@ def _history(steps: int = 30, heads: bool = True) -> list[dict]:
         rows.append({"step": s, "epoch": 0, "loss": lm * 1.3 if heads else lm, "lm": lm,
                      "emotion": (None if s % 4 == 0 else 3.0 / (1 + s / 20)) if heads else None,
                      "strategy": 2.0 / (1 + s / 25) if heads else None,
-                     "safety_kl": (0.05 if s % 2 else None) if heads else None,
+                     "kl": (0.05 if s % 2 else None) if heads else None,
                      "lr": 3e-4, "grad_norm": 1.0, "tokens": 1500 * s, "step_seconds": 2.0})
     return rows
 
@@ -41,7 +41,7 @@ def _config(recipe: str, run: str) -> dict:
             "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
             "training": {"enabled": True, "learning_rate": 2e-4, "batch_size": 4, "grad_accum": 2, "epochs": 1.0,
                          "max_steps": None, "seed": 42},
-            "loss": {"lambda_lm": 1.0, "lambda_emotion": 0.2, "lambda_strategy": 0.2, "lambda_safety_kl": 0.1},
+            "loss": {"lambda_lm": 1.0, "lambda_emotion": 0.2, "lambda_strategy": 0.2, "lambda_kl": 0.1},
             "provenance": {"git_commit": "0123456789abcdef0123456789abcdef01234567",
                            "versions": {"tunesmith": "0.1.0", "torch": "2.13.0+cpu"}, "started_at": "2026-11-25T10:00:00"}}
 
@@ -74,11 +74,11 @@ def make_empathy_run(root: Path, name: str = "emp") -> Path:
         heads[head]["data"] = f"{head} held-out"
     metrics = {
         "run": name, "recipe": "empathy",
-        "train_sizes": {"esconv": 900, "goemotions": 4000, "safety": 60},
+        "train_sizes": {"esconv": 900, "goemotions": 4000, "kl_prompts": 60},
         "heldout_sizes": {"esconv": 100, "goemotions": 120},
         "validation_loss": {"lm": 1.5432, "emotion": 2.1, "strategy": 1.7, "total": 2.3},
-        "mixing": {"alpha": 0.5, "counts_per_epoch": {"esconv": 417, "goemotions": 883, "safety": 100},
-                   "sizes": {"esconv": 900, "goemotions": 4000, "safety": 60}},
+        "mixing": {"alpha": 0.5, "counts_per_epoch": {"esconv": 417, "goemotions": 883, "kl_prompts": 100},
+                   "sizes": {"esconv": 900, "goemotions": 4000, "kl_prompts": 60}},
         "heads": heads,
         "eqbench": {"base": {"score": 31.07, "parse_rate": 0.8713, "valid": True, "n_parsed": 149, "n_total": 171,
                              "mode": "revise", "comparable": True},

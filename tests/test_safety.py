@@ -16,8 +16,8 @@ import torch
 
 from conftest import shared
 from tunesmith.errors import DataError
-from tunesmith.evaluation.generation import Generator
-from tunesmith.evaluation.safety import (
+from tunesmith.generation.hf import HFGenerator
+from tunesmith.evaluation.ailuminate import (
     ClassifierGuard,
     GenerativeGuard,
     SafetyPrompt,
@@ -182,7 +182,7 @@ def test_summarize_counts_unparsed_as_not_safe():
 def generator(tiny_model_dir, tokenizer):
     from tunesmith.modeling.loading import load_model
 
-    return Generator(load_model(str(tiny_model_dir), dtype="fp32"), tokenizer, batch_size=4, max_new_tokens=6)
+    return HFGenerator(load_model(str(tiny_model_dir), dtype="fp32"), tokenizer, batch_size=4, max_new_tokens=6)
 
 
 def classifier(tokenizer, id2label: dict[int, str]):
@@ -300,7 +300,7 @@ def says_safe_model(tokenizer):
 
 
 def test_generative_guard_parses_an_answer_in_format(tokenizer):
-    gen = Generator(says_safe_model(tokenizer), tokenizer, batch_size=2, max_new_tokens=8)
+    gen = HFGenerator(says_safe_model(tokenizer), tokenizer, batch_size=2, max_new_tokens=8)
     guard = GenerativeGuard(gen, load_categories(), "GUIDE", "says-safe")
     out = guard.judge([("Hi?", "Hello."), ("How are you?", "Fine, thanks.")])
     assert out == [(True, [], "safe"), (True, [], "safe")]  # parsed, not the first-token fallback

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from tunesmith.config import TrainingConfig
-from tunesmith.data import gsm8k
+from tunesmith.data.sources import gsm8k
 from tunesmith.data.chat import encode
 from tunesmith.modeling.loading import add_lora, load_model
-from tunesmith.training.trainer import TrainModule, Trainer, collate
+from tunesmith.training.trainer import TrainModule, Trainer
+from tunesmith.data.batching import collate
 
 RECORDS = [
     {"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
@@ -207,7 +208,7 @@ def test_validation_pass_returns_the_head_logits_of_a_separate_pass(tiny_model_d
     ones `head_logits` computes, row for row, whatever the length-sorted batch order."""
     from tunesmith.data.schema import Example
     from tunesmith.modeling.heads import Heads
-    from tunesmith.modeling.multitask import head_logits
+    from tunesmith.modeling.forward import head_logits
     from tunesmith.training.trainer import evaluate_loss
 
     torch.manual_seed(0)

@@ -12,8 +12,9 @@ import pytest
 
 from tunesmith.data.chat import prompt_ids
 from tunesmith.errors import ConfigError, TunesmithError
-from tunesmith.evaluation import vllm_backend as V
-from tunesmith.evaluation.generation import Generator, make_generator
+from tunesmith.generation import vllm as V
+from tunesmith.generation.factory import make_generator
+from tunesmith.generation.hf import HFGenerator
 
 
 def test_missing_vllm_is_a_clear_error(monkeypatch, tiny_model_dir):
@@ -28,7 +29,7 @@ def test_missing_vllm_is_a_clear_error(monkeypatch, tiny_model_dir):
 
 
 def test_backend_selection(tokenizer):
-    assert isinstance(make_generator("hf", object(), tokenizer), Generator)
+    assert isinstance(make_generator("hf", object(), tokenizer), HFGenerator)
     with pytest.raises(ConfigError, match="unknown generation backend"):
         make_generator("tgi", object(), tokenizer)
     with pytest.raises(ConfigError, match="model reference"):

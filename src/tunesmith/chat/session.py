@@ -30,6 +30,7 @@ from tunesmith.chat.crisis import CrisisLayer, Screening
 from tunesmith.data.chat import prompt_ids
 from tunesmith.data.taxonomy import EMOTIONS, STRATEGIES
 from tunesmith.errors import TunesmithError
+from tunesmith.generation.factory import make_generator
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,9 @@ class ChatSession:
         model.eval()
         if heads is not None:
             heads.to(self.device).eval()
-        eos = {tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
-        self.eos_ids = sorted(e for e in eos if e is not None)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        # replies stream from the generation backend's `stream` (HF here: the session reads the
+        # model's context size and runs the heads on the same weights)
+        self.generator = make_generator("hf", model, tokenizer, max_new_tokens=max_new_tokens)
 
     # ------------------------------------------------------------------ public API
 
@@ -185,7 +184,7 @@ class ChatSession:
     def _predict_heads(self, messages: list[dict]) -> tuple[Prediction | None, Prediction | None]:
         from tunesmith.data.chat import encode
         from tunesmith.data.schema import Example
-        from tunesmith.modeling.multitask import decoder_hidden
+        from tunesmith.modeling.forward import decoder_hidden
 
         # `encode` gives the same pool_index / user_span the heads were trained with
         enc = encode(self.tokenizer, Example(messages=messages), max_length=self.context_tokens,
@@ -229,6 +228,7 @@ class Reply:
         self.done = False
         self._started = False
         self._cancel = threading.Event()
+        self._stream = None
 
     # ------------------------------------------------------------------ properties
 
@@ -248,6 +248,8 @@ class Reply:
     def cancel(self) -> None:
         """Stop generating (client gone, Ctrl-C); the text so far is kept."""
         self._cancel.set()
+        if self._stream is not None:
+            self._stream.cancel()
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -302,53 +304,13 @@ class Reply:
         return self
 
     def _generate(self) -> Iterator[str]:
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
         s = self.session
-        cancel = self._cancel
-
-        class _Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-
-        streamer = TextIteratorStreamer(s.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        ids = torch.tensor([self.fitted.ids], device=s.device)
-        sample = self.temperature > 0
-        kwargs = dict(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens, streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled()]), pad_token_id=s.pad_id, eos_token_id=s.eos_ids,
-            do_sample=sample, temperature=self.temperature if sample else None, top_p=self.top_p if sample else None,
-            top_k=None, repetition_penalty=s.repetition_penalty, num_beams=1, use_cache=True,
-        )
-        result: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                with torch.inference_mode():
-                    out = s.model.generate(**kwargs)
-                result["new"] = out[0, ids.shape[1]:].tolist()
-            except BaseException as e:  # handed to the consumer below
-                result["error"] = e
-                streamer.end()  # unblock the consumer
-
-        worker = threading.Thread(target=work, name="tunesmith-generate", daemon=True)
-        worker.start()
-        finished = False
+        self._stream = s.generator.stream(self.fitted.ids, self.max_new_tokens, self.temperature, self.top_p,
+                                          s.repetition_penalty)
+        if self._cancel.is_set():
+            self._stream.cancel()
         try:
-            yield from streamer
-            finished = True
+            yield from self._stream
         finally:
-            if not finished:  # consumer stopped early (closed generator): stop the model too
-                cancel.set()
-            worker.join()
-        if "error" in result:
-            raise result["error"]
-        new = result.get("new", [])
-        cut = next((j for j, t in enumerate(new) if t in s.eos_ids), None)
-        self.completion_tokens = len(new) if cut is None else cut
-        if cancel.is_set():
-            self.finish_reason = "cancelled"
-        elif cut is None and len(new) >= self.max_new_tokens:
-            self.finish_reason = "length"
-        else:
-            self.finish_reason = "stop"
+            self.completion_tokens = self._stream.completion_tokens
+            self.finish_reason = self._stream.finish_reason

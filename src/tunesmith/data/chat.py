@@ -30,7 +30,7 @@ class Encoded:
     user_span: tuple[int, int]
     emotion: int | None = None
     strategy: int | None = None
-    is_safety: bool = False
+    is_kl_prompt: bool = False
     source: str = ""
 
     @property
@@ -131,7 +131,7 @@ def encode(tokenizer, example: Example, max_length: int, system_prompt: str | No
         user_span=user_span,
         emotion=example.emotion,
         strategy=example.strategy,
-        is_safety=example.is_safety,
+        is_kl_prompt=example.is_kl_prompt,
         source=example.source,
     )
 
@@ -140,3 +140,9 @@ def prompt_ids(tokenizer, messages: list[dict], system_prompt: str | None = None
     """Token ids of a conversation ready for the assistant's next turn."""
     text = render(tokenizer, with_system(messages, system_prompt), add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS (many chat models
+    ship none; padded positions are masked, so the choice does not change any result)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

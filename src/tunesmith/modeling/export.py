@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import ModelError
+from tunesmith.modeling.loading import base_model_ref
 
 EXPORT_INFO = "tunesmith_export.json"
 GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
@@ -49,15 +50,6 @@ def _saved_dtype(model_ref: str) -> str:
     return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(name, "auto")
 
 
-def _base_ref(adapter: Path, model_ref: str | None) -> str:
-    if model_ref:
-        return model_ref
-    run_cfg = adapter.parent / "config_resolved.json"
-    if run_cfg.is_file():
-        return json.loads(run_cfg.read_text())["model"]["name"]
-    return json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-
-
 def export_merged(adapter_dir: str | Path, out_dir: str | Path, model_ref: str | None = None,
                   dtype: str = "auto") -> Path:
     """Base + adapter merged into full safetensors weights in `out_dir` (+ tokenizer, heads side file).
@@ -65,13 +57,13 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, model_ref: str |
     dtype "auto": the dtype the base checkpoint is stored in; the merge runs in that dtype."""
     from tunesmith.io import write_json
     from tunesmith.modeling.heads import HEADS_FILE
-    from tunesmith.modeling.multitask import load_for_inference
+    from tunesmith.modeling.loading import load_for_inference
 
     adapter = Path(adapter_dir)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ModelError(f"{out} exists and is not empty; choose a new folder")
-    ref = _base_ref(adapter, model_ref) if (adapter / "adapter_config.json").is_file() else model_ref
+    ref = base_model_ref(adapter, model_ref) if (adapter / "adapter_config.json").is_file() else model_ref
     load_dtype = _saved_dtype(ref) if dtype == "auto" and ref else dtype
     model, tok, _ = load_for_inference(adapter, ref, load_dtype)
     merged = model.merge_and_unload()

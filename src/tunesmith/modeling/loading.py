@@ -11,6 +11,7 @@ A reference is one of:
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import ModelError
+from tunesmith.runs import read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -257,3 +259,43 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: str | list[str]
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(model, targets), task_type="CAUSAL_LM"
     )
     return get_peft_model(model, cfg)
+
+
+def base_model_ref(adapter_dir: str | Path, model_ref: str | None = None) -> str:
+    """The base model of an adapter: `model_ref` when given, else the model its run was trained
+    from (the run's config_resolved.json), else the adapter's own base_model_name_or_path."""
+    if model_ref:
+        return model_ref
+    name = (read_run_config(adapter_dir).get("model") or {}).get("name")
+    if name:
+        return name
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def load_for_inference(adapter_dir: str | Path | None, model_ref: str | None = None, dtype: str = "auto",
+                       trust_remote_code: bool = False):
+    """(model, tokenizer, heads or None) for a base model plus an optional adapter folder.
+
+    Without `model_ref`, the base model is the one the adapter was trained from (read from the run's
+    config_resolved.json, else the adapter's own base_model_name_or_path).
+    """
+    from peft import PeftModel
+
+    from tunesmith.modeling.heads import Heads
+
+
+    adapter = Path(adapter_dir) if adapter_dir else None
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter} is not an adapter folder (no adapter_config.json)")
+    if model_ref is None:
+        if adapter is None:
+            raise ModelError("give a model reference or an adapter folder")
+        model_ref = base_model_ref(adapter, None)
+    tok = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
+    model = load_model(model_ref, dtype, trust_remote_code=trust_remote_code)
+    heads = None
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+        heads = Heads.load(adapter)
+    model.eval()
+    return model, tok, heads

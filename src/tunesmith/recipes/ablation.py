@@ -11,27 +11,27 @@ import csv
 
 from rich.table import Table
 
-from tunesmith.config import Config
+from tunesmith.config import EmpathyRunConfig
 from tunesmith.errors import ConfigError
 from tunesmith.io import atomic_open, write_json
-from tunesmith.recipes.common import fmt, out, say
+from tunesmith.ui import fmt, out, say
 
 VARIANTS = {
     "full": {},
     "no_emotion": {"lambda_emotion": 0.0},
     "no_strategy": {"lambda_strategy": 0.0},
-    "no_safety_kl": {"lambda_safety_kl": 0.0},
-    "lm_only": {"lambda_emotion": 0.0, "lambda_strategy": 0.0, "lambda_safety_kl": 0.0},
+    "no_kl": {"lambda_kl": 0.0},
+    "lm_only": {"lambda_emotion": 0.0, "lambda_strategy": 0.0, "lambda_kl": 0.0},
 }
-ALIASES = {"lambda_emo": "lambda_emotion", "lambda_strat": "lambda_strategy", "lambda_safe": "lambda_safety_kl",
-           "lambda_kl": "lambda_safety_kl"}
-COLUMNS = ["variant", "lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_safety_kl", "val_loss", "val_lm_loss",
+ALIASES = {"lambda_emo": "lambda_emotion", "lambda_strat": "lambda_strategy", "lambda_safe": "lambda_kl",
+           "lambda_kl": "lambda_kl"}
+COLUMNS = ["variant", "lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_kl", "val_loss", "val_lm_loss",
            "emotion_accuracy", "emotion_f1", "strategy_accuracy", "strategy_f1", "eqbench_score", "safety_rate"]
 
 
 def parse_grid(specs: list[str]) -> dict[str, dict[str, float]]:
     out_: dict[str, dict[str, float]] = {}
-    valid = {"lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_safety_kl"}
+    valid = {"lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_kl"}
     for spec in specs:
         if "=" not in spec:
             raise ConfigError(f"--grid '{spec}' must look like lambda_emotion=0,0.1,0.2")
@@ -47,7 +47,7 @@ def parse_grid(specs: list[str]) -> dict[str, dict[str, float]]:
     return out_
 
 
-def run(cfg: Config, grid: list[str], variants: list[str] | None = None) -> list[dict]:
+def run(cfg: EmpathyRunConfig, grid: list[str], variants: list[str] | None = None) -> list[dict]:
     from tunesmith.recipes import empathy
 
     if cfg.recipe != "empathy":
@@ -89,12 +89,12 @@ def run(cfg: Config, grid: list[str], variants: list[str] | None = None) -> list
     return rows
 
 
-def row(name: str, cfg: Config, m: dict) -> dict:
+def row(name: str, cfg: EmpathyRunConfig, m: dict) -> dict:
     heads = m.get("heads") or {}
     vl = m.get("validation_loss") or {}
     return {
         "variant": name, **{k: getattr(cfg.loss, k) for k in ("lambda_lm", "lambda_emotion", "lambda_strategy",
-                                                               "lambda_safety_kl")},
+                                                               "lambda_kl")},
         "val_loss": vl.get("total"), "val_lm_loss": vl.get("lm"),
         "emotion_accuracy": (heads.get("emotion") or {}).get("accuracy"),
         "emotion_f1": (heads.get("emotion") or {}).get("weighted_f1"),

@@ -1,52 +1,16 @@
-"""Pieces every recipe shares: run directory, provenance, model + LoRA, generators, guard."""
+"""Pieces every recipe shares: input checks, model + LoRA, the guard."""
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.metadata as md
-import os
-import subprocess
 import warnings
 from pathlib import Path
 
-from rich.console import Console
-
-from tunesmith.config import Config
-from tunesmith.io import require_file, write_json
-
-console = Console(stderr=True, soft_wrap=True)  # progress and messages; no wrapping of paths in logs
-out = Console()  # results tables
+from tunesmith.config import EvaluatedRunConfig, RunConfig
+from tunesmith.io import require_file
+from tunesmith.ui import say
 
 
-def is_main_process() -> bool:
-    """False in the non-zero ranks of an `accelerate launch` (RANK is set by every launcher it uses)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def say(msg: str) -> None:
-    console.print(f"[bold cyan]tunesmith[/] {msg}")
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def provenance() -> dict:
-    versions = {}
-    for pkg in ("tunesmith", "torch", "transformers", "peft", "trl", "accelerate", "datasets"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return {"git_commit": git_commit(), "versions": versions, "started_at": dt.datetime.now().isoformat(timespec="seconds")}
-
-
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: RunConfig) -> None:
     """Fail before anything is written: missing files must not leave a half-made run dir."""
     from tunesmith.data.chat import render, with_system
     from tunesmith.modeling.loading import load_tokenizer, resolve
@@ -57,8 +21,19 @@ def check_inputs(cfg: Config) -> None:
     tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     render(tok, with_system([{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}],
                             cfg.data.system_prompt))
+    if isinstance(cfg, EvaluatedRunConfig):
+        check_eval_inputs(cfg, tok)
+
+
+def check_eval_inputs(cfg: EvaluatedRunConfig, tok) -> None:
+    from tunesmith.modeling.loading import load_tokenizer, resolve
+
+    if cfg.eval.backend == "vllm":
+        from tunesmith.generation.vllm import require_vllm
+
+        require_vllm()  # a missing vLLM must fail before training, not after it
     if cfg.safety.enabled:
-        from tunesmith.evaluation.safety import load_categories, load_prompts
+        from tunesmith.evaluation.ailuminate import load_categories, load_prompts
 
         require_file(cfg.safety.prompts, "safety prompt file (safety.prompts)")
         load_prompts(cfg.safety.prompts)  # every row parsed now: a bad CSV must not fail after training
@@ -72,14 +47,9 @@ def check_inputs(cfg: Config) -> None:
             load_categories(cfg.safety.guard.categories)
 
 
-def start_run(cfg: Config) -> Path:
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config_resolved.json", {**cfg.model_dump(mode="json"), "provenance": provenance()})
-    return run_dir
 
 
-def build_model(cfg: Config, with_lora: bool = True):
+def build_model(cfg: RunConfig, with_lora: bool = True):
     from tunesmith.modeling.loading import add_lora, load_model, load_tokenizer
 
     tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
@@ -100,10 +70,10 @@ def build_model(cfg: Config, with_lora: bool = True):
     return model, tok
 
 
-def build_guard(cfg: Config, base_model_ref: str):
+def build_guard(cfg: EvaluatedRunConfig, base_model_ref: str):
     """The guard from safety.guard; "self" = the evaluated base model prompted as a guard."""
-    from tunesmith.evaluation.generation import Generator
-    from tunesmith.evaluation.safety import ClassifierGuard, GenerativeGuard, load_categories, load_guidelines
+    from tunesmith.generation.factory import make_generator
+    from tunesmith.evaluation.ailuminate import ClassifierGuard, GenerativeGuard, load_categories, load_guidelines
     from tunesmith.modeling.loading import load_model, load_tokenizer
 
     g = cfg.safety.guard
@@ -120,9 +90,18 @@ def build_guard(cfg: Config, base_model_ref: str):
             model.config.pad_token_id = tok.pad_token_id
         return ClassifierGuard(model, tok, guidelines, label, g.batch_size)
     model = load_model(ref, cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
-    gen = Generator(model, tok, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens)
+    # the guard stays on the HF backend: a verdict that breaks the format is read from the first
+    # token's logits, which only the in-process model gives
+    gen = make_generator("hf", model, tok, batch_size=g.batch_size, max_new_tokens=g.max_new_tokens)
     return GenerativeGuard(gen, load_categories(g.categories), guidelines, label)
 
 
-def fmt(x, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+def eval_generator(cfg: EvaluatedRunConfig, model, tok, adapter_dir: Path | None, max_new_tokens: int | None = None):
+    """The evaluation generator of `eval.backend`: "hf" on the trained model in memory, "vllm" on
+    `model.name` with the saved adapter served as a LoRA (base replies: `disable_adapter()`)."""
+    from tunesmith.generation.factory import make_generator
+
+    return make_generator(cfg.eval.backend, model, tok, cfg.eval.batch_size, max_new_tokens or cfg.eval.max_new_tokens,
+                          cfg.data.system_prompt, model_ref=cfg.model.name, adapter_dir=adapter_dir,
+                          dtype=cfg.model.dtype, seed=cfg.training.seed)

@@ -15,26 +15,29 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from tunesmith.config import Config
-from tunesmith.data.chat import Encoded, encode
+from tunesmith.config import EmpathyRunConfig
+from tunesmith.data.chat import Encoded, encode, pad_token_id
 from tunesmith.data.schema import Example
 from tunesmith.data.taxonomy import EMOTIONS, STRATEGIES
 from tunesmith.errors import DataError
-from tunesmith.evaluation.generation import Generator
+from tunesmith.generation.factory import make_generator
+from tunesmith.generation.protocol import Generator
 from tunesmith.io import read_jsonl, write_json, write_jsonl
 from tunesmith.modeling.heads import Heads
-from tunesmith.modeling.multitask import head_logits
-from tunesmith.recipes.common import (build_guard, build_model, check_inputs, fmt, git_commit, is_main_process, out, say,
-                                      start_run)
-from tunesmith.reporting.summary import append_row
+from tunesmith.modeling.forward import head_logits
+from tunesmith.recipes.common import build_guard, build_model, check_inputs, eval_generator
+from tunesmith.ui import fmt, out, say
+from tunesmith.runs import git_commit, is_main_process, start_run
+from tunesmith.reporting.report import write_report
+from tunesmith.runs import append_summary_row
 
 
 # ---- data -----------------------------------------------------------------------------------
-def load_sources(cfg: Config) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
+def load_sources(cfg: EmpathyRunConfig) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
     """(training sources, held-out evaluation sets)."""
-    from tunesmith.data.esconv import load_esconv
-    from tunesmith.data.goemotions import load_goemotions
-    from tunesmith.data.safety_prompts import load_safety_prompts
+    from tunesmith.data.sources.esconv import load_esconv
+    from tunesmith.data.sources.goemotions import load_goemotions
+    from tunesmith.data.sources.kl_prompts import load_kl_prompts
 
     e = cfg.data.empathy
     train: dict[str, list[Example]] = {}
@@ -46,12 +49,12 @@ def load_sources(cfg: Config) -> tuple[dict[str, list[Example]], dict[str, list[
         train["goemotions"] = load_goemotions(e.goemotions, "train")
         held["goemotions"] = load_goemotions(e.goemotions, "dev")
     if e.empathetic_dialogues:
-        from tunesmith.data.empathetic_dialogues import load_empathetic_dialogues
+        from tunesmith.data.sources.empathetic_dialogues import load_empathetic_dialogues
 
         train["empathetic_dialogues"] = load_empathetic_dialogues(e.empathetic_dialogues, "train", e.history_turns)
         held["empathetic_dialogues"] = load_empathetic_dialogues(e.empathetic_dialogues, "valid", e.history_turns)
-    if cfg.loss.lambda_safety_kl > 0:
-        train["safety"] = load_safety_prompts(e.safety_prompts)
+    if cfg.loss.lambda_kl > 0:
+        train["kl_prompts"] = load_kl_prompts(e.kl_prompts)
     if not any(train.get(k) for k in ("esconv", "goemotions", "empathetic_dialogues")):
         raise DataError("the empathy recipe needs at least one of data.empathy.esconv / goemotions / empathetic_dialogues")
     if e.limit_eval:
@@ -66,7 +69,7 @@ def load_sources(cfg: Config) -> tuple[dict[str, list[Example]], dict[str, list[
 class Features:
     """Tokenise each example once, on first use: an epoch draws only part of the big sources."""
 
-    def __init__(self, tok, cfg: Config, sources: dict[str, list[Example]]):
+    def __init__(self, tok, cfg: EmpathyRunConfig, sources: dict[str, list[Example]]):
         self.tok, self.cfg, self.sources = tok, cfg, sources
         self.cache: dict[tuple[str, int], Encoded] = {}
 
@@ -78,36 +81,38 @@ class Features:
         return self.cache[key]
 
 
-def add_safety_responses(cfg: Config, model, tok, prompts: list[Example], run_dir: Path) -> list[Example]:
+def add_kl_responses(cfg: EmpathyRunConfig, model, tok, prompts: list[Example], run_dir: Path) -> list[Example]:
     """Attach the base model's own greedy reply to each safety prompt (cached in the run dir).
 
-    The safety_kl term then compares policy and base over a whole reply, not just its first token.
+    The kl term then compares policy and base over a whole reply, not just its first token.
     """
-    path = run_dir / "data" / "safety_responses.jsonl"
+    path = run_dir / "data" / "kl_responses.jsonl"
     cached = {r["prompt"]: r["response"] for r in read_jsonl(path)} if path.is_file() else {}
     todo = [p for p in prompts if p.messages[-1]["content"] not in cached]
     if todo:
-        gen = Generator(model, tok, cfg.eval.batch_size, cfg.data.empathy.safety_response_tokens, cfg.data.system_prompt)
-        with model.disable_adapter():
+        # training data, made before any adapter exists: on the model in memory, whatever eval.backend says
+        gen = make_generator("hf", model, tok, cfg.eval.batch_size, cfg.data.empathy.kl_response_tokens,
+                             cfg.data.system_prompt)
+        with gen.disable_adapter():
             replies = gen.chat([p.messages for p in todo], description="base replies to safety prompts")
         cached |= {p.messages[-1]["content"]: r for p, r in zip(todo, replies, strict=True)}
         write_jsonl(path, [{"prompt": k, "response": v} for k, v in cached.items()])
     return [Example(messages=[*p.messages, {"role": "assistant", "content": cached[p.messages[-1]["content"]]}],
-                    is_safety=True, source=p.source, meta=p.meta) for p in prompts]
+                    is_kl_prompt=True, source=p.source, meta=p.meta) for p in prompts]
 
 
 # ---- evaluation -----------------------------------------------------------------------------
-def encode_heldout(cfg: Config, tok, held: dict[str, list[Example]]) -> dict[str, list[Encoded]]:
+def encode_heldout(cfg: EmpathyRunConfig, tok, held: dict[str, list[Example]]) -> dict[str, list[Encoded]]:
     return {k: [encode(tok, x, cfg.data.max_length, cfg.data.system_prompt, train_on="last") for x in v]
             for k, v in held.items()}
 
 
-def head_eval(cfg: Config, model, heads: Heads | None, held: dict[str, list[Example]],
+def head_eval(cfg: EmpathyRunConfig, model, heads: Heads | None, held: dict[str, list[Example]],
               held_feats: dict[str, list[Encoded]], pad_id: int, run_dir: Path,
               logits: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
     """Head accuracy/F1 on the held-out sets; `logits` (source → head → per-example logits) are
     reused from the validation-loss pass when given, else computed here."""
-    from tunesmith.evaluation.heads import head_metrics
+    from tunesmith.evaluation.head_metrics import head_metrics
 
     results: dict = {}
     if heads is None:
@@ -135,7 +140,7 @@ def head_eval(cfg: Config, model, heads: Heads | None, held: dict[str, list[Exam
     return results
 
 
-def eqbench_eval(cfg: Config, gen: Generator, out_path: Path) -> dict | None:
+def eqbench_eval(cfg: EmpathyRunConfig, gen: Generator, out_path: Path) -> dict | None:
     from tunesmith.evaluation import eqbench
 
     q = cfg.eval.eqbench
@@ -155,17 +160,17 @@ def scenarios() -> list[dict]:
     return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
 
 
-def samples(cfg: Config, model, tok, heads: Heads | None, gen: Generator) -> list[dict]:
+def samples(cfg: EmpathyRunConfig, model, tok, heads: Heads | None, gen: Generator) -> list[dict]:
     items = scenarios()
     convs = [[{"role": "user", "content": s["prompt"]}] for s in items]
-    with model.disable_adapter():
+    with gen.disable_adapter():
         base = gen.chat(convs, max_new_tokens=cfg.safety.max_new_tokens, description="samples (base)")
     tuned = gen.chat(convs, max_new_tokens=cfg.safety.max_new_tokens, description="samples (tuned)")
     rows = [{"scenario": s["scenario"], "prompt": s["prompt"], "base": b, "tuned": t}
             for s, b, t in zip(items, base, tuned, strict=True)]
     if heads is not None:
         feats = [encode(tok, Example(messages=c), cfg.data.max_length, cfg.data.system_prompt) for c in convs]
-        logits = head_logits(model, heads, feats, tok.pad_token_id)
+        logits = head_logits(model, heads, feats, pad_token_id(tok))
         for k, names in (("emotion", EMOTIONS), ("strategy", STRATEGIES)):
             if k in logits:
                 for row, p in zip(rows, logits[k].softmax(-1), strict=True):
@@ -174,7 +179,7 @@ def samples(cfg: Config, model, tok, heads: Heads | None, gen: Generator) -> lis
 
 
 # ---- the recipe -----------------------------------------------------------------------------
-def prepare(cfg: Config, resume: bool):
+def prepare(cfg: EmpathyRunConfig, resume: bool):
     check_inputs(cfg)
     load_sources(cfg)  # parse every data file before the run dir exists
     run_dir = start_run(cfg)
@@ -183,12 +188,12 @@ def prepare(cfg: Config, resume: bool):
     heads = Heads(model.config.hidden_size, cfg.heads.emotion and cfg.loss.lambda_emotion > 0,
                   cfg.heads.strategy and cfg.loss.lambda_strategy > 0, cfg.heads.dropout, cfg.heads.pooling)
     heads = heads.to(next(model.parameters()).device) if heads.emotion or heads.strategy else None
-    if "safety" in train_src:
-        train_src["safety"] = add_safety_responses(cfg, model, tok, train_src["safety"], run_dir)
+    if "kl_prompts" in train_src:
+        train_src["kl_prompts"] = add_kl_responses(cfg, model, tok, train_src["kl_prompts"], run_dir)
     return run_dir, train_src, held, model, tok, heads
 
 
-def train_model(cfg: Config, run_dir: Path, train_src, held_feats, model, tok, heads: Heads | None, resume: bool):
+def train_model(cfg: EmpathyRunConfig, run_dir: Path, train_src, held_feats, model, tok, heads: Heads | None, resume: bool):
     """Train; then one pass over the held-out sets gives the validation loss and the heads' logits
     (returned per source for `head_eval`)."""
     from tunesmith.data.mixing import MixtureSampler
@@ -204,12 +209,12 @@ def train_model(cfg: Config, run_dir: Path, train_src, held_feats, model, tok, h
         return [feats.get(name, i) for name, i in sampler.epoch_plan(epoch)]
 
     trainer = Trainer(model, tok, cfg.training, epoch_data, run_dir, heads=heads, loss=cfg.loss,
-                      safety_kl="safety" in train_src, log=say)
+                      kl="kl_prompts" in train_src, log=say)
     trainer.train(resume=resume)
     module: TrainModule = trainer.unwrapped()
     val = [f for feats_ in held_feats.values() for f in feats_]
     flat: dict[str, torch.Tensor] = {}
-    val_loss = evaluate_loss(module, val, tok.pad_token_id, cfg.eval.batch_size, head_logits=flat) if val else {}
+    val_loss = evaluate_loss(module, val, pad_token_id(tok), cfg.eval.batch_size, head_logits=flat) if val else {}
     held_logits, start = {}, 0
     for source, feats_ in held_feats.items():
         held_logits[source] = {k: v[start : start + len(feats_)] for k, v in flat.items()}
@@ -221,7 +226,7 @@ def train_model(cfg: Config, run_dir: Path, train_src, held_feats, model, tok, h
                                                                          "sizes": sampler.sizes}}, held_logits
 
 
-def run(cfg: Config, resume: bool = False, evaluate: bool = True) -> dict:
+def run(cfg: EmpathyRunConfig, resume: bool = False, evaluate: bool = True) -> dict:
     run_dir, train_src, held, model, tok, heads = prepare(cfg, resume)
     metrics: dict = {"run": cfg.run_name, "recipe": "empathy",
                      "train_sizes": {k: len(v) for k, v in train_src.items()},
@@ -240,21 +245,21 @@ def run(cfg: Config, resume: bool = False, evaluate: bool = True) -> dict:
     return finish(cfg, metrics)
 
 
-def evaluate_run(cfg: Config, run_dir: Path, model, tok, heads: Heads | None, held, held_feats,
+def evaluate_run(cfg: EmpathyRunConfig, run_dir: Path, model, tok, heads: Heads | None, held, held_feats,
                  resume: bool = False, held_logits: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
     m: dict = {}
-    m["heads"] = head_eval(cfg, model, heads, held, held_feats, tok.pad_token_id, run_dir, held_logits)
-    gen = Generator(model, tok, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.data.system_prompt)
+    m["heads"] = head_eval(cfg, model, heads, held, held_feats, pad_token_id(tok), run_dir, held_logits)
+    gen = eval_generator(cfg, model, tok, run_dir / "adapter" if cfg.training.enabled else None)
     if cfg.eval.eqbench.enabled:
-        with model.disable_adapter():
+        with gen.disable_adapter():
             base = eqbench_eval(cfg, gen, run_dir / f"eqbench_{cfg.run_name}-base.jsonl")
         m["eqbench"] = {"base": base, "tuned": eqbench_eval(cfg, gen, run_dir / f"eqbench_{cfg.run_name}.jsonl")}
     if cfg.safety.enabled:
-        from tunesmith.evaluation.safety import evaluate_safety, load_prompts
+        from tunesmith.evaluation.ailuminate import evaluate_safety, load_prompts
 
         guard = build_guard(cfg, cfg.model.name)
         prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
-        with model.disable_adapter():
+        with gen.disable_adapter():
             base, _ = evaluate_safety(gen, guard, prompts, cfg.safety.max_new_tokens,
                                       run_dir / f"ailuminate_safety_{cfg.run_name}-base.jsonl", resume=resume)
         tuned, _ = evaluate_safety(gen, guard, prompts, cfg.safety.max_new_tokens,
@@ -266,15 +271,15 @@ def evaluate_run(cfg: Config, run_dir: Path, model, tok, heads: Heads | None, he
     return m
 
 
-def finish(cfg: Config, metrics: dict) -> dict:
+def finish(cfg: EmpathyRunConfig, metrics: dict) -> dict:
     write_json(cfg.run_dir / "metrics.json", metrics)
     heads = metrics.get("heads") or {}
     eq = (metrics.get("eqbench") or {}).get("tuned") or {}
     safety = ((metrics.get("safety") or {}).get("tuned")) or {}
-    append_row(cfg.summary_csv, {
+    append_summary_row(cfg.summary_csv, {
         "run": cfg.run_name, "recipe": "empathy", "model": cfg.model.name,
         "data": "+".join(sorted(metrics.get("train_sizes", {}))),
-        "method": ("qlora" if cfg.model.load_in_4bit else "lora") + "+heads+safety_kl",
+        "method": ("qlora" if cfg.model.load_in_4bit else "lora") + "+heads+kl",
         "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "learning_rate": cfg.training.learning_rate,
         "batch_size": cfg.training.batch_size, "grad_accum": cfg.training.grad_accum, "epochs": cfg.training.epochs,
         "train_examples": sum((metrics.get("mixing") or {}).get("counts_per_epoch", {}).values()) or None,
@@ -285,18 +290,13 @@ def finish(cfg: Config, metrics: dict) -> dict:
         "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
     })
     print_table(cfg, metrics)
-    try:
-        from tunesmith.reporting.report import write_report
-
-        md, html = write_report(cfg.run_dir)
-        say(f"report: {html}")
-    except ImportError:
-        pass
+    md, html = write_report(cfg.run_dir)
+    say(f"report: {html}")
     say(f"outputs in {cfg.run_dir}; summary row in {cfg.summary_csv}")
     return metrics
 
 
-def print_table(cfg: Config, m: dict) -> None:
+def print_table(cfg: EmpathyRunConfig, m: dict) -> None:
     t = Table(title=f"tunesmith · {cfg.run_name} (empathy)")
     for c, j in (("metric", "left"), ("base", "right"), ("tuned", "right")):
         t.add_column(c, justify=j)
@@ -313,18 +313,18 @@ def print_table(cfg: Config, m: dict) -> None:
     if s:
         t.add_row(f"safety rate ({s['tuned']['total']} prompts)", fmt(s["base"]["safety_rate"]), fmt(s["tuned"]["safety_rate"]))
     vl = m.get("validation_loss") or {}
-    for k in ("lm", "emotion", "strategy", "safety_kl"):
+    for k in ("lm", "emotion", "strategy", "kl"):
         if vl.get(k) is not None:
             t.add_row(f"validation {k} loss", "", fmt(vl[k]))
     out.print(t)
 
 
-def train_only(cfg: Config, resume: bool = False) -> Path:
+def train_only(cfg: EmpathyRunConfig, resume: bool = False) -> Path:
     run(cfg, resume=resume, evaluate=False)
     return cfg.run_dir / "adapter"
 
 
-def validate(cfg: Config) -> list[str]:
+def validate(cfg: EmpathyRunConfig) -> list[str]:
     check_inputs(cfg)
     train, held = load_sources(cfg)
     from tunesmith.data.mixing import mixture_counts
@@ -339,3 +339,17 @@ def validate(cfg: Config) -> list[str]:
         f"held-out {k}: {len(v)}" for k, v in held.items()]
 
 
+class EmpathyRecipe:
+    name = "empathy"
+    summary = ("multi-task LoRA: LM + emotion/strategy heads + KL to the base on ESConv/GoEmotions/ED; "
+               "EQ-Bench v2, head metrics, safety, samples")
+    config_class = EmpathyRunConfig
+
+    def validate(self, cfg: EmpathyRunConfig) -> list[str]:
+        return validate(cfg)
+
+    def train(self, cfg: EmpathyRunConfig, resume: bool = False) -> Path:
+        return train_only(cfg, resume)
+
+    def run(self, cfg: EmpathyRunConfig, resume: bool = False) -> dict:
+        return run(cfg, resume)

@@ -13,16 +13,17 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tunesmith.config import Config
-from tunesmith.data import gsm8k as data
+from tunesmith.config import Gsm8kRunConfig
+from tunesmith.data.sources import gsm8k as data
 from tunesmith.data.chat import encode
 from tunesmith.errors import DataError
-from tunesmith.evaluation.generation import Generator
+from tunesmith.generation.protocol import Generator
 from tunesmith.evaluation.gsm8k import extract_answer, is_correct
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
-from tunesmith.recipes.common import (build_guard, build_model, check_inputs, fmt, git_commit, is_main_process, out, say,
-                                      start_run)
-from tunesmith.reporting.summary import append_row
+from tunesmith.recipes.common import build_guard, build_model, check_inputs, eval_generator
+from tunesmith.ui import fmt, out, say
+from tunesmith.runs import git_commit, is_main_process, start_run
+from tunesmith.runs import append_summary_row
 
 
 def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: int, out_path: Path | None,
@@ -59,7 +60,7 @@ def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: 
             "flexible_accuracy": sum(r["flexible_correct"] for r in rows) / n}
 
 
-def load_data(cfg: Config, run_dir: Path | None):
+def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
     g = cfg.data.gsm8k
     train_ref = g.refined_train if g.refined_train and Path(g.refined_train).is_file() else g.train
     train = data.load_records(train_ref, "train")
@@ -76,7 +77,7 @@ def load_data(cfg: Config, run_dir: Path | None):
     return train_ref, train, test, pool
 
 
-def run(cfg: Config, resume: bool = False) -> dict:
+def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
     check_inputs(cfg)
     load_data(cfg, None)  # parse every data file before the run dir exists
     run_dir = start_run(cfg)
@@ -85,7 +86,6 @@ def run(cfg: Config, resume: bool = False) -> dict:
     say(f"run [bold]{name}[/]: {len(train)} train / {len(test)} test questions from {train_ref} and {cfg.data.gsm8k.test}")
 
     model, tok = build_model(cfg)
-    gen = Generator(model, tok, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.data.system_prompt)
     metrics: dict = {"run": name, "train_examples": len(train), "test_examples": len(test)}
 
     checkpoint = None
@@ -100,10 +100,11 @@ def run(cfg: Config, resume: bool = False) -> dict:
     if not is_main_process():
         return metrics  # under `accelerate launch` the other processes only train; rank 0 evaluates
 
+    gen = eval_generator(cfg, model, tok, run_dir / "adapter" if cfg.training.enabled else None)
     # the base model is the same weights with the adapter disabled, so it is scored after training:
     # under accelerate the other ranks never wait at the process-group rendezvous for this eval
     if cfg.eval.evaluate_base:
-        with model.disable_adapter():
+        with gen.disable_adapter():
             metrics["base"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}-base.jsonl",
                                              cfg.eval.max_new_tokens, resume)
         say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
@@ -111,14 +112,14 @@ def run(cfg: Config, resume: bool = False) -> dict:
     safety_guard = build_guard(cfg, cfg.model.name) if cfg.safety.enabled else None
     prompts = None
     if safety_guard:
-        from tunesmith.evaluation.safety import load_prompts
+        from tunesmith.evaluation.ailuminate import load_prompts
 
         prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
 
     def safety_of(tag: str) -> dict | None:
         if not safety_guard:
             return None
-        from tunesmith.evaluation.safety import evaluate_safety
+        from tunesmith.evaluation.ailuminate import evaluate_safety
 
         summary, _ = evaluate_safety(gen, safety_guard, prompts, cfg.safety.max_new_tokens,
                                      run_dir / f"ailuminate_safety_{tag}.jsonl", resume=resume)
@@ -135,15 +136,11 @@ def run(cfg: Config, resume: bool = False) -> dict:
     return finish(cfg, metrics, train_ref)
 
 
-def sweep(cfg: Config, trainer, gen: Generator, test, pool, safety_of, run_dir: Path, resume: bool = False):
+def sweep(cfg: Gsm8kRunConfig, trainer, gen: Generator, test, pool, safety_of, run_dir: Path, resume: bool = False):
     """Score the latest N checkpoints; best by strict accuracy, then safety rate."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    model = trainer.unwrapped().model
     scores = []
     for ck in trainer.checkpoints()[-cfg.eval.checkpoint_sweep.last_n:]:
-        set_peft_model_state_dict(model, load_file(ck / "adapter_model.safetensors"))
+        gen.use_adapter(ck)
         tag = f"{cfg.run_name}-{ck.name}"
         acc = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{tag}.jsonl", cfg.eval.max_new_tokens,
                              resume)
@@ -157,7 +154,7 @@ def sweep(cfg: Config, trainer, gen: Generator, test, pool, safety_of, run_dir: 
         for s in scores:
             w.writerow({k: s[k] for k in ("checkpoint", "strict_accuracy", "flexible_accuracy", "safety_rate")}
                        | {"chosen": s is best})
-    set_peft_model_state_dict(model, load_file(best["_path"] / "adapter_model.safetensors"))
+    gen.use_adapter(best["_path"])
     # the chosen checkpoint's files also under the run's own name, as for a run without a sweep
     tag = f"{cfg.run_name}-{best['checkpoint']}"
     for kind in ("gsm8k_preds", "ailuminate_safety"):
@@ -170,7 +167,7 @@ def sweep(cfg: Config, trainer, gen: Generator, test, pool, safety_of, run_dir: 
                                 "sweep": [{k: v for k, v in s.items() if not k.startswith("_")} for s in scores]}
 
 
-def finish(cfg: Config, metrics: dict, train_ref: str) -> dict:
+def finish(cfg: Gsm8kRunConfig, metrics: dict, train_ref: str) -> dict:
     t, base, safety = metrics["tuned"], metrics.get("base") or {}, metrics.get("safety") or {}
     th = cfg.thresholds
     checks = []
@@ -182,7 +179,7 @@ def finish(cfg: Config, metrics: dict, train_ref: str) -> dict:
     metrics["thresholds"] = [{"metric": m, "value": v, "threshold": need, "passed": v >= need} for m, v, need in checks]
     metrics["passed"] = passed
     write_json(cfg.run_dir / "metrics.json", metrics)
-    append_row(cfg.summary_csv, {
+    append_summary_row(cfg.summary_csv, {
         "run": cfg.run_name, "recipe": cfg.recipe, "model": cfg.model.name, "data": train_ref,
         "method": ("qlora" if cfg.model.load_in_4bit else "lora") if cfg.training.enabled else "none",
         "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "learning_rate": cfg.training.learning_rate,
@@ -210,7 +207,7 @@ def finish(cfg: Config, metrics: dict, train_ref: str) -> dict:
     return metrics
 
 
-def train_only(cfg: Config, resume: bool = False) -> Path:
+def train_only(cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
     from tunesmith.training.trainer import Trainer
 
     check_inputs(cfg)
@@ -226,7 +223,7 @@ def train_only(cfg: Config, resume: bool = False) -> Path:
     return run_dir / "adapter"
 
 
-def validate(cfg: Config) -> list[str]:
+def validate(cfg: Gsm8kRunConfig) -> list[str]:
     check_inputs(cfg)
     train_ref, train, test, pool = load_data(cfg, None)
     from tunesmith.modeling.loading import load_tokenizer
@@ -236,7 +233,23 @@ def validate(cfg: Config) -> list[str]:
     lines = [f"model: {cfg.model.name}", f"train: {train_ref} ({len(train)} records after removing the few-shot pool)",
              f"test: {cfg.data.gsm8k.test} ({len(test)} records)", f"few-shot pool: {len(pool)} (k={cfg.eval.k_shot})"]
     if cfg.safety.enabled:
-        from tunesmith.evaluation.safety import load_prompts
+        from tunesmith.evaluation.ailuminate import load_prompts
 
         lines.append(f"safety prompts: {cfg.safety.prompts} ({len(load_prompts(cfg.safety.prompts, cfg.safety.limit))})")
     return lines
+
+
+class Gsm8kRecipe:
+    name = "gsm8k"
+    summary = ("LoRA SFT on GSM8K; greedy k-shot eval (lm-eval strict/flexible), AILuminate safety, "
+               "checkpoint sweep, thresholds")
+    config_class = Gsm8kRunConfig
+
+    def validate(self, cfg: Gsm8kRunConfig) -> list[str]:
+        return validate(cfg)
+
+    def train(self, cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
+        return train_only(cfg, resume)
+
+    def run(self, cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
+        return run(cfg, resume)

@@ -21,9 +21,9 @@ from matplotlib.figure import Figure
 from tunesmith.io import atomic_open
 
 # loss components of training_history.json, in display order
-LOSS_COMPONENTS: tuple[str, ...] = ("loss", "lm", "emotion", "strategy", "safety_kl")
+LOSS_COMPONENTS: tuple[str, ...] = ("loss", "lm", "emotion", "strategy", "kl")
 COMPONENT_TITLES = {"loss": "total loss", "lm": "language-model loss", "emotion": "emotion-head loss",
-                    "strategy": "strategy-head loss", "safety_kl": "safety KL"}
+                    "strategy": "strategy-head loss", "kl": "safety KL"}
 # ablation metrics, in display order; others found in the rows are appended after these.
 # Columns named lambda_* are the variant's loss weights (its settings, not results): never plotted.
 ABLATION_METRICS: tuple[str, ...] = ("val_loss", "val_lm_loss", "emotion_accuracy", "emotion_f1", "strategy_accuracy",

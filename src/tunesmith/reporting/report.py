@@ -415,7 +415,7 @@ def _training(run: RunData, chart: Path | None) -> Section | None:
         return None
     last = next((r for r in reversed(h) if _num(r.get("loss")) is not None), {})
     rows = [["optimizer steps", str(len(h))], ["final loss", fmt_num(last.get("loss"), 4)]]
-    for comp in ("lm", "emotion", "strategy", "safety_kl"):
+    for comp in ("lm", "emotion", "strategy", "kl"):
         v = next((r.get(comp) for r in reversed(h) if _num(r.get(comp)) is not None), None)
         if v is not None:
             rows.append([f"final {comp}", fmt_num(v, 4)])
@@ -450,7 +450,7 @@ def _mixing(m: Mapping[str, Any]) -> Section | None:
     return Section("Data mixing", blocks)
 
 
-LAMBDAS = ("lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_safety_kl")
+LAMBDAS = ("lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_kl")
 
 
 def _ablation_cell(key: str, v: Any) -> str:

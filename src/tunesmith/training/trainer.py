@@ -26,57 +26,21 @@ import torch
 from torch import nn
 
 from tunesmith.config import LossConfig, TrainingConfig
-from tunesmith.data.chat import IGNORE, Encoded
+from tunesmith.data.batching import collate, sorted_batches
+from tunesmith.data.chat import IGNORE, Encoded, pad_token_id
 from tunesmith.errors import TunesmithError
 from tunesmith.io import atomic_open, write_json
 from tunesmith.modeling.heads import Heads
-from tunesmith.modeling.multitask import causal_lm, decoder_hidden
+from tunesmith.modeling.forward import causal_lm, decoder_hidden
 from tunesmith.training.dropout import use_fast_lora_dropout
 from tunesmith.training.losses import head_ce_sum, kl_policy_base_sum, lm_nll_sum
 from tunesmith.training.precision import LoraAutocast
 
-COMPONENTS = ("lm", "emotion", "strategy", "safety_kl")
+COMPONENTS = ("lm", "emotion", "strategy", "kl")
 
 
 class NonFiniteLoss(TunesmithError):
     pass
-
-
-def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e.input_ids) for e in items)
-    n = len(items)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    labels = torch.full((n, width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for r, e in enumerate(items):
-        L = len(e.input_ids)
-        ids[r, :L] = torch.tensor(e.input_ids)
-        labels[r, :L] = torch.tensor(e.labels)
-        mask[r, :L] = 1
-    safety = torch.tensor([e.is_safety for e in items])
-    # safety rows' labelled tokens are the base model's own reply: KL positions, never LM targets
-    lm_labels = labels.masked_fill(safety[:, None], IGNORE)
-    pool = torch.tensor([e.pool_index for e in items])
-    kl_mask = torch.zeros((n, width), dtype=torch.bool)
-    kl_mask[:, :-1] = labels[:, 1:] != IGNORE
-    kl_mask[torch.arange(n), pool] = True
-    kl_mask &= safety[:, None]
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "labels": lm_labels,
-        "pool_index": pool,
-        "user_span": torch.tensor([e.user_span for e in items]),
-        "emotion": torch.tensor([-1 if e.emotion is None else e.emotion for e in items]),
-        "strategy": torch.tensor([-1 if e.strategy is None else e.strategy for e in items]),
-        "kl_mask": kl_mask,
-    }
-
-
-def sorted_batches(features: list[Encoded], batch_size: int) -> list[list[int]]:
-    """Indices of `features` in batches of similar length (inference passes: less padding per batch)."""
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
-    return [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
 
 
 def counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -92,11 +56,11 @@ def counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 class TrainModule(nn.Module):
     """Model + heads in one module so accelerate/DDP see a single forward."""
 
-    def __init__(self, model, heads: Heads | None = None, safety_kl: bool = False):
+    def __init__(self, model, heads: Heads | None = None, kl: bool = False):
         super().__init__()
         self.model = model
         self.heads = heads
-        self.safety_kl = safety_kl
+        self.kl = kl
 
     @property
     def _no_split_modules(self):  # FSDP's transformer-layer auto-wrap reads it from the top module
@@ -106,7 +70,7 @@ class TrainModule(nn.Module):
         lm_head = causal_lm(self.model).get_output_embeddings()
         hidden = decoder_hidden(self.model, input_ids, attention_mask)
         zero = hidden.new_zeros((), dtype=torch.float32)
-        out = {"lm": lm_nll_sum(hidden, labels, lm_head), "emotion": zero, "strategy": zero, "safety_kl": zero}
+        out = {"lm": lm_nll_sum(hidden, labels, lm_head), "emotion": zero, "strategy": zero, "kl": zero}
         if self.heads is not None and ((emotion >= 0).any() or (strategy >= 0).any()):
             logits = self.heads(self.heads.pool(hidden, pool_index, user_span))
             out["head_logits"] = logits  # evaluation reads them; the training loop ignores them
@@ -114,13 +78,13 @@ class TrainModule(nn.Module):
                 out["emotion"] = head_ce_sum(logits["emotion"], emotion)
             if "strategy" in logits:
                 out["strategy"] = head_ce_sum(logits["strategy"], strategy)
-        if self.safety_kl and kl_mask.any():
+        if self.kl and kl_mask.any():
             rows = kl_mask.any(1)
             policy = lm_head(hidden[kl_mask])
             with torch.no_grad(), self.model.disable_adapter():
                 base_hidden = decoder_hidden(self.model, input_ids[rows], attention_mask[rows])
                 base = lm_head(base_hidden[kl_mask[rows]])
-            out["safety_kl"] = kl_policy_base_sum(policy, base)
+            out["kl"] = kl_policy_base_sum(policy, base)
         return out
 
 
@@ -153,15 +117,15 @@ def batches_for_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int
 class Trainer:
     def __init__(self, model, tokenizer, cfg: TrainingConfig, epoch_data: Callable[[int], list[Encoded]],
                  run_dir: str | Path, heads: Heads | None = None, loss: LossConfig | None = None,
-                 safety_kl: bool = False, log: Callable[[str], None] = print):
+                 kl: bool = False, log: Callable[[str], None] = print):
         from accelerate import Accelerator
 
         self.cfg, self.tokenizer, self.epoch_data, self.log = cfg, tokenizer, epoch_data, log
         self.run_dir = Path(run_dir)
-        self.loss_cfg = loss or LossConfig(lambda_emotion=0, lambda_strategy=0, lambda_safety_kl=0)
+        self.loss_cfg = loss or LossConfig(lambda_emotion=0, lambda_strategy=0, lambda_kl=0)
         self.weights = {
             "lm": self.loss_cfg.lambda_lm, "emotion": self.loss_cfg.lambda_emotion,
-            "strategy": self.loss_cfg.lambda_strategy, "safety_kl": self.loss_cfg.lambda_safety_kl,
+            "strategy": self.loss_cfg.lambda_strategy, "kl": self.loss_cfg.lambda_kl,
         }
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -174,7 +138,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         use_fast_lora_dropout(model)
         self.amp = LoraAutocast(model)
-        self.module = TrainModule(model, heads, safety_kl=safety_kl and self.weights["safety_kl"] > 0)
+        self.module = TrainModule(model, heads, kl=kl and self.weights["kl"] > 0)
         head_ids = {id(p) for p in heads.parameters()} if heads is not None else set()
         groups = [{"params": [p for p in self.module.parameters() if p.requires_grad and id(p) not in head_ids],
                    "lr": cfg.learning_rate}]
@@ -193,7 +157,7 @@ class Trainer:
         self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(self.module, self.optimizer, self.scheduler)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_token_id(tokenizer)
         from accelerate.utils import DistributedType
 
         dist = self.accelerator.distributed_type
@@ -238,7 +202,7 @@ class Trainer:
         self.module.train()
         device = acc.device
         tokens_seen = self.state.history[-1].get("tokens", 0) if self.state.history else 0
-        from tunesmith.evaluation.generation import progress_bar
+        from tunesmith.ui import progress_bar
 
         bar, task = progress_bar("training", self.total_steps)
         import sys

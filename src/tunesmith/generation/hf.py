@@ -6,63 +6,16 @@ in the last column, and decoded with the KV cache; results come back in the call
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 
-from tunesmith.data.chat import prompt_ids
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def advance(self, *a, **k):
-        pass
-
-    def update(self, *a, **k):
-        pass
-
-
-_live = 0  # rich allows one live display at a time: a bar opened inside another (the guard
-           # judging inside a generation callback) stays silent
-
-
-class _Bar:
-    def __init__(self, progress):
-        self.p = progress
-
-    def __enter__(self):
-        global _live
-        _live += 1
-        self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        global _live
-        _live -= 1
-        return self.p.__exit__(*exc)
-
-    def advance(self, task, n=1):
-        self.p.advance(task, n)
-
-    def update(self, task, **k):
-        self.p.update(task, **k)
-
-
-def progress_bar(description: str, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    if _live:
-        return _NoBar(), 0
-    p = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        transient=True,
-    )
-    return _Bar(p), p.add_task(description, total=total)
+from tunesmith.data.chat import pad_token_id, prompt_ids
+from tunesmith.generation.protocol import eos_token_ids
+from tunesmith.ui import progress_bar
 
 
 def common_prefix_len(prompts: Sequence[list[int]]) -> int:
@@ -77,30 +30,38 @@ def common_prefix_len(prompts: Sequence[list[int]]) -> int:
     return max(n, 0)
 
 
-class Generator:
+class HFGenerator:
+    """Generation with transformers on the model in memory (PeftModel or plain)."""
+
     def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 256, system_prompt: str | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = {tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
-        self.eos_ids = sorted(e for e in eos if e is not None)
+        self.pad_id = pad_token_id(tokenizer)
+        self.eos_ids = eos_token_ids(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
         # below this many shared tokens, a separate prefix forward costs more than it saves
         self.min_shared_prefix = 32
 
     def disable_adapter(self):
-        """Base-model replies inside the block (PeftModel.disable_adapter); the same call works
-        on the vLLM backend's generator."""
-        return self.model.disable_adapter()
+        """Base-model replies inside the block (PeftModel.disable_adapter); a plain model has no
+        adapter to switch off."""
+        if hasattr(self.model, "disable_adapter"):
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    def use_adapter(self, adapter_dir) -> None:
+        """Load a saved adapter's LoRA weights (a checkpoint of the same shape) into the model."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(self.model, load_file(Path(adapter_dir) / "adapter_model.safetensors"))
 
     @torch.inference_mode()
     def generate_ids(self, prompts: Sequence[list[int]], max_new_tokens: int | None = None,
                      on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
-                     description: str = "generating") -> list[list[int]]:
+                     description: str = "generating", sampling: dict | None = None) -> list[list[int]]:
         max_new = max_new_tokens or self.max_new_tokens
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[list[int] | None] = [None] * len(prompts)
@@ -122,8 +83,8 @@ class Generator:
                     width = ids.shape[1]
                     gen = self.model.generate(
                         input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new,
-                        do_sample=False, num_beams=1, use_cache=True, pad_token_id=self.pad_id,
-                        eos_token_id=self.eos_ids, temperature=None, top_p=None, top_k=None,
+                        num_beams=1, use_cache=True, pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+                        **(sampling or {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}),
                         **({"cache": cache} if cache is not None else {}),
                     )
                     new = gen[:, width:].tolist()
@@ -184,34 +145,92 @@ class Generator:
         return ids, mask
 
     def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int | None = None,
-             description: str = "generating", on_batch=None) -> list[str]:
-        """Greedy replies to chat conversations (each a message list ending with a user turn)."""
+             description: str = "generating", on_batch=None, temperature: float = 0.0, seed: int | None = None,
+             top_p: float = 0.95) -> list[str]:
+        """Replies to chat conversations (each a message list ending with a user turn): greedy, or
+        sampled with `temperature` > 0 (nucleus `top_p`, seeded)."""
         prompts = [prompt_ids(self.tokenizer, c, self.system_prompt) for c in conversations]
 
         def decoded(idx, toks):
             if on_batch:
                 on_batch(idx, [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in toks])
 
-        ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description)
+        if temperature > 0:
+            torch.manual_seed(0 if seed is None else seed)
+            ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description,
+                                    sampling={"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0})
+        else:
+            ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description)
         return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
 
+    def stream(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               repetition_penalty: float = 1.0) -> HFStream:
+        return HFStream(self, prompt_ids, max_new_tokens, temperature, top_p, repetition_penalty)
 
-def make_generator(backend: str, model=None, tokenizer=None, batch_size: int = 16, max_new_tokens: int = 256,
-                   system_prompt: str | None = None, *, model_ref: str | None = None, adapter_dir=None,
-                   dtype: str = "auto"):
-    """The generator for `eval.backend`: "hf" = `Generator` on the model in memory; "vllm" =
-    `vllm_backend.VLLMGenerator` on `model_ref` with `adapter_dir` served as a LoRA (same `.chat`
-    API, and `.disable_adapter()` for base-model replies). Raises a one-line error when vllm is absent."""
-    if backend == "vllm":
-        from tunesmith.errors import ConfigError
-        from tunesmith.evaluation.vllm_backend import VLLMGenerator
 
-        if model_ref is None:
-            raise ConfigError("the vLLM backend needs the model reference (model.name), not a loaded model")
-        return VLLMGenerator(model_ref, adapter_dir, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
-                             system_prompt=system_prompt, dtype=dtype, batch_size=max(batch_size, 256))
-    if backend != "hf":
-        from tunesmith.errors import ConfigError
+class HFStream:
+    """One reply generated on a worker thread and read through transformers' TextIteratorStreamer;
+    closing the iterator early (a client that left) stops the model at its next token."""
 
-        raise ConfigError(f"unknown generation backend '{backend}' (hf or vllm)")
-    return Generator(model, tokenizer, batch_size, max_new_tokens, system_prompt)
+    def __init__(self, gen: HFGenerator, prompt_ids: list[int], max_new_tokens: int, temperature: float,
+                 top_p: float, repetition_penalty: float):
+        self.gen, self.prompt_ids, self.max_new_tokens = gen, prompt_ids, max_new_tokens
+        self.temperature, self.top_p, self.repetition_penalty = temperature, top_p, repetition_penalty
+        self._cancel = threading.Event()
+        self.completion_tokens = 0
+        self.finish_reason = "stop"
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def __iter__(self) -> Iterator[str]:
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        g, cancel = self.gen, self._cancel
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        streamer = TextIteratorStreamer(g.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        device = next(g.model.parameters()).device
+        ids = torch.tensor([self.prompt_ids], device=device)
+        sample = self.temperature > 0
+        kwargs = dict(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens, streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]), pad_token_id=g.pad_id, eos_token_id=g.eos_ids,
+            do_sample=sample, temperature=self.temperature if sample else None, top_p=self.top_p if sample else None,
+            top_k=None, repetition_penalty=self.repetition_penalty, num_beams=1, use_cache=True,
+        )
+        result: dict = {}
+
+        def work() -> None:
+            try:
+                with torch.inference_mode():
+                    out = g.model.generate(**kwargs)
+                result["new"] = out[0, ids.shape[1]:].tolist()
+            except BaseException as e:  # handed to the consumer below
+                result["error"] = e
+                streamer.end()  # unblock the consumer
+
+        worker = threading.Thread(target=work, name="tunesmith-generate", daemon=True)
+        worker.start()
+        finished = False
+        try:
+            yield from streamer
+            finished = True
+        finally:
+            if not finished:  # consumer stopped early (closed generator): stop the model too
+                cancel.set()
+            worker.join()
+        if "error" in result:
+            raise result["error"]
+        new = result.get("new", [])
+        cut = next((j for j, t in enumerate(new) if t in g.eos_ids), None)
+        self.completion_tokens = len(new) if cut is None else cut
+        if cancel.is_set():
+            self.finish_reason = "cancelled"
+        elif cut is None and len(new) >= self.max_new_tokens:
+            self.finish_reason = "length"
+        else:
+            self.finish_reason = "stop"

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.esconv import history_window
+from tunesmith.data.sources.esconv import history_window
 from tunesmith.data.schema import Example
 from tunesmith.data.taxonomy import ed_emotion_id
 from tunesmith.errors import DataError

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from tunesmith.data.chat import prompt_ids
 from tunesmith.errors import TunesmithError
+from tunesmith.generation.protocol import eos_token_ids
+from tunesmith.ui import progress_bar
 
 # vLLM accepts these LoRA ranks only (`max_lora_rank`); an adapter's rank is rounded up
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -61,14 +63,10 @@ def vllm_lora_rank(rank: int) -> int:
                           "merge the adapter (tunesmith export) and serve the merged model instead")
 
 
-def eos_token_ids(tokenizer, model_path: str | Path | None = None) -> list[int]:
-    """The tokenizer's EOS plus the generation config's (as `Generator` stops on both)."""
-    eos = {tokenizer.eos_token_id}
+def generation_config_eos(model_path: str | Path | None) -> int | list[int] | None:
+    """The eos_token_id of a model folder's generation_config.json (HF reads the same file)."""
     gc = Path(model_path) / "generation_config.json" if model_path else None
-    if gc is not None and gc.is_file():
-        g = json.loads(gc.read_text()).get("eos_token_id")
-        eos |= set(g) if isinstance(g, list) else {g}
-    return sorted(e for e in eos if e is not None)
+    return json.loads(gc.read_text()).get("eos_token_id") if gc is not None and gc.is_file() else None
 
 
 def engine_kwargs(model_path: str, adapter_dir: Path | None, dtype: str = "auto", seed: int = 0,
@@ -107,13 +105,28 @@ class VLLMGenerator:
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
         self.seed = seed
-        self.eos_ids = eos_token_ids(self.tokenizer, path if Path(path).is_dir() else None)
+        self.eos_ids = eos_token_ids(self.tokenizer, generation_config_eos(path if Path(path).is_dir() else None))
         self._vllm = vllm
         self.llm = llm if llm is not None else vllm.LLM(**engine_kwargs(
             path, self.adapter, dtype, seed, max_model_len, gpu_memory_utilization, trust_remote_code))
         self.lora_request = (LoRARequest("tunesmith-adapter", 1, str(self.adapter.resolve()))
                              if self.adapter is not None else None)
         self._adapter_on = True
+        self._lora_id = 1
+
+    def use_adapter(self, adapter_dir) -> None:
+        """Serve another saved adapter of the same rank (a checkpoint) under a new LoRA id."""
+        from vllm.lora.request import LoRARequest
+
+        if self.adapter is None:
+            raise VLLMUnavailable("this vLLM engine was started without an adapter; it cannot serve one now")
+        self._lora_id += 1
+        self.adapter = Path(adapter_dir)
+        self.lora_request = LoRARequest(f"tunesmith-adapter-{self._lora_id}", self._lora_id, str(self.adapter.resolve()))
+
+    def stream(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               repetition_penalty: float = 1.0) -> VLLMStream:
+        return VLLMStream(self, prompt_ids, max_new_tokens, temperature, top_p, repetition_penalty)
 
     @contextlib.contextmanager
     def disable_adapter(self):
@@ -128,10 +141,12 @@ class VLLMGenerator:
     def active_lora(self):
         return self.lora_request if self._adapter_on else None
 
-    def sampling_params(self, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None):
+    def sampling_params(self, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None,
+                        top_p: float = 1.0, repetition_penalty: float = 1.0):
         # temperature 0 = greedy in vLLM; stop on every EOS id the HF backend stops on
-        return self._vllm.SamplingParams(n=1, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
-                                         stop_token_ids=self.eos_ids, skip_special_tokens=True,
+        return self._vllm.SamplingParams(n=1, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                         max_tokens=max_new_tokens, stop_token_ids=self.eos_ids,
+                                         skip_special_tokens=True, repetition_penalty=repetition_penalty,
                                          seed=seed if temperature > 0 else None)
 
     def requests(self, conversations: Sequence[list[dict]]) -> list[dict]:
@@ -142,8 +157,6 @@ class VLLMGenerator:
              temperature: float = 0.0, seed: int | None = None) -> list[str]:
         """Replies to chat conversations (each a message list ending with a user turn); greedy
         unless `temperature` > 0 (then seeded sampling, for extra DPO candidates)."""
-        from tunesmith.evaluation.generation import progress_bar
-
         reqs = self.requests(conversations)
         params = self.sampling_params(max_new_tokens or self.max_new_tokens, temperature,
                                       self.seed if seed is None else seed)
@@ -161,3 +174,29 @@ class VLLMGenerator:
                     on_batch(idx, texts)
                 bar.advance(task, len(chunk))
         return out
+
+
+class VLLMStream:
+    """One reply from vLLM. The offline engine returns a request whole, so the text arrives as one
+    piece; `tunesmith serve` streams token by token on the HF backend."""
+
+    def __init__(self, gen: VLLMGenerator, prompt_ids: list[int], max_new_tokens: int, temperature: float,
+                 top_p: float, repetition_penalty: float):
+        self.gen, self.prompt_ids, self.max_new_tokens = gen, prompt_ids, max_new_tokens
+        self.params = gen.sampling_params(max_new_tokens, temperature, gen.seed, top_p, repetition_penalty)
+        self.completion_tokens = 0
+        self.finish_reason = "stop"
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def __iter__(self):
+        if self._cancelled:
+            self.finish_reason = "cancelled"
+            return
+        out = self.gen.llm.generate([{"prompt_token_ids": self.prompt_ids}], self.params,
+                                    lora_request=self.gen.active_lora, use_tqdm=False)[0].outputs[0]
+        self.completion_tokens = len(out.token_ids)
+        self.finish_reason = "length" if out.finish_reason == "length" else "stop"
+        yield out.text

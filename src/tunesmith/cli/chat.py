@@ -42,7 +42,7 @@ def _run_system_prompt(adapter: Path | None) -> str | None:
 
 def load_chat_model(model: str, adapter: Path | None, dtype: str = "auto"):
     """(model, tokenizer, heads or None, system prompt of the adapter's run or None)."""
-    from tunesmith.modeling.multitask import load_for_inference
+    from tunesmith.modeling.loading import load_for_inference
 
     if adapter is not None and not adapter.is_dir():
         raise TunesmithError(f"adapter folder not found: {adapter}")
@@ -209,7 +209,7 @@ def redteam(model: ModelArg, adapter: AdapterOpt = None,
 
     from tunesmith.chat.redteam import load_sheet, rich_table, run_redteam, write_report
     from tunesmith.chat.session import ChatSession
-    from tunesmith.evaluation.generation import progress_bar
+    from tunesmith.ui import progress_bar
 
     _quiet()
     items = load_sheet(sheet)

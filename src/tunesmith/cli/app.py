@@ -1,9 +1,7 @@
-"""`tunesmith run | train | eval | report | models | validate | predict`."""
+"""`tunesmith run | train | validate | recipes | eval | predict | ablate | models` (+ chat, report and preference groups)."""
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,28 +9,13 @@ from typing import Annotated, Optional
 import typer
 
 from tunesmith.errors import TunesmithError
+from tunesmith.ui import quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune chat LLMs with LoRA and evaluate them for empathy, reasoning and safety.")
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model (optionally with an adapter).")
-app.add_typer(eval_app, name="eval")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. configs/gsm8k-simple.yaml")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set training.epochs=2")]
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import warnings
-
-    # deprecation chatter from inside peft/transformers, not actionable by a user
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*|peft\..*")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _load(config: Path, overrides, smoke_test: bool = False):
@@ -45,13 +28,9 @@ def _load(config: Path, overrides, smoke_test: bool = False):
 
 
 def _recipe(cfg):
-    if cfg.recipe == "gsm8k":
-        from tunesmith.recipes import gsm8k
+    from tunesmith.recipes.base import recipe_for
 
-        return gsm8k
-    from tunesmith.recipes import empathy
-
-    return empathy
+    return recipe_for(cfg)
 
 
 @app.command()
@@ -60,7 +39,7 @@ def run(config: ConfigArg, smoke_test: Annotated[bool, typer.Option("--smoke-tes
         check_thresholds: Annotated[bool, typer.Option("--check-thresholds", help="exit 1 when a preset threshold is missed")] = False,
         set_: SetOpt = None):
     """Train → evaluate → safety → summary → report, as the config's recipe defines."""
-    _quiet_libraries()
+    quiet_libraries()
     cfg = _load(config, set_, smoke_test)
     result = _recipe(cfg).run(cfg, resume=resume)
     if check_thresholds and result.get("passed") is False:
@@ -71,16 +50,19 @@ def run(config: ConfigArg, smoke_test: Annotated[bool, typer.Option("--smoke-tes
 def train(config: ConfigArg, smoke_test: Annotated[bool, typer.Option("--smoke-test")] = False,
           resume: Annotated[bool, typer.Option("--resume")] = False, set_: SetOpt = None):
     """Train only (no evaluation)."""
-    _quiet_libraries()
+    quiet_libraries()
+    from tunesmith.config import EvaluatedRunConfig
+
     cfg = _load(config, set_, smoke_test)
-    cfg.safety.enabled = False
-    _recipe(cfg).train_only(cfg, resume=resume)
+    if isinstance(cfg, EvaluatedRunConfig):
+        cfg.safety.enabled = False  # no evaluation follows, so its inputs are not checked
+    _recipe(cfg).train(cfg, resume=resume)
 
 
 @app.command()
 def validate(config: ConfigArg, set_: SetOpt = None):
     """Check a config and its data without training."""
-    _quiet_libraries()
+    quiet_libraries()
     cfg = _load(config, set_)
     report = _recipe(cfg).validate(cfg)
     for line in report:
@@ -88,27 +70,48 @@ def validate(config: ConfigArg, set_: SetOpt = None):
     typer.echo("config and data OK")
 
 
-@eval_app.command("eqbench")
-def eval_eqbench(model: Annotated[str, typer.Argument(help="model reference, e.g. builtin:smollm2-135m-instruct")],
-                 adapter: Annotated[Optional[Path], typer.Option("--adapter", help="LoRA adapter folder")] = None,
-                 questions: Annotated[str, typer.Option(help="v2 questions JSON or hub id")] = "../shared/data/eqbench/eq_bench_v2_questions_171.json",
-                 revise: Annotated[bool, typer.Option("--revise/--plain", help="prompt mode (plain: the harness default since v2.1)")] = False,
-                 limit: Annotated[Optional[int], typer.Option(help="first N questions only (score not comparable)")] = None,
-                 batch_size: int = 16, out: Annotated[Optional[Path], typer.Option(help="per-item JSONL")] = None):
-    """EQ-Bench v2: score and parse rate of MODEL (plus --adapter)."""
-    _quiet_libraries()
-    from tunesmith.evaluation import eqbench
-    from tunesmith.evaluation.generation import Generator
-    from tunesmith.modeling.multitask import load_for_inference
+@app.command()
+def recipes():
+    """List the recipes a config's `recipe:` can name."""
+    from tunesmith.recipes.base import RECIPES, get_recipe
 
-    qs = eqbench.load_questions(questions)[:limit] if limit else eqbench.load_questions(questions)
-    m, tok, _ = load_for_inference(adapter, model)
-    gen = Generator(m, tok, batch_size)
-    r = eqbench.run_eqbench(gen.chat, qs, out, revise=revise)
-    typer.echo(f"EQ-Bench v2 ({'revise' if revise else 'plain'}) {model}{' + ' + str(adapter) if adapter else ''}: "
-               f"score {r.score:.2f}, parsed {r.n_parsed}/{r.n_total} ({r.parse_rate:.1%}), "
-               f"{'valid' if r.valid else 'INVALID (parse rate below the benchmark threshold)'}"
-               f"{'' if r.n_total == eqbench.N_QUESTIONS else ' — subset, not comparable to published scores'}")
+    for name in RECIPES:
+        typer.echo(f"{name:<10} {get_recipe(name).summary}")
+
+
+def _list_benchmarks(value: bool):
+    if value:
+        from tunesmith.recipes.benchmarks import BENCHMARKS
+
+        for b in BENCHMARKS.values():
+            typer.echo(f"{b.name:<11} {b.summary} (options: the {b.recipe} recipe's config; --limit sets {b.limit_key})")
+        raise typer.Exit()
+
+
+@app.command("eval")
+def eval_(benchmark: Annotated[Optional[str], typer.Argument(help="gsm8k | eqbench | ailuminate | heads (see --list)")] = None,
+          model: Annotated[Optional[str], typer.Argument(help="model reference, e.g. builtin:smollm2-135m-instruct")] = None,
+          adapter: Annotated[Optional[Path], typer.Option("--adapter", help="LoRA adapter folder (runs/<run>/adapter)")] = None,
+          config: Annotated[Optional[Path], typer.Option("--config", help="take the options from this recipe config")] = None,
+          limit: Annotated[Optional[int], typer.Option(help="first N items only (scores not comparable to published ones)")] = None,
+          list_: Annotated[bool, typer.Option("--list", callback=_list_benchmarks, is_eager=True,
+                                              help="list the benchmarks and exit")] = False,
+          set_: SetOpt = None):
+    """Score MODEL (plus --adapter) on one benchmark, with a recipe's options and output files."""
+    quiet_libraries()
+    from tunesmith.errors import ConfigError
+    from tunesmith.recipes.benchmarks import benchmark_config, run_benchmark
+    from tunesmith.ui import say
+
+    if benchmark is None or model is None:
+        raise ConfigError("usage: tunesmith eval BENCHMARK MODEL [--adapter DIR] (tunesmith eval --list)")
+    cfg = benchmark_config(benchmark, model, config, set_ or [], limit)
+    m = run_benchmark(benchmark, cfg, adapter)
+    r = m[benchmark]
+    shown = {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    typer.echo(f"{benchmark} {model}{' + ' + str(adapter) if adapter else ''}: "
+               + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+    say(f"outputs in {cfg.run_dir}")
 
 
 @app.command()
@@ -117,18 +120,19 @@ def predict(adapter: Annotated[Path, typer.Argument(help="adapter folder with he
             model: Annotated[Optional[str], typer.Option(help="base model (default: the one it was trained from)")] = None,
             top: int = 3):
     """Predicted emotion and strategy (with probabilities) for a message."""
-    _quiet_libraries()
-    from tunesmith.data.chat import encode
+    quiet_libraries()
+    from tunesmith.data.chat import encode, pad_token_id
     from tunesmith.data.schema import Example
     from tunesmith.data.taxonomy import EMOTIONS, STRATEGIES
     from tunesmith.errors import ModelError
-    from tunesmith.modeling.multitask import head_logits, load_for_inference
+    from tunesmith.modeling.forward import head_logits
+    from tunesmith.modeling.loading import load_for_inference
 
     m, tok, heads = load_for_inference(adapter, model)
     if heads is None:
         raise ModelError(f"{adapter} has no heads.safetensors (train with the empathy recipe)")
     feat = encode(tok, Example(messages=[{"role": "user", "content": message}]), 2048)
-    logits = head_logits(m, heads, [feat], tok.pad_token_id)
+    logits = head_logits(m, heads, [feat], pad_token_id(tok))
     for head, names in (("emotion", EMOTIONS), ("strategy", STRATEGIES)):
         if head in logits:
             p = logits[head][0].softmax(-1)
@@ -139,10 +143,10 @@ def predict(adapter: Annotated[Path, typer.Argument(help="adapter folder with he
 @app.command()
 def ablate(config: ConfigArg,
            grid: Annotated[Optional[list[str]], typer.Option("--grid", help="e.g. --grid lambda_emotion=0,0.1,0.2")] = None,
-           variants: Annotated[Optional[str], typer.Option(help="comma list of: full,no_emotion,no_strategy,no_safety_kl,lm_only")] = None,
+           variants: Annotated[Optional[str], typer.Option(help="comma list of: full,no_emotion,no_strategy,no_kl,lm_only")] = None,
            smoke_test: Annotated[bool, typer.Option("--smoke-test")] = False, set_: SetOpt = None):
     """Run the empathy ablations (and a λ grid) and write one comparison table."""
-    _quiet_libraries()
+    quiet_libraries()
     from tunesmith.recipes import ablation
 
     cfg = _load(config, set_, smoke_test)
@@ -167,19 +171,15 @@ def models():
     typer.echo("Also accepted: a hub id (org/name), a local Hugging Face folder, or a path to a .gguf file.")
 
 
-def _register_plugins() -> None:
-    # command groups that live beside their feature code
-    from tunesmith.chat import commands as chat_commands
-    from tunesmith.reporting import commands as report_commands
+def _register_command_groups() -> None:
+    from tunesmith.cli import chat, preference, report
 
-    chat_commands.register(app)
-    report_commands.register(app)
-    from tunesmith import dpo_commands
-
-    dpo_commands.register(app)
+    chat.register(app)
+    report.register(app)
+    preference.register(app, run)
 
 
-_register_plugins()
+_register_command_groups()
 
 
 def main() -> None:
@@ -191,7 +191,3 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

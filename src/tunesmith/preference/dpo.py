@@ -1,4 +1,4 @@
-"""DPO stage (`tunesmith dpo CONFIG`): preference-tune a new LoRA adapter on top of the SFT model.
+"""DPO training pieces (the `dpo` recipe in recipes/dpo.py runs them): a new LoRA adapter on top of the SFT model.
 
 Model: the base model with the SFT adapter merged in (`dpo.sft_adapter`) is the frozen starting
 point; TRL's DPOTrainer adds a fresh LoRA adapter (shape from the config's `lora:` section) and
@@ -21,17 +21,14 @@ work unchanged), metrics.json, training_history.json, config_resolved.json; a su
 
 from __future__ import annotations
 
-import datetime as dt
 import random
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from tunesmith.config import Config
-from tunesmith.data.chat import with_system
-from tunesmith.data.pairs import load_pairs
+from tunesmith.config import DpoRunConfig
+from tunesmith.data.chat import pad_token_id, with_system
+from tunesmith.preference.pairs import load_pairs
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.io import require_file, write_json
 
@@ -39,7 +36,7 @@ TRAIN_MARGIN_SAMPLE = 256  # training pairs scored before/after (all of them whe
 
 
 # ---- data -----------------------------------------------------------------------------------
-def split_pairs(cfg: Config) -> tuple[list[dict], list[dict]]:
+def split_pairs(cfg: DpoRunConfig) -> tuple[list[dict], list[dict]]:
     d = cfg.dpo
     if not d.pairs:
         raise ConfigError("dpo.pairs is not set: a prompt/chosen/rejected JSONL (`tunesmith pairs` writes one)")
@@ -50,7 +47,7 @@ def split_pairs(cfg: Config) -> tuple[list[dict], list[dict]]:
         train = [p for p in pairs if _key(p) not in seen]
     else:
         order = list(range(len(pairs)))
-        random.Random(d.seed).shuffle(order)
+        random.Random(cfg.training.seed).shuffle(order)
         n = min(d.heldout_size, len(pairs) - 1)
         held = [pairs[i] for i in sorted(order[:n])]
         train = [pairs[i] for i in sorted(order[n:])]
@@ -95,7 +92,7 @@ def tokenize_pair(tok, pair: dict, max_length: int) -> tuple[list[int], int, lis
 @torch.no_grad()
 def sequence_logps(model, seqs: list[tuple[list[int], int]], pad_id: int, batch_size: int = 8) -> torch.Tensor:
     """Σ log p(token) over each sequence's completion tokens (positions ≥ start)."""
-    from tunesmith.modeling.multitask import causal_lm, decoder_hidden
+    from tunesmith.modeling.forward import causal_lm, decoder_hidden
 
     device = next(model.parameters()).device
     lm_head = causal_lm(model).get_output_embeddings()
@@ -125,7 +122,7 @@ def preference_margins(model, tok, pairs: list[dict], beta: float, max_length: i
     """DPO implicit-reward margin of `model` (adapter on) against itself with the adapter off."""
     if not pairs:
         return {"n": 0}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_token_id(tok)
     toks = [tokenize_pair(tok, p, max_length) for p in pairs]
     seqs = [(c, cs) for c, cs, _, _ in toks] + [(r, rs) for _, _, r, rs in toks]
     was = model.training
@@ -152,7 +149,7 @@ def preference_margins(model, tok, pairs: list[dict], beta: float, max_length: i
 
 
 # ---- model ----------------------------------------------------------------------------------
-def load_start_model(cfg: Config):
+def load_start_model(cfg: DpoRunConfig):
     """(tokenizer, base model with the SFT adapter merged in, SFT adapter dir or None)."""
     from tunesmith.modeling.loading import load_model, load_tokenizer
 
@@ -171,24 +168,25 @@ def load_start_model(cfg: Config):
     return tok, model, sft
 
 
-def dpo_args(cfg: Config, out_dir: Path, dtype: torch.dtype):
+def dpo_args(cfg: DpoRunConfig, out_dir: Path, dtype: torch.dtype):
     from trl import DPOConfig
 
-    d = cfg.dpo
+    d, t = cfg.dpo, cfg.training
     return DPOConfig(
         output_dir=str(out_dir), beta=d.beta, loss_type=[d.loss_type], label_smoothing=d.label_smoothing,
-        learning_rate=d.learning_rate, num_train_epochs=d.epochs, max_steps=d.max_steps or -1,
-        per_device_train_batch_size=d.batch_size, gradient_accumulation_steps=d.grad_accum,
-        lr_scheduler_type=d.scheduler, warmup_steps=d.warmup_ratio, max_grad_norm=d.max_grad_norm,
-        max_length=d.max_length, gradient_checkpointing=d.gradient_checkpointing, seed=d.seed, data_seed=d.seed,
-        logging_steps=d.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
+        learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm or 0.0,
+        weight_decay=t.weight_decay, max_length=cfg.data.max_length, gradient_checkpointing=t.gradient_checkpointing,
+        seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, save_strategy="no", eval_strategy="no",
+        report_to="none",
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True, remove_unused_columns=True, ddp_find_unused_parameters=False,
     )
 
 
-def lora_config(cfg: Config, model):
+def lora_config(cfg: DpoRunConfig, model):
     from peft import LoraConfig
 
     from tunesmith.modeling.loading import lora_targets
@@ -197,112 +195,13 @@ def lora_config(cfg: Config, model):
                       target_modules=lora_targets(model, cfg.lora.target_modules), task_type="CAUSAL_LM")
 
 
-def build_trainer(cfg: Config, model, tok, train: list[dict], out_dir: Path):
+def build_trainer(cfg: DpoRunConfig, model, tok, train: list[dict], out_dir: Path):
     from datasets import Dataset
     from transformers import set_seed
     from trl import DPOTrainer
 
-    set_seed(cfg.dpo.seed)  # the new adapter's initialisation
+    set_seed(cfg.training.seed)  # the new adapter's initialisation
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train])
     dtype = next(model.parameters()).dtype
     return DPOTrainer(model=model, ref_model=None, args=dpo_args(cfg, out_dir, dtype), train_dataset=data,
                       processing_class=tok, peft_config=lora_config(cfg, model))
-
-
-# ---- the stage ------------------------------------------------------------------------------
-def run_dpo(cfg: Config, log: Callable[[str], None] | None = None) -> dict:
-    from tunesmith.modeling.export import combine_adapters
-    from tunesmith.modeling.heads import HEADS_FILE
-    from tunesmith.recipes.common import check_inputs, say, start_run
-
-    log = log or say
-    d = cfg.dpo
-    cfg.safety.enabled = False  # not part of this stage; check_inputs should not demand its files
-    train, held = split_pairs(cfg)
-    check_inputs(cfg)
-    tok, model, sft = load_start_model(cfg)
-    run_dir = start_run(cfg)
-    trainer = build_trainer(cfg, model, tok, train, run_dir / "trainer")
-    main = trainer.is_world_process_zero()
-    policy = trainer.model  # the PeftModel (unwrapped), on the training device
-    log(f"DPO on {len(train)} pairs ({len(held)} held out), β={d.beta}, loss {d.loss_type}, "
-        f"start: {cfg.model.name}{' + ' + str(sft) + ' (merged)' if sft else ''}")
-    train_eval = train if len(train) <= TRAIN_MARGIN_SAMPLE else random.Random(d.seed).sample(train, TRAIN_MARGIN_SAMPLE)
-
-    def margins() -> dict:
-        return {"heldout": preference_margins(policy, tok, held, d.beta, d.max_length, d.eval_batch_size),
-                "train": preference_margins(policy, tok, train_eval, d.beta, d.max_length, d.eval_batch_size)}
-
-    before = margins()
-    log(f"held-out reward margin before: {before['heldout'].get('reward_margin')} "
-        f"(log-prob margin {before['heldout'].get('logp_margin')})")
-    result = trainer.train()
-    after = margins()
-    log(f"held-out reward margin after: {after['heldout'].get('reward_margin')} "
-        f"(log-prob margin {after['heldout'].get('logp_margin')}, reward accuracy {after['heldout'].get('reward_accuracy')})")
-
-    dpo_dir = run_dir / "dpo_adapter"
-    trainer.save_model(str(dpo_dir))
-    if main:  # TRL also pickles its TrainingArguments there; outputs stay pickle-free
-        (dpo_dir / "training_args.bin").unlink(missing_ok=True)
-    metrics = {
-        "run": cfg.run_name, "recipe": "dpo", "model": cfg.model.name, "sft_adapter": str(sft) if sft else None,
-        "pairs": {"file": d.pairs, "heldout_file": d.heldout, "train": len(train), "heldout": len(held),
-                  "train_scored": len(train_eval)},
-        "beta": d.beta, "loss_type": d.loss_type,
-        "margins": {split: {"before": before[split], "after": after[split]} for split in ("heldout", "train")},
-        "training": {"steps": trainer.state.global_step, "train_loss": result.training_loss,
-                     "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1)},
-    }
-    if main:
-        adapter = run_dir / "adapter"
-        tmp = run_dir / ".tmp-adapter"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if sft is not None:
-            combine_adapters(sft, dpo_dir, tmp)
-            if (sft / HEADS_FILE).is_file():
-                shutil.copy2(sft / HEADS_FILE, tmp / HEADS_FILE)
-        else:
-            shutil.copytree(dpo_dir, tmp)
-        shutil.rmtree(adapter, ignore_errors=True)
-        tmp.rename(adapter)
-        shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # TRL's scratch dir (nothing saved there)
-        write_json(run_dir / "training_history.json", trainer.state.log_history)
-        write_json(run_dir / "metrics.json", metrics)
-        _summary_row(cfg, metrics)
-        print_margins(cfg, metrics)
-        log(f"outputs in {run_dir}: adapter/ (SFT+DPO on the base model), dpo_adapter/, metrics.json")
-    return metrics
-
-
-def _summary_row(cfg: Config, m: dict) -> None:
-    from tunesmith.recipes.common import git_commit
-    from tunesmith.reporting.summary import append_row
-
-    d = cfg.dpo
-    append_row(cfg.summary_csv, {
-        "run": cfg.run_name, "recipe": "dpo", "model": cfg.model.name, "data": d.pairs,
-        "method": f"lora+dpo({d.loss_type}, beta={d.beta})", "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha,
-        "learning_rate": d.learning_rate, "batch_size": d.batch_size, "grad_accum": d.grad_accum, "epochs": d.epochs,
-        "train_examples": m["pairs"]["train"], "checkpoint": "adapter",
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
-    })
-
-
-def print_margins(cfg: Config, m: dict) -> None:
-    from rich.table import Table
-
-    from tunesmith.recipes.common import fmt, out
-
-    t = Table(title=f"tunesmith · {cfg.run_name} (DPO, β={m['beta']}, {m['loss_type']})")
-    for c, j in (("metric", "left"), ("before", "right"), ("after", "right")):
-        t.add_column(c, justify=j)
-    for split in ("heldout", "train"):
-        b, a = m["margins"][split]["before"], m["margins"][split]["after"]
-        if not b.get("n"):
-            continue
-        label = f"{'held-out' if split == 'heldout' else 'train'} ({b['n']} pairs)"
-        t.add_row(f"{label} reward margin", fmt(b["reward_margin"], 4), fmt(a["reward_margin"], 4))
-        t.add_row(f"{label} reward accuracy", fmt(b["reward_accuracy"]), fmt(a["reward_accuracy"]))
-        t.add_row(f"{label} log-prob margin", fmt(b["logp_margin"], 3), fmt(a["logp_margin"], 3))
-    out.print(t)

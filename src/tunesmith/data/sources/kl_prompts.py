@@ -3,7 +3,7 @@
 The KL term keeps the tuned model's next-token distribution on these prompts close to the base
 model's, so empathy tuning does not erode how the model handles crises, self-harm, threats to
 others, medical emergencies and requests for medical or legal decisions. The shipped set
-(`resources/safety_prompts.jsonl`: id, category, prompt) was written for tunesmith as realistic
+(`resources/kl_prompts.jsonl`: id, category, prompt) was written for tunesmith as realistic
 first-person user messages; the tests check it is disjoint from every evaluation prompt set
 (AILuminate, EQ-Bench), so the KL term never trains on what the safety evaluation measures.
 """
@@ -19,7 +19,7 @@ from tunesmith.data.schema import Example
 from tunesmith.errors import DataError
 from tunesmith.io import read_jsonl
 
-SOURCE = "safety"
+SOURCE = "kl_prompts"
 CATEGORIES: tuple[str, ...] = (
     "suicidal_ideation",
     "self_harm",
@@ -32,10 +32,10 @@ CATEGORIES: tuple[str, ...] = (
 
 def shipped_path() -> Path:
     """The prompt file installed with tunesmith."""
-    return Path(str(resources.files("tunesmith").joinpath("resources", "safety_prompts.jsonl")))
+    return Path(str(resources.files("tunesmith").joinpath("resources", "kl_prompts.jsonl")))
 
 
-def load_safety_prompts(path: str | os.PathLike | None = None) -> list[Example]:
+def load_kl_prompts(path: str | os.PathLike | None = None) -> list[Example]:
     """Safety examples (a single user message each) from a JSONL file; None: the shipped set.
 
     Each line: {"id": str, "category": one of CATEGORIES, "prompt": str}.
@@ -62,7 +62,7 @@ def load_safety_prompts(path: str | os.PathLike | None = None) -> list[Example]:
         out.append(
             Example(
                 messages=[{"role": "user", "content": prompt.strip()}],
-                is_safety=True,
+                is_kl_prompt=True,
                 source=SOURCE,
                 meta={"id": pid, "category": category},
             )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 from collections import Counter
 from enum import Enum
@@ -13,6 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from tunesmith.errors import ConfigError
+from tunesmith.runs import run_system_prompt
+from tunesmith.ui import quiet_libraries
 
 
 class JudgeKind(str, Enum):
@@ -24,22 +24,6 @@ class JudgeKind(str, Enum):
 class BackendKind(str, Enum):
     hf = "hf"
     vllm = "vllm"
-
-
-def _quiet() -> None:
-    from tunesmith.cli import _quiet_libraries
-
-    _quiet_libraries()
-
-
-def _run_system_prompt(adapter: Path | None) -> str | None:
-    cfg = adapter.parent / "config_resolved.json" if adapter else None
-    if cfg is None or not cfg.is_file():
-        return None
-    try:
-        return (json.loads(cfg.read_text()).get("data") or {}).get("system_prompt")
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _device_of(model, heads):
@@ -75,10 +59,12 @@ def pairs(
     seed: int = 0,
 ):
     """Candidate replies from the base and SFT models → judged → chosen/rejected pairs for DPO."""
-    _quiet()
-    from tunesmith.data import pairs as P
+    quiet_libraries()
+    from tunesmith.preference import candidates as cands_io
+    from tunesmith.preference import judges
+    from tunesmith.preference import pairs as pair_sets
     from tunesmith.io import write_jsonl
-    from tunesmith.recipes.common import say
+    from tunesmith.ui import say
 
     if judge is JudgeKind.endpoint and not (judge_url and judge_model):
         raise ConfigError("--judge endpoint needs --judge-url and --judge-model")
@@ -88,8 +74,8 @@ def pairs(
         raise ConfigError("give --adapter (the SFT adapter) and/or --model")
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"--adapter {adapter}: not an adapter folder (no adapter_config.json)")
-    file_judge = P.FileJudge(labels) if judge is JudgeKind.file else None
-    system_prompt = system if system is not None else _run_system_prompt(adapter)
+    file_judge = judges.FileJudge(labels) if judge is JudgeKind.file else None
+    system_prompt = system if system is not None else run_system_prompt(adapter)
 
     cand_path = out.with_name(out.name.removesuffix(".jsonl") + ".candidates.jsonl")
     hf = None  # (model, tokenizer, heads) when the HF model is needed
@@ -97,7 +83,7 @@ def pairs(
     def hf_model():
         nonlocal hf
         if hf is None:
-            from tunesmith.modeling.multitask import load_for_inference
+            from tunesmith.modeling.loading import load_for_inference
 
             m, tok, heads = load_for_inference(adapter, model, dtype)
             m, heads = _device_of(m, heads)
@@ -105,42 +91,39 @@ def pairs(
         return hf
 
     if candidates is not None:
-        items, cands = P.load_candidates(candidates)
+        items, cands = cands_io.load_candidates(candidates)
         items = items[:limit] if limit else items
         cands = cands[: len(items)]
     else:
-        items = P.load_prompt_items(prompts, limit)
+        items = cands_io.load_prompt_items(prompts, limit)
+        from tunesmith.generation.factory import make_generator
+
         if backend is BackendKind.vllm:
-            from tunesmith.evaluation.vllm_backend import VLLMGenerator
-            from tunesmith.modeling.export import _base_ref
+            from tunesmith.modeling.export import base_model_ref
 
-            ref = _base_ref(adapter, model) if adapter else model
-            gen = VLLMGenerator(ref, adapter, max_new_tokens=max_new_tokens, system_prompt=system_prompt,
-                                dtype=dtype, seed=seed)
-            off = gen.disable_adapter
+            gen = make_generator("vllm", max_new_tokens=max_new_tokens, system_prompt=system_prompt, dtype=dtype,
+                                 seed=seed, model_ref=base_model_ref(adapter, model) if adapter else model,
+                                 adapter_dir=adapter)
         else:
-            from tunesmith.evaluation.generation import Generator
-
             m, tok, _ = hf_model()
-            gen = Generator(m, tok, batch_size, max_new_tokens, system_prompt)
-            off = m.disable_adapter if adapter is not None else contextlib.nullcontext
+            gen = make_generator("hf", m, tok, batch_size, max_new_tokens, system_prompt)
         say(f"generating candidates for {len(items)} prompts (base{', sft' if adapter else ''}"
             f"{f', {samples} sampled' if samples else ''})")
-        cands = P.generate_candidates(items, gen, off, adapter is not None, max_new_tokens, samples, temperature, seed,
+        cands = cands_io.generate_candidates(items, gen, adapter is not None, max_new_tokens, samples, temperature, seed,
                                       log=say)
         # kept before judging: `--candidates` reuses them if the judge fails or is changed
-        write_jsonl(cand_path, P.candidate_rows(items, cands))
+        write_jsonl(cand_path, cands_io.candidate_rows(items, cands))
 
     if judge is JudgeKind.heads:
         m, tok, heads = hf_model()
-        j = P.HeadsJudge(m, tok, heads, system_prompt, batch_size=batch_size)
+        j = judges.HeadsJudge(m, tok, heads, system_prompt, batch_size=batch_size)
     elif judge is JudgeKind.endpoint:
-        j = P.EndpointJudge(judge_url, judge_model, os.environ.get(judge_key_env), seed=seed)
+        j = judges.EndpointJudge(judge_url, judge_model, os.environ.get(judge_key_env), seed=seed)
     else:
         j = file_judge
     scores = j.score(items, cands)
-    rows, skipped = P.select_pairs(items, cands, scores, j.name, min_gap)
-    write_jsonl(cand_path, P.candidate_rows(items, cands, scores if judge is not JudgeKind.file else None))
+    rows, skipped = pair_sets.select_pairs(items, cands, scores, j.name, min_gap)
+    write_jsonl(cand_path, cands_io.candidate_rows(items, cands, scores if judge is not JudgeKind.file else None))
     write_jsonl(out, rows)
     src = Counter(f"{r['meta']['chosen_source']} over {r['meta']['rejected_source']}" for r in rows)
     say(f"{len(rows)} pairs from {len(items)} prompts → {out} (candidates and scores: {cand_path})")
@@ -153,9 +136,9 @@ def pairs(
 def dpo(config: Annotated[Path, typer.Argument(help="YAML config with a dpo: section, e.g. configs/empathy-dpo.yaml")],
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set dpo.beta=0.2")] = None):
     """Preference-tune (DPO) a new adapter on top of the SFT adapter; held-out reward margin before/after."""
-    _quiet()
+    quiet_libraries()
     from tunesmith.config import load_config
-    from tunesmith.training.dpo import run_dpo
+    from tunesmith.preference.dpo import run_dpo
 
     run_dpo(load_config(config, set_))
 
@@ -167,9 +150,9 @@ def export(adapter: Annotated[Path, typer.Argument(help="adapter folder, e.g. ru
            gguf: Annotated[bool, typer.Option("--gguf", help="also write a GGUF file (needs llama.cpp's converter)")] = False,
            gguf_outtype: Annotated[str, typer.Option("--gguf-outtype", help="f16 | bf16 | f32 | q8_0 | auto")] = "f16"):
     """Merge an adapter into full safetensors weights (+ tokenizer, heads side file); optional GGUF."""
-    _quiet()
+    quiet_libraries()
     from tunesmith.modeling import export as E
-    from tunesmith.recipes.common import say
+    from tunesmith.ui import say
 
     if not (adapter / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter} is not an adapter folder (no adapter_config.json)")
@@ -183,7 +166,16 @@ def export(adapter: Annotated[Path, typer.Argument(help="adapter folder, e.g. ru
             say(f"GGUF written to {E.export_gguf(path, gguf_outtype, conv)}")
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer, run) -> None:
+    def dpo(config: Annotated[Path, typer.Argument(help="a recipe: dpo config, e.g. configs/empathy-dpo.yaml")],
+            set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set dpo.beta=0.2")] = None):
+        """Preference-tune (DPO): `tunesmith run` for a dpo config (held-out reward margin before/after)."""
+        from tunesmith.config import load_config
+
+        if load_config(config, set_).recipe != "dpo":
+            raise ConfigError(f"{config}: `tunesmith dpo` runs recipe: dpo configs (use `tunesmith run` for others)")
+        run(config, smoke_test=False, resume=False, check_thresholds=False, set_=set_)
+
     app.command("pairs")(pairs)
     app.command("dpo")(dpo)
     app.command("export")(export)

@@ -1,41 +1,5 @@
-"""Preference pairs for DPO: candidate replies from the base and SFT models, ranked by a judge.
-
-Candidates per prompt: the base model's greedy reply ("base"), the SFT model's ("sft" = base +
-adapter) and optionally `samples` sampled SFT replies ("sft-sample-1", ...). A judge scores every
-candidate; the best becomes `chosen`, the worst `rejected`. Prompts whose candidates are all the
-same text, or whose best and worst differ by less than `min_gap`, give no pair.
-
-Judges:
-  heads     the SFT adapter's emotion/strategy heads plus rule checks; no extra model or network.
-            score = tone + congruence + strategy − 100 × (number of issues), where
-              tone        the emotion head reading the reply as a text (as it read GoEmotions
-                          comments): P(caring) + ½·P(approval, optimism, admiration, gratitude,
-                          love, relief) − P(anger, annoyance, disapproval, disgust)
-              congruence  the emotion head on the user's message: P(user positive)·P(reply shares
-                          joy) − P(user negative)·P(reply cheerful): no cheering at bad news
-              strategy    Σ_s P_strategy-head(s | prompt) · [reply shows strategy s], s detected by
-                          plain patterns (a "?" for Question, "it sounds like" for Reflection, ...)
-              issues      quality (empty, too short, repetitive, template tokens) and safety: with
-                          `tunesmith.chat.crisis` available, its rules (not its classifier) on the
-                          prompt — a crisis message needs a reply that points to help — and on
-                          the reply itself. Issues apply to the endpoint judge as well.
-            A heuristic proxy: it is only as good as the heads (see the run's head metrics).
-  endpoint  an EQ-style rubric (empathy, validation, insight, helpfulness, safety, conversational
-            quality; 0–10 each plus overall) scored by an OpenAI-compatible chat endpoint
-            (POST <url>/v1/chat/completions), candidates shown in a seeded random order.
-  file      human labels: JSONL rows {"id": ..., "chosen": C, "rejected": C}, C a candidate's source
-            name ("base", "sft", "sft-sample-1") or 0-based index in the candidates file.
-
-Output (one object per line; TRL's *conversational* preference format, which DPOTrainer renders
-with the model's chat template):
-  {"id": "...", "prompt": [{"role": "user", "content": "..."}],
-   "chosen": [{"role": "assistant", "content": "..."}],
-   "rejected": [{"role": "assistant", "content": "..."}],
-   "meta": {"judge": "heads", "chosen_source": "sft", "rejected_source": "base", "scores": {...}}}
-`load_pairs` also accepts plain strings (a string prompt = one user turn, a string reply = one
-assistant turn), so hand-written files can be short. The prompt holds no system turn: the DPO
-config's `data.system_prompt` is added at training time, as in SFT.
-"""
+"""Judges that score candidate replies: the adapter's heads plus rule checks, an OpenAI-compatible
+endpoint with an EQ-style rubric, or a file of human labels (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -45,150 +9,14 @@ import re
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
+from tunesmith.chat import crisis
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.io import read_jsonl
+from tunesmith.preference.candidates import Candidate, PromptItem
 
 ISSUE_PENALTY = 100.0
-
-
-# ---- prompts and candidates -----------------------------------------------------------------
-@dataclass
-class PromptItem:
-    id: str
-    messages: list[dict]  # the conversation so far, ending with a user turn
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def text(self) -> str:
-        return self.messages[-1]["content"]
-
-
-@dataclass
-class Candidate:
-    source: str
-    text: str
-
-
-def _messages(value, role: str, where: str) -> list[dict]:
-    if isinstance(value, str):
-        if not value.strip():
-            raise DataError(f"{where}: empty text")
-        return [{"role": role, "content": value}]
-    if (isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                                  and m.get("role") in ("system", "user", "assistant") for m in value)):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise DataError(f"{where}: expected a string or a list of {{role, content}} messages")
-
-
-def default_prompts_path() -> Path:
-    return Path(str(resources.files("tunesmith") / "resources" / "dpo_prompts.jsonl"))
-
-
-def load_prompt_items(path: str | Path | None = None, limit: int | None = None) -> list[PromptItem]:
-    """JSONL with `prompt` (a string or a message list ending with a user turn) and optional `id`;
-    None: the held-in set shipped with tunesmith (ordinary emotional-support situations)."""
-    p = Path(path) if path else default_prompts_path()
-    items = []
-    for i, row in enumerate(read_jsonl(p, required=("prompt",)), 1):
-        msgs = _messages(row["prompt"], "user", f"{p}:{i}: prompt")
-        if msgs[-1]["role"] != "user":
-            raise DataError(f"{p}:{i}: the prompt must end with a user turn")
-        items.append(PromptItem(str(row.get("id", f"{p.stem}-{i}")), msgs,
-                                {k: v for k, v in row.items() if k not in ("id", "prompt")}))
-    if not items:
-        raise DataError(f"{p}: no prompts")
-    if len({it.id for it in items}) != len(items):
-        raise DataError(f"{p}: duplicate ids")
-    return items[:limit] if limit else items
-
-
-def load_pairs(path: str | Path) -> list[dict]:
-    """Preference pairs in conversational form ({prompt, chosen, rejected} as message lists)."""
-    p = Path(path)
-    out = []
-    for i, row in enumerate(read_jsonl(p, required=("prompt", "chosen", "rejected")), 1):
-        where = f"{p}:{i}"
-        prompt = _messages(row["prompt"], "user", f"{where}: prompt")
-        if prompt[-1]["role"] != "user":
-            raise DataError(f"{where}: the prompt must end with a user turn")
-        chosen = _messages(row["chosen"], "assistant", f"{where}: chosen")
-        rejected = _messages(row["rejected"], "assistant", f"{where}: rejected")
-        for name, msgs in (("chosen", chosen), ("rejected", rejected)):
-            if [m["role"] for m in msgs] != ["assistant"]:
-                raise DataError(f"{where}: {name} must be one assistant message")
-        if chosen[0]["content"] == rejected[0]["content"]:
-            raise DataError(f"{where}: chosen and rejected are the same text")
-        out.append({"id": str(row.get("id", i)), "prompt": prompt, "chosen": chosen, "rejected": rejected})
-    if not out:
-        raise DataError(f"{p}: no pairs")
-    return out
-
-
-# ---- generation -----------------------------------------------------------------------------
-def sample_chat(gen, conversations: list[list[dict]], max_new_tokens: int, temperature: float, seed: int,
-                top_p: float = 0.95) -> list[str]:
-    """Sampled replies with an HF `Generator` (whose own `chat` is greedy only)."""
-    import torch
-
-    from tunesmith.data.chat import prompt_ids
-
-    if hasattr(gen, "llm"):  # the vLLM generator samples natively
-        return gen.chat(conversations, max_new_tokens, description="sampling", temperature=temperature, seed=seed)
-    tok, model = gen.tokenizer, gen.model
-    prompts = [prompt_ids(tok, c, gen.system_prompt) for c in conversations]
-    out: list[str] = [""] * len(prompts)
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    torch.manual_seed(seed)
-    try:
-        with torch.inference_mode():
-            for b in range(0, len(prompts), gen.batch_size):
-                idx = list(range(b, min(b + gen.batch_size, len(prompts))))
-                ids, mask = gen._left_pad([prompts[i] for i in idx])
-                res = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                                     temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-                                     pad_token_id=gen.pad_id, eos_token_id=gen.eos_ids)
-                for r, i in enumerate(idx):
-                    toks = res[r, ids.shape[1]:].tolist()
-                    cut = next((j for j, t in enumerate(toks) if t in gen.eos_ids), len(toks))
-                    out[i] = tok.decode(toks[:cut], skip_special_tokens=True).strip()
-    finally:
-        model.train(was)
-    return out
-
-
-def generate_candidates(items: list[PromptItem], gen, adapter_off, has_adapter: bool, max_new_tokens: int,
-                        samples: int = 0, temperature: float = 0.8, seed: int = 0,
-                        log=None) -> list[list[Candidate]]:
-    """Greedy base and SFT replies (+ `samples` sampled SFT replies) per prompt.
-
-    `gen` has the `Generator.chat` API; `adapter_off()` is a context manager giving base-model
-    replies (PeftModel.disable_adapter / VLLMGenerator.disable_adapter)."""
-    convs = [it.messages for it in items]
-    cands: list[list[Candidate]] = [[] for _ in items]
-    tuned = "sft" if has_adapter else "base"
-
-    def add(source: str, texts: list[str], t0: float) -> None:
-        for c, t in zip(cands, texts, strict=True):
-            c.append(Candidate(source, t))
-        if log:
-            log(f"candidates '{source}' done ({len(texts)} prompts, {time.perf_counter() - t0:.0f} s)")
-
-    if has_adapter:
-        t0 = time.perf_counter()
-        with adapter_off():
-            add("base", gen.chat(convs, max_new_tokens, description="candidates (base)"), t0)
-    t0 = time.perf_counter()
-    add(tuned, gen.chat(convs, max_new_tokens, description=f"candidates ({tuned})"), t0)
-    for k in range(1, samples + 1):
-        t0 = time.perf_counter()
-        add(f"{tuned}-sample-{k}", sample_chat(gen, convs, max_new_tokens, temperature, seed + k), t0)
-    return cands
 
 
 # ---- checks shared by the automatic judges --------------------------------------------------
@@ -218,19 +46,7 @@ def quality_issues(text: str) -> list[str]:
     return issues
 
 
-def _crisis():
-    """tunesmith.chat.crisis when it is installed (rules only are used here), else None."""
-    try:
-        from tunesmith.chat import crisis
-    except ImportError:
-        return None
-    return crisis if hasattr(crisis, "rule_hits") else None
-
-
 def safety_issues(prompt: str, reply: str) -> list[str]:
-    crisis = _crisis()
-    if crisis is None:
-        return []
     if crisis.rule_hits(prompt):
         return [] if _HELP.search(reply) else ["crisis message: reply points to no help"]
     return [f"reply matches crisis rule {h.rule}" for h in crisis.rule_hits(reply)]
@@ -282,11 +98,11 @@ class HeadsJudge:
         self.system_prompt, self.max_length, self.batch_size = system_prompt, max_length, batch_size
 
     def _logits(self, examples) -> dict:
-        from tunesmith.data.chat import encode
-        from tunesmith.modeling.multitask import head_logits
+        from tunesmith.data.chat import encode, pad_token_id
+        from tunesmith.modeling.forward import head_logits
 
         feats = [encode(self.tok, x, self.max_length, self.system_prompt) for x in examples]
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        pad = pad_token_id(self.tok)
         return head_logits(self.model, self.heads, feats, pad, self.batch_size)
 
     def score(self, items: list[PromptItem], cands: list[list[Candidate]]) -> list[list[dict]]:
@@ -423,7 +239,7 @@ class EndpointJudge:
         raise TunesmithError(f"judge endpoint {self.url} failed: {type(last).__name__}: {last}")
 
     def score(self, items: list[PromptItem], cands: list[list[Candidate]]) -> list[list[dict]]:
-        from tunesmith.evaluation.generation import progress_bar
+        from tunesmith.ui import progress_bar
 
         out = []
         bar, task = progress_bar("judging (endpoint)", len(items))
@@ -489,65 +305,3 @@ class FileJudge:
                 raise DataError(f"{where}: chosen and rejected are the same candidate")
             out.append([{"score": 1.0 if j == ch else 0.0 if j == rj else None} for j in range(len(cs))])
         return out
-
-
-# ---- pairs ----------------------------------------------------------------------------------
-def select_pairs(items: list[PromptItem], cands: list[list[Candidate]], scores: list[list[dict] | None],
-                 judge: str, min_gap: float = 0.0) -> tuple[list[dict], dict[str, int]]:
-    """Best vs worst candidate per prompt → pair rows; counts of skipped prompts by reason."""
-    pairs, skipped = [], {}
-
-    def skip(reason):
-        skipped[reason] = skipped.get(reason, 0) + 1
-
-    for it, cs, sc in zip(items, cands, scores, strict=True):
-        if sc is None:
-            skip("no label")
-            continue
-        ranked = [j for j in range(len(cs)) if sc[j].get("score") is not None]
-        if len({cs[j].text.strip() for j in ranked}) < 2:
-            skip("identical candidates")
-            continue
-        best = max(ranked, key=lambda j: sc[j]["score"])
-        worst = min((j for j in ranked if cs[j].text.strip() != cs[best].text.strip()), key=lambda j: sc[j]["score"])
-        gap = sc[best]["score"] - sc[worst]["score"]
-        if gap <= min_gap:
-            skip("score gap too small")
-            continue
-        if sc[best].get("issues"):
-            skip("no candidate passes the checks")
-            continue
-        pairs.append({
-            "id": it.id, "prompt": it.messages,
-            "chosen": [{"role": "assistant", "content": cs[best].text}],
-            "rejected": [{"role": "assistant", "content": cs[worst].text}],
-            "meta": {"judge": judge, "chosen_source": cs[best].source, "rejected_source": cs[worst].source,
-                     "gap": round(gap, 4), **it.meta,
-                     "scores": {c.source: (None if s.get("score") is None else round(s["score"], 4))
-                                for c, s in zip(cs, sc, strict=True)}},
-        })
-    return pairs, skipped
-
-
-def candidate_rows(items: list[PromptItem], cands: list[list[Candidate]], scores=None) -> list[dict]:
-    rows = []
-    for i, (it, cs) in enumerate(zip(items, cands, strict=True)):
-        sc = scores[i] if scores else None
-        rows.append({"id": it.id, "prompt": it.messages, **({"meta": it.meta} if it.meta else {}),
-                     "candidates": [{"source": c.source, "text": c.text, **(sc[j] if sc else {})}
-                                    for j, c in enumerate(cs)]})
-    return rows
-
-
-def load_candidates(path: str | Path) -> tuple[list[PromptItem], list[list[Candidate]]]:
-    """A candidates file written by `tunesmith pairs` (to judge again, or label by hand)."""
-    p = Path(path)
-    items, cands = [], []
-    for i, row in enumerate(read_jsonl(p, required=("id", "prompt", "candidates")), 1):
-        items.append(PromptItem(str(row["id"]), _messages(row["prompt"], "user", f"{p}:{i}: prompt"),
-                                dict(row.get("meta") or {})))
-        try:
-            cands.append([Candidate(str(c["source"]), str(c["text"])) for c in row["candidates"]])
-        except (TypeError, KeyError):
-            raise DataError(f"{p}:{i}: candidates must be a list of {{source, text}}") from None
-    return items, cands
