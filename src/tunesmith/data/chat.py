@@ -193,7 +193,7 @@ def turn_end(tokenizer) -> str:
             raise DataError(f"the chat template of {_name(tokenizer)} does not render message contents verbatim")
         between = text[a1 + len(s["a1"]):u2]
         tail = text[a2 + len(s["a2"]):]
-        end = os.path.commonprefix([between, tail])
+        end = _common_token_prefix(tokenizer, between, tail)
         if not end.strip():
             raise DataError(
                 f"the chat template of {_name(tokenizer)} writes no end-of-turn marker after an assistant reply, so a "
@@ -201,6 +201,19 @@ def turn_end(tokenizer) -> str:
             )
         _TURN_END[key] = end
     return _TURN_END[key]
+
+
+def _common_token_prefix(tokenizer, a: str, b: str) -> str:
+    """The longest common start of `a` and `b` that ends on a token boundary in both (Phi-3: "<|end|>\n<|user|>"
+    and "<|end|>\n<|endoftext|>" share "<|end|>\n", not "<|end|>\n<|")."""
+    ea = tokenizer(a, add_special_tokens=False, return_offsets_mapping=True)
+    eb = tokenizer(b, add_special_tokens=False, return_offsets_mapping=True)
+    n = 0
+    for x, y in zip(ea["input_ids"], eb["input_ids"]):
+        if x != y:
+            break
+        n += 1
+    return a[: ea["offset_mapping"][n - 1][1]] if n else ""
 
 
 def _variants(text: str) -> list[str]:
