@@ -34,6 +34,9 @@ class ModelConfig(Section):
     # QLoRA (nf4 + double quant). CUDA only: on CPU it falls back to bf16 LoRA with a warning.
     load_in_4bit: bool = False
     attn_implementation: str | None = None
+    # passed to every chat template render (training, few-shot prompts, evaluation, guard, chat, pairs, DPO),
+    # e.g. {enable_thinking: false} for Qwen3's hybrid thinking template
+    chat_template_kwargs: dict[str, Any] = {}
 
 
 class LoraConfig(Section):
@@ -74,6 +77,10 @@ class EmpathyData(Section):
 
 class DataConfig(Section):
     system_prompt: str | None = None
+    # a .jinja chat template that replaces the model's own (or gives a base model one); its sha256 is recorded
+    chat_template: str | None = None
+    # templates without a system role (Gemma 2): fold = system prompt + "\n\n" + first user turn; error = refuse
+    system_prompt_fallback: Literal["fold", "error"] = "fold"
     max_length: int = Field(512, gt=16)
     gsm8k: GSM8KData = GSM8KData()
     empathy: EmpathyData = EmpathyData()

@@ -157,8 +157,14 @@ def _remote_code_error(ref: str, e: ValueError) -> ModelError | None:
                       "(only for code you have read)")
 
 
-def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: bool = False, *,
+                   chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+                   system_prompt_fallback: str = "fold"):
+    """The tokenizer of a model reference, with its chat template set up (`data.chat_template` replaces the
+    model's own, `model.chat_template_kwargs` are bound into it: see data.chat.configure_chat)."""
     from transformers import AutoTokenizer
+
+    from tunesmith.data.chat import configure_chat
 
     path, kw = resolve(ref)
     try:
@@ -172,7 +178,19 @@ def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: boo
         raise err from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return tok
+    return configure_chat(tok, chat_template, chat_template_kwargs, system_prompt_fallback)
+
+
+def chat_settings(cfg) -> dict:
+    """load_tokenizer's chat keywords from a run config (model.chat_template_kwargs, data.chat_template,
+    data.system_prompt_fallback)."""
+    return {"chat_template": cfg.data.chat_template, "chat_template_kwargs": cfg.model.chat_template_kwargs,
+            "system_prompt_fallback": cfg.data.system_prompt_fallback}
+
+
+def load_run_tokenizer(cfg):
+    """The tokenizer of the run's model (config.Config), chat template as the config sets it up."""
+    return load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, **chat_settings(cfg))
 
 
 def load_model(

@@ -62,15 +62,24 @@ def load_for_inference(adapter_dir: str | Path | None, model_ref: str | None = N
     adapter = Path(adapter_dir) if adapter_dir else None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise ModelError(f"{adapter} is not an adapter folder (no adapter_config.json)")
+    run_cfg = adapter.parent / "config_resolved.json" if adapter is not None else None
+    run = json.loads(run_cfg.read_text()) if run_cfg is not None and run_cfg.is_file() else None
     if model_ref is None:
         if adapter is None:
             raise ModelError("give a model reference or an adapter folder")
-        run_cfg = adapter.parent / "config_resolved.json"
-        if run_cfg.is_file():
-            model_ref = json.loads(run_cfg.read_text())["model"]["name"]
+        if run is not None:
+            model_ref = run["model"]["name"]
         else:
             model_ref = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    tok = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
+    # the adapter talks through the chat template it was trained with (override file, kwargs, system fallback)
+    chat = {}
+    if run is not None:
+        data = run.get("data", {})
+        template = data.get("chat_template")
+        chat = {"chat_template": template if template and Path(template).is_file() else None,
+                "chat_template_kwargs": run.get("model", {}).get("chat_template_kwargs") or {},
+                "system_prompt_fallback": data.get("system_prompt_fallback", "fold")}
+    tok = load_tokenizer(model_ref, trust_remote_code=trust_remote_code, **chat)
     model = load_model(model_ref, dtype, trust_remote_code=trust_remote_code)
     heads = None
     if adapter is not None:

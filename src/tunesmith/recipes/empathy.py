@@ -328,9 +328,9 @@ def validate(cfg: Config) -> list[str]:
     check_inputs(cfg)
     train, held = load_sources(cfg)
     from tunesmith.data.mixing import mixture_counts
-    from tunesmith.modeling.loading import load_tokenizer
+    from tunesmith.modeling.loading import load_run_tokenizer
 
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_run_tokenizer(cfg)
     for name, exs in train.items():
         encode(tok, exs[0], cfg.data.max_length, cfg.data.system_prompt, train_on="last")
     counts = mixture_counts({k: len(v) for k, v in train.items()}, cfg.data.empathy.alpha,

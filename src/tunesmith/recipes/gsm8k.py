@@ -229,9 +229,9 @@ def train_only(cfg: Config, resume: bool = False) -> Path:
 def validate(cfg: Config) -> list[str]:
     check_inputs(cfg)
     train_ref, train, test, pool = load_data(cfg, None)
-    from tunesmith.modeling.loading import load_tokenizer
+    from tunesmith.modeling.loading import load_run_tokenizer
 
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_run_tokenizer(cfg)
     encode(tok, data.to_example(train[0]), cfg.data.max_length, cfg.data.system_prompt)
     lines = [f"model: {cfg.model.name}", f"train: {train_ref} ({len(train)} records after removing the few-shot pool)",
              f"test: {cfg.data.gsm8k.test} ({len(test)} records)", f"few-shot pool: {len(pool)} (k={cfg.eval.k_shot})"]
