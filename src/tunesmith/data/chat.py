@@ -83,7 +83,8 @@ def configure_chat(tokenizer, template: str | os.PathLike | None = None, templat
     (e.g. `{enable_thinking: false}`) and the system-prompt fallback; records what was used in
     `tokenizer.tunesmith_chat` (source, sha256 of the template text, kwargs)."""
     if system_fallback not in SYSTEM_FALLBACKS:
-        raise ConfigError(f"data.system_prompt_fallback: '{system_fallback}' is not one of {', '.join(SYSTEM_FALLBACKS)}")
+        raise ConfigError(f"data.system_prompt_fallback: '{system_fallback}' is not one of "
+                          f"{', '.join(SYSTEM_FALLBACKS)}")
     source = "model"
     if template is not None:
         tokenizer.chat_template = read_template(template)

@@ -70,7 +70,8 @@ class PromptItem:
 @dataclass
 class Candidate:
     source: str
-    text: str
+    text: str  # the answer: what judges score and DPO trains on
+    reasoning: str = ""  # a reasoning model's think block, kept for the record
 
 
 def _messages(value, role: str, where: str) -> list[dict]:
@@ -174,8 +175,11 @@ def generate_candidates(items: list[PromptItem], gen, adapter_off, has_adapter: 
     tuned = "sft" if has_adapter else "base"
 
     def add(source: str, texts: list[str], t0: float) -> None:
+        from tunesmith.data.reasoning import split_reasoning
+
         for c, t in zip(cands, texts, strict=True):
-            c.append(Candidate(source, t))
+            reasoning, answer = split_reasoning(t)
+            c.append(Candidate(source, answer, reasoning))
         if log:
             log(f"candidates '{source}' done ({len(texts)} prompts, {time.perf_counter() - t0:.0f} s)")
 
@@ -534,7 +538,8 @@ def candidate_rows(items: list[PromptItem], cands: list[list[Candidate]], scores
     for i, (it, cs) in enumerate(zip(items, cands, strict=True)):
         sc = scores[i] if scores else None
         rows.append({"id": it.id, "prompt": it.messages, **({"meta": it.meta} if it.meta else {}),
-                     "candidates": [{"source": c.source, "text": c.text, **(sc[j] if sc else {})}
+                     "candidates": [{"source": c.source, "text": c.text, **({"reasoning": c.reasoning} if c.reasoning else {}),
+                                     **(sc[j] if sc else {})}
                                     for j, c in enumerate(cs)]})
     return rows
 
@@ -547,7 +552,8 @@ def load_candidates(path: str | Path) -> tuple[list[PromptItem], list[list[Candi
         items.append(PromptItem(str(row["id"]), _messages(row["prompt"], "user", f"{p}:{i}: prompt"),
                                 dict(row.get("meta") or {})))
         try:
-            cands.append([Candidate(str(c["source"]), str(c["text"])) for c in row["candidates"]])
+            cands.append([Candidate(str(c["source"]), str(c["text"]), str(c.get("reasoning") or ""))
+                          for c in row["candidates"]])
         except (TypeError, KeyError):
             raise DataError(f"{p}:{i}: candidates must be a list of {{source, text}}") from None
     return items, cands

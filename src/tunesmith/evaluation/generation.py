@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from tunesmith.data.chat import prompt_ids
-
 
 class _NoBar:
     def __enter__(self):
@@ -186,14 +184,24 @@ class Generator:
     def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int | None = None,
              description: str = "generating", on_batch=None) -> list[str]:
         """Greedy replies to chat conversations (each a message list ending with a user turn)."""
-        prompts = [prompt_ids(self.tokenizer, c, self.system_prompt) for c in conversations]
+        from tunesmith.data.chat import prompt_text
+        from tunesmith.data.reasoning import THINK_OPEN, prompt_opens_think
+
+        texts = [prompt_text(self.tokenizer, c, self.system_prompt) for c in conversations]
+        prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        # a template that opens the think block in the prompt (DeepSeek-R1 distills): the reply gets the tag back,
+        # so split_reasoning reads an unfinished think block as reasoning, never as the answer
+        opened = [THINK_OPEN if prompt_opens_think(t) else "" for t in texts]
+
+        def text_of(i, t) -> str:
+            return opened[i] + self.tokenizer.decode(t, skip_special_tokens=True).strip()
 
         def decoded(idx, toks):
             if on_batch:
-                on_batch(idx, [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in toks])
+                on_batch(idx, [text_of(i, t) for i, t in zip(idx, toks, strict=True)])
 
         ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description)
-        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+        return [text_of(i, t) for i, t in enumerate(ids)]
 
 
 def make_generator(backend: str, model=None, tokenizer=None, batch_size: int = 16, max_new_tokens: int = 256,

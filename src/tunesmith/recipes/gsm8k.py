@@ -18,6 +18,7 @@ from tunesmith.data import gsm8k as data
 from tunesmith.data.chat import encode
 from tunesmith.errors import DataError
 from tunesmith.evaluation.generation import Generator
+from tunesmith.data.reasoning import split_reasoning
 from tunesmith.evaluation.gsm8k import extract_answer, is_correct
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
 from tunesmith.recipes.common import (build_guard, build_model, check_inputs, fmt, git_commit, is_main_process, out, say,
@@ -41,8 +42,9 @@ def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: 
         for i, text in zip(idx, texts, strict=True):
             r = todo[i]
             gold = data.gold_answer(r["answer"])
-            strict, flexible = extract_answer(text, "strict"), extract_answer(text, "flexible")
-            rows.append({"question": r["question"], "gold": gold, "output": text, "k_shot": k,
+            reasoning, answer = split_reasoning(text)  # a think block is not the answer
+            strict, flexible = extract_answer(answer, "strict"), extract_answer(answer, "flexible")
+            rows.append({"question": r["question"], "gold": gold, "output": answer, "reasoning": reasoning, "k_shot": k,
                          "strict": strict, "flexible": flexible,
                          "strict_correct": is_correct(strict, gold), "flexible_correct": is_correct(flexible, gold)})
         if store:
