@@ -11,7 +11,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 def split_reasoning(text: str, open_in_prompt: bool = False) -> tuple[str, str]:
-    """(reasoning, answer) of a reply; ("", text) when it has no think block.
+    """(reasoning, answer) of a reply; ("", text) unchanged when it has no think block.
 
     Handles a leading `<think>…</think>` block, a reply that starts inside the block because the prompt ended
     with `<think>` (text containing only the closing tag), and an unterminated block (all reasoning, no answer).
@@ -24,12 +24,12 @@ def split_reasoning(text: str, open_in_prompt: bool = False) -> tuple[str, str]:
             return stripped[len(THINK_OPEN):].strip(), ""
         if open_in_prompt:
             return text.strip(), ""
-        return "", text.strip()
+        return "", text
     head = text[:close]
     opened = head.find(THINK_OPEN)
     if opened >= 0:
         if head[:opened].strip():  # a think tag in the middle of an answer is not a reasoning block
-            return "", text.strip()
+            return "", text
         head = head[opened + len(THINK_OPEN):]
     return head.strip(), text[close + len(THINK_CLOSE):].strip()
 
