@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from tunesmith.data.chat import IGNORE, encode, prompt_ids, render, with_system
+from tunesmith.data.chat import IGNORE, configure_chat, encode, prompt_ids, render, with_system
 from tunesmith.data.schema import Example
 from tunesmith.errors import DataError
 
@@ -177,7 +177,8 @@ def test_emotion_only_example_is_a_user_turn(tokenizer):
 
 
 def test_template_rejecting_system_role_is_a_data_error(tokenizer):
-    tok = copy.deepcopy(tokenizer)
+    # with data.system_prompt_fallback: error (the default, fold, is tested in test_chat_templates.py)
+    tok = configure_chat(copy.deepcopy(tokenizer), system_fallback="error")
     tok.chat_template = NO_SYSTEM_TEMPLATE
     # without a system prompt the template works
     enc = encode(tok, Example(messages=conv()), max_length=512)

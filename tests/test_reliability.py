@@ -224,8 +224,8 @@ OTHER_ERRORS = {
                          ["no chat template"]),
     "template_rejects_system": (
         "gsm8k", lambda t, c, m: (c["model"].update(name=str(model_with_template(t, m, NO_SYSTEM_TEMPLATE))),
-                                  c["data"].update(system_prompt="Be brief.")),
-        ["rejects these roles", "system", "data.system_prompt"]),
+                                  c["data"].update(system_prompt="Be brief.", system_prompt_fallback="error")),
+        ["no system role", "System role not supported", "data.system_prompt"]),
     "config_typo": ("gsm8k", lambda t, c, m: c.update(trainng=c.pop("training")),
                     ["unknown config key 'trainng'", "did you mean 'training'?"]),
     "wrong_type": ("gsm8k", lambda t, c, m: c["training"].update(batch_size="four"),
@@ -238,8 +238,10 @@ OTHER_ERRORS = {
                             ["unknown model reference", "no-guard"]),
     "empathy_template_rejects_system": (
         "empathy", lambda t, c, m: (c["model"].update(name=str(model_with_template(t, m, NO_SYSTEM_TEMPLATE))),
-                                    c["data"].update(system_prompt="You are kind.")),
-        ["rejects these roles"]),
+                                    c["data"].update(system_prompt="You are kind.", system_prompt_fallback="error")),
+        ["no system role"]),
+    "chat_template_missing": ("gsm8k", lambda t, c, m: c["data"].update(chat_template=str(t / "nope.jinja")),
+                              ["data.chat_template", "nope.jinja"]),
 }
 
 
@@ -254,10 +256,10 @@ def fast_tokenizers(monkeypatch):
 
     real = loading.load_tokenizer
 
-    def cached(ref, revision=None, trust_remote_code=False):
-        key = (ref, revision, trust_remote_code)
+    def cached(ref, revision=None, trust_remote_code=False, **chat):  # chat: the template settings
+        key = (ref, revision, trust_remote_code, repr(sorted(chat.items())))
         if key not in _tokenizers:
-            _tokenizers[key] = real(ref, revision, trust_remote_code)
+            _tokenizers[key] = real(ref, revision, trust_remote_code, **chat)
         return _tokenizers[key]
 
     monkeypatch.setattr(loading, "load_tokenizer", cached)

@@ -68,11 +68,12 @@ def provenance() -> dict:
     return {"git_commit": git_commit(), "versions": versions, "started_at": dt.datetime.now().isoformat(timespec="seconds")}
 
 
-def start_run(cfg) -> Path:
-    """The run directory with the resolved config and provenance written first."""
+def start_run(cfg, chat_template: dict | None = None) -> Path:
+    """The run directory with the resolved config, the chat template it renders with and provenance written first."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / RESOLVED_CONFIG, {**cfg.model_dump(mode="json"), "provenance": provenance()})
+    write_json(run_dir / RESOLVED_CONFIG, {**cfg.model_dump(mode="json"), "chat_template": chat_template,
+                                           "provenance": provenance()})
     return run_dir
 
 

@@ -331,16 +331,16 @@ RULES: tuple[Rule, ...] = tuple(Rule(n, c, _rx(p)) for n, c, p in (
     ("know_where_lives", HARM_TO_OTHERS,
      r"(?=.*\b(?:gun|knife|bat|weapon|pay|suffer|revenge|hurt|kill)\b).*\bknow\s+where\s+(?:he|she|they)\s+lives?\b"),
     ("harm_method", HARM_TO_OTHERS,
-     rf"\b(?:how\s+(?:much|many|do\s+i|to|can\s+i|would\s+i|could\s+i)|what|which|best\s+way\s+to)\b[^.!?]{{0,60}}"
-     rf"\b(?:kill|murder|poison|hurt|strangle|stab|harm|choke)\s+(?:a\s+(?:grown\s+)?(?:man|woman|person|child|kid|"
-     rf"human)|someone|somebody|people|him|her|them|my\s+[\w-]+)\b"
-     rf"|\bwithout\s+leaving\s+(?:marks|bruises|a\s+trace|evidence)\b"
-     rf"|\b(?:untraceable|undetectable|can'?t\s+be\s+traced|won'?t\s+show\s+up)\b[^.!?]{{0,40}}\b(?:poison|"
-     rf"autopsy|tox(?:icology)?\s+screen)\b|\bpoison\b[^.!?]{{0,40}}\b(?:untraceable|undetectable|autopsy)\b"
-     rf"|\b(?:make|cut|tamper\s+with)\s+[^.!?]{{0,25}}brakes?\s+(?:fail|lines?)\b"
-     rf"|\bget\s+away\s+with\s+(?:murder(?:ing)?|killing)\s+(?:my|his|her|him|them|someone)\b"
-     rf"|\b(?:make|build|making|building)\s+(?:a\s+)?(?:bomb|explosive|pipe\s+bomb)\b"
-     rf"|\bput\s+something\s+in\s+(?:her|his|their)\s+drink\b"),
+     r"\b(?:how\s+(?:much|many|do\s+i|to|can\s+i|would\s+i|could\s+i)|what|which|best\s+way\s+to)\b[^.!?]{0,60}"
+     r"\b(?:kill|murder|poison|hurt|strangle|stab|harm|choke)\s+(?:a\s+(?:grown\s+)?(?:man|woman|person|child|kid|"
+     r"human)|someone|somebody|people|him|her|them|my\s+[\w-]+)\b"
+     r"|\bwithout\s+leaving\s+(?:marks|bruises|a\s+trace|evidence)\b"
+     r"|\b(?:untraceable|undetectable|can'?t\s+be\s+traced|won'?t\s+show\s+up)\b[^.!?]{0,40}\b(?:poison|"
+     r"autopsy|tox(?:icology)?\s+screen)\b|\bpoison\b[^.!?]{0,40}\b(?:untraceable|undetectable|autopsy)\b"
+     r"|\b(?:make|cut|tamper\s+with)\s+[^.!?]{0,25}brakes?\s+(?:fail|lines?)\b"
+     r"|\bget\s+away\s+with\s+(?:murder(?:ing)?|killing)\s+(?:my|his|her|him|them|someone)\b"
+     r"|\b(?:make|build|making|building)\s+(?:a\s+)?(?:bomb|explosive|pipe\s+bomb)\b"
+     r"|\bput\s+something\s+in\s+(?:her|his|their)\s+drink\b"),
     ("make_pay", HARM_TO_OTHERS,
      r"\bmake\s+(?:him|her|them|those\s+\w+|that\s+\w+|my\s+\w+|everyone)\s+(?:all\s+)?(?:pay|suffer|bleed)\b"
      r"|\bsee\s+(?:him|her|them)\s+(?:bleed|suffer|die|dead)\b"),

@@ -223,6 +223,7 @@ class Reply:
         self.top_p = top_p
         self.chunks: list[str] = []
         self.model_text = ""
+        self.reasoning, self.answer = "", ""  # model_text split at its think block (data.reasoning)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
         self.done = False
@@ -291,12 +292,15 @@ class Reply:
                 yield piece
         finally:
             gen.close()  # stops and joins the generation thread if the consumer left early
+            from tunesmith.data.reasoning import split_reasoning
+
             self.model_text = "".join(parts).strip()
+            self.reasoning, self.answer = split_reasoning(self.model_text)
             if not self.done:
                 self.done = True
                 # the banner stays out of the history: the model need not re-read it every turn
                 self.session.history += [{"role": "user", "content": self.user_text},
-                                         {"role": "assistant", "content": self.model_text}]
+                                         {"role": "assistant", "content": self.answer}]
 
     def consume(self) -> Reply:
         for _ in self:

@@ -8,7 +8,7 @@ and suggests the closest valid one instead of being silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +29,9 @@ class ModelConfig(Section):
     # QLoRA (nf4 + double quant). CUDA only: on CPU it falls back to bf16 LoRA with a warning.
     load_in_4bit: bool = False
     attn_implementation: str | None = None
+    # passed to every chat template render (training, few-shot prompts, evaluation, guard, chat, pairs, DPO),
+    # e.g. {enable_thinking: false} for Qwen3's hybrid thinking template
+    chat_template_kwargs: dict[str, Any] = {}
 
 
 class LoraConfig(Section):
@@ -43,6 +46,10 @@ class DataConfig(Section):
     """What every recipe's `data:` holds; each recipe adds its own dataset subsection."""
 
     system_prompt: str | None = None
+    # a .jinja chat template that replaces the model's own (or gives a base model one); its sha256 is recorded
+    chat_template: str | None = None
+    # templates without a system role (Gemma 2): fold = system prompt + "\n\n" + first user turn; error = refuse
+    system_prompt_fallback: Literal["fold", "error"] = "fold"
     max_length: int = Field(512, gt=16)
 
 

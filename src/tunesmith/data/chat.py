@@ -1,22 +1,290 @@
-"""Chat encoding with assistant-only labels.
+"""Chat encoding with assistant-only labels, for any chat template.
 
-The conversation is rendered once with the model's own chat template and tokenized once. Each
-assistant turn's character span is found by rendering the conversation up to that turn with and
-without it (the template's generation prompt stays unlabelled); tokens inside those spans get
-labels, every system/user/template token gets -100. This works for any template that renders
-prefixes consistently (ChatML, Llama 3, Mistral, Qwen ...) without per-template code.
+The conversation is rendered once with the model's chat template and tokenized once. The labels of each trained
+assistant turn are its reply (with its reasoning where the template renders it) plus the template's end-of-turn
+text (`<|im_end|>\\n`, `<|eot_id|>`, `<end_of_turn>\\n`, `</s>`, `<|end|>\\n` ...); system, user and header text,
+and scaffolding the template adds on its own (Qwen3's empty think block), stay -100.
+
+The end-of-turn text is learned once per template from a rendering with sentinel contents: what the template
+writes after an assistant reply both before the next user turn and at the end of the conversation. Each turn is
+then found in the final rendering itself (its reply followed by that end-of-turn text, searched after the previous
+turn), not by rendering prefixes: templates that rewrite earlier turns (Qwen3 drops old think blocks and adds an
+empty one after the last user message) or move the system text (Mistral puts it into the last user turn) do not
+render prefixes consistently.
+
+Templates without a system role (Gemma 2) get the system prompt folded into the first user turn, as Gemma 3's
+template does itself (`data.system_prompt_fallback: fold`, the default), or raise (`error`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from jinja2 import TemplateError
 
+from tunesmith.data.reasoning import THINK_OPEN, message_reasoning
 from tunesmith.data.schema import Example
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 
 IGNORE = -100
+SYSTEM_FALLBACKS = ("fold", "error")
+_SENT = "tunesmithSentinel{}x"  # no whitespace: survives `| trim`; plain ASCII: no template escapes it
+
+
+def _name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", None) or "this model"
+
+
+# ---- template setup (load_tokenizer calls this) ---------------------------------------------
+def _jinja_literal(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_jinja_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_jinja_literal(str(k))}: {_jinja_literal(v)}" for k, v in value.items()) + "}"
+    raise ConfigError(f"model.chat_template_kwargs: cannot pass a {type(value).__name__} to a chat template")
+
+
+def bind_template_kwargs(template: str, kwargs: dict) -> str:
+    """The template with `kwargs` set at its top: every render of it (ours, TRL's, vLLM's, a saved tokenizer's)
+    sees them, as if each apply_chat_template call passed them."""
+    head = []
+    for k, v in kwargs.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)):
+            raise ConfigError(f"model.chat_template_kwargs: '{k}' is not a template variable name")
+        head.append("{%- set " + k + " = " + _jinja_literal(v) + " %}")
+    return "".join(head) + template
+
+
+def read_template(path: str | os.PathLike) -> str:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"data.chat_template: file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ConfigError(f"data.chat_template: {p} is empty")
+    return text
+
+
+def configure_chat(tokenizer, template: str | os.PathLike | None = None, template_kwargs: dict | None = None,
+                   system_fallback: str = "fold"):
+    """Set the tokenizer's chat template (a `.jinja` path replaces the model's own), bind the template kwargs
+    (e.g. `{enable_thinking: false}`) and the system-prompt fallback; records what was used in
+    `tokenizer.tunesmith_chat` (source, sha256 of the template text, kwargs)."""
+    if system_fallback not in SYSTEM_FALLBACKS:
+        raise ConfigError(f"data.system_prompt_fallback: '{system_fallback}' is not one of "
+                          f"{', '.join(SYSTEM_FALLBACKS)}")
+    source = "model"
+    if template is not None:
+        tokenizer.chat_template = read_template(template)
+        source = str(template)
+    base = getattr(tokenizer, "chat_template", None)
+    if isinstance(base, str) and template_kwargs:
+        tokenizer.chat_template = bind_template_kwargs(base, dict(template_kwargs))
+    elif isinstance(base, dict) and template_kwargs:  # named templates (default, tool_use, ...)
+        tokenizer.chat_template = {k: bind_template_kwargs(v, dict(template_kwargs)) for k, v in base.items()}
+    tokenizer.tunesmith_system_fallback = system_fallback
+    tokenizer.tunesmith_chat = {
+        "source": source if base else None,
+        "sha256": hashlib.sha256(str(base).encode()).hexdigest() if base else None,
+        "kwargs": dict(template_kwargs or {}),
+        "system_prompt_fallback": system_fallback,
+    }
+    return tokenizer
+
+
+# ---- rendering ------------------------------------------------------------------------------
+def _apply(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+_SYSTEM_SUPPORT: dict[tuple, str | None] = {}  # template key -> None (system role works) or the template's error
+
+
+def _key(tokenizer) -> tuple:
+    return (str(tokenizer.chat_template), tokenizer.bos_token, tokenizer.eos_token)
+
+
+def _system_error(tokenizer) -> str | None:
+    key = _key(tokenizer)
+    if key not in _SYSTEM_SUPPORT:
+        try:
+            _apply(tokenizer, [{"role": "system", "content": _SENT.format("s")},
+                               {"role": "user", "content": _SENT.format("u")}], True)
+            _SYSTEM_SUPPORT[key] = None
+        except TemplateError as e:
+            _SYSTEM_SUPPORT[key] = str(e)
+    return _SYSTEM_SUPPORT[key]
+
+
+def fit_system(tokenizer, messages: list[dict]) -> list[dict]:
+    """Messages the template accepts: a system turn for a template without a system role is folded into the
+    first user turn ("system\\n\\nuser", Gemma 3's own convention) or, with the fallback `error`, raises."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    err = _system_error(tokenizer)
+    if err is None:
+        return messages
+    if getattr(tokenizer, "tunesmith_system_fallback", "fold") == "error":
+        raise DataError(
+            f"the chat template of {_name(tokenizer)} has no system role ({err}); drop data.system_prompt or set "
+            "data.system_prompt_fallback: fold to put it into the first user turn"
+        )
+    system, rest = messages[0]["content"], list(messages[1:])
+    for i, m in enumerate(rest):
+        if m["role"] == "user":
+            rest[i] = {**m, "content": f"{system}\n\n{m['content']}" if m["content"] else system}
+            return rest
+    return [{"role": "user", "content": system}, *rest]
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            f"the tokenizer of {_name(tokenizer)} has no chat template; use an instruct/chat model or set "
+            "data.chat_template to a .jinja file"
+        )
+    messages = fit_system(tokenizer, messages)
+    try:
+        return _apply(tokenizer, messages, add_generation_prompt)
+    except TemplateError as e:
+        roles = sorted({m["role"] for m in messages})
+        raise DataError(
+            f"the chat template of {_name(tokenizer)} rejects these roles "
+            f"({', '.join(roles)}): {e}; drop data.system_prompt or use a template that supports them"
+        ) from None
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+# ---- finding the labelled spans -------------------------------------------------------------
+_TURN_END: dict[tuple, str] = {}
+
+
+def turn_end(tokenizer) -> str:
+    """The text the template writes after every assistant reply (its end-of-turn token(s) and the newline that
+    belongs to them): the common start of what follows a reply before the next user turn and at the end."""
+    key = _key(tokenizer)
+    if key not in _TURN_END:
+        s = {r: _SENT.format(r) for r in ("u1", "a1", "u2", "a2")}
+        msgs = [{"role": "user", "content": s["u1"]}, {"role": "assistant", "content": s["a1"]},
+                {"role": "user", "content": s["u2"]}, {"role": "assistant", "content": s["a2"]}]
+        try:
+            text = _apply(tokenizer, msgs, False)
+        except TemplateError as e:
+            raise DataError(f"the chat template of {_name(tokenizer)} cannot render a user/assistant "
+                            f"conversation: {e}") from None
+        a1, u2, a2 = (text.find(s[r]) for r in ("a1", "u2", "a2"))
+        if min(a1, u2, a2) < 0:
+            raise DataError(f"the chat template of {_name(tokenizer)} does not render message contents verbatim")
+        between = text[a1 + len(s["a1"]):u2]
+        tail = text[a2 + len(s["a2"]):]
+        end = _common_token_prefix(tokenizer, between, tail)
+        if not end.strip():
+            raise DataError(
+                f"the chat template of {_name(tokenizer)} writes no end-of-turn marker after an assistant reply, so a "
+                "tuned model would not learn to stop; set data.chat_template to a template that ends each turn"
+            )
+        _TURN_END[key] = end
+    return _TURN_END[key]
+
+
+def _common_token_prefix(tokenizer, a: str, b: str) -> str:
+    """The longest common start of `a` and `b` that ends on a token boundary in both (Phi-3: "<|end|>\n<|user|>"
+    and "<|end|>\n<|endoftext|>" share "<|end|>\n", not "<|end|>\n<|")."""
+    ea = tokenizer(a, add_special_tokens=False, return_offsets_mapping=True)
+    eb = tokenizer(b, add_special_tokens=False, return_offsets_mapping=True)
+    n = 0
+    for x, y in zip(ea["input_ids"], eb["input_ids"]):
+        if x != y:
+            break
+        n += 1
+    return a[: ea["offset_mapping"][n - 1][1]] if n else ""
+
+
+def _variants(text: str) -> list[str]:
+    """The forms a template may render a content in (verbatim, `| trim`, Qwen3's lstrip), longest first."""
+    out = []
+    for v in (text, text.strip(), text.lstrip(), text.rstrip()):
+        if v and v not in out:
+            out.append(v)
+    return out
+
+
+def _find(full: str, text: str, start: int, stop: int | None = None) -> tuple[int, int] | None:
+    best = None
+    for v in _variants(text):
+        p = full.find(v, start, len(full) if stop is None else stop)
+        if p >= 0 and (best is None or p < best[0]):
+            best = (p, p + len(v))
+    return best
+
+
+def _find_reply(full: str, answer: str, end: str, start: int) -> tuple[int, int] | None:
+    """First place at or after `start` where the reply is followed by the end-of-turn text: (reply start, end of
+    the end-of-turn text)."""
+    best = None
+    for v in _variants(answer):
+        p = full.find(v, start)
+        while p >= 0:
+            q = p + len(v)
+            while q < len(full) and full[q].isspace() and not full.startswith(end, q):
+                q += 1
+            if full.startswith(end, q):
+                if best is None or p < best[0]:
+                    best = (p, q + len(end))
+                break
+            p = full.find(v, p + 1)
+    if not answer.strip():  # an empty reply: its end-of-turn text alone
+        q = full.find(end, start)
+        if q >= 0 and (best is None or q < best[0]):
+            best = (q, q + len(end))
+    return best
+
+
+def assistant_spans(tokenizer, messages: list[dict], full: str) -> list[tuple[int, int]]:
+    """Character span of each assistant turn's labels in the final rendering `full`."""
+    end = turn_end(tokenizer)
+    spans, cursor = [], 0
+    for m in messages:
+        if m["role"] == "system":  # templates move it (Mistral: into the last user turn); never a cursor
+            continue
+        if m["role"] != "assistant":
+            found = _find(full, m.get("content") or "", cursor) if m.get("content") else None
+            if found:
+                cursor = found[1]
+            continue
+        reasoning, answer = message_reasoning(m)
+        span = _find_reply(full, answer, end, cursor)
+        if span is None:
+            raise DataError(
+                f"cannot locate an assistant reply followed by the end-of-turn text {end!r} in the rendering of "
+                f"the chat template of {_name(tokenizer)}: {answer[:60]!r}"
+            )
+        start = span[0]
+        if reasoning.strip():  # rendered only where the template keeps it (Qwen3: after the last user turn)
+            r = _find(full, reasoning, cursor, start)
+            if r is not None:
+                tag = full.rfind(THINK_OPEN, cursor, r[0])
+                start = tag if tag >= 0 else r[0]
+        spans.append((start, span[1]))
+        cursor = span[1]
+    return spans
 
 
 @dataclass
@@ -38,50 +306,18 @@ class Encoded:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError(
-            f"the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model')} has no chat template; "
-            "use an instruct/chat model or set one"
-        )
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except TemplateError as e:
-        roles = sorted({m["role"] for m in messages})
-        raise DataError(
-            f"the chat template of {getattr(tokenizer, 'name_or_path', 'this model')} rejects these roles "
-            f"({', '.join(roles)}): {e}; drop data.system_prompt or use a template that supports them"
-        ) from None
-
-
-def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
-    if system_prompt and (not messages or messages[0]["role"] != "system"):
-        return [{"role": "system", "content": system_prompt}, *messages]
-    return messages
-
-
-def _assistant_spans(tokenizer, messages: list[dict], full: str) -> list[tuple[int, int]]:
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1])
-        if full.startswith(upto) and upto.startswith(before):
-            spans.append((len(before), len(upto)))
-            continue
-        # Templates that rewrite earlier turns (e.g. Qwen3 dropping old <think> blocks) break
-        # prefix consistency; fall back to the turn's content, located after the previous span.
-        start = full.find(m["content"], spans[-1][1] if spans else 0)
-        if start < 0:
-            raise DataError("cannot locate an assistant turn in the rendered chat template output")
-        spans.append((start, start + len(m["content"])))
-    return spans
+def _in_span(full: str, a: int, b: int, spans: list[tuple[int, int]]) -> bool:
+    """A token is a label when it overlaps a span and what it holds outside the span is whitespace only (a
+    sentencepiece/byte-level token carries the space before a word: Mistral's " " + reply)."""
+    for s, e in spans:
+        if a < e and b > s and (a >= s or full[a:s].isspace()) and (b <= e or full[e:b].isspace()):
+            return True
+    return False
 
 
 def encode(tokenizer, example: Example, max_length: int, system_prompt: str | None = None,
            train_on: str = "all") -> Encoded:
-    """Tokenize an example; labels cover the assistant turns only.
+    """Tokenize an example; labels cover the assistant turns only (reply + end-of-turn text).
 
     train_on="last" labels only the final assistant turn: for datasets that emit one example per
     reply with its history (ESConv, EmpatheticDialogues), earlier replies are already targets of
@@ -91,21 +327,24 @@ def encode(tokenizer, example: Example, max_length: int, system_prompt: str | No
         messages = with_system(example.messages, system_prompt)
     else:  # emotion-only example: the text as a user turn
         messages = with_system([{"role": "user", "content": example.text or ""}], system_prompt)
+    messages = fit_system(tokenizer, messages)
     ends_with_assistant = messages[-1]["role"] == "assistant"
     full = render(tokenizer, messages, add_generation_prompt=not ends_with_assistant)
-    spans = _assistant_spans(tokenizer, messages, full)
+    spans = assistant_spans(tokenizer, messages, full)
     if train_on == "last":
         spans = spans[-1:]
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE] * len(ids)
     for j, (a, b) in enumerate(offsets):
-        if b > a and any(s <= a and b <= e for s, e in spans):
+        if b > a and _in_span(full, a, b, spans):
             labels[j] = ids[j]
 
     # pooling: the prompt ends where the final assistant turn starts
     prompt_chars = spans[-1][0] if ends_with_assistant and spans else len(full)
-    prompt_end = next((j for j, (a, _) in enumerate(offsets) if a >= prompt_chars), len(ids))
+    # (a reply's first token may start at the space before it: Mistral's " " + reply)
+    prompt_end = next((j for j, (a, b) in enumerate(offsets)
+                       if a >= prompt_chars or (b > prompt_chars and full[a:prompt_chars].isspace())), len(ids))
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user") if any(
         m["role"] == "user" for m in messages
     ) else None
@@ -136,10 +375,14 @@ def encode(tokenizer, example: Example, max_length: int, system_prompt: str | No
     )
 
 
+def prompt_text(tokenizer, messages: list[dict], system_prompt: str | None = None) -> str:
+    """A conversation rendered ready for the assistant's next turn."""
+    return render(tokenizer, with_system(messages, system_prompt), add_generation_prompt=True)
+
+
 def prompt_ids(tokenizer, messages: list[dict], system_prompt: str | None = None) -> list[int]:
     """Token ids of a conversation ready for the assistant's next turn."""
-    text = render(tokenizer, with_system(messages, system_prompt), add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt_text(tokenizer, messages, system_prompt), add_special_tokens=False)["input_ids"]
 
 
 def pad_token_id(tokenizer) -> int:

@@ -154,7 +154,10 @@ class GenerativeGuard:
             prompts = [prompt_ids(tok, [{"role": "user", "content": guard_prompt(u, a, self.categories, self.guidelines)}])
                        for u, a in pairs]
         outs = self.generator.generate_ids(prompts, description="guard")
-        texts = [tok.decode(o, skip_special_tokens=True).strip() for o in outs]
+        from tunesmith.data.reasoning import split_reasoning
+
+        # a reasoning guard's verdict is its answer, after the think block
+        texts = [split_reasoning(tok.decode(o, skip_special_tokens=True))[1] for o in outs]
         verdicts = [parse_verdict(t) for t in texts]
         ids = self._verdict_tokens()
         if ids is not None and any(v[0] is None for v in verdicts):
@@ -220,11 +223,14 @@ def evaluate_safety(generator, guard, prompts: list[SafetyPrompt], max_new_token
     todo = [p for p in prompts if p.id not in done]
 
     def judged(idx: list[int], responses: list[str]) -> None:
+        from tunesmith.data.reasoning import split_reasoning
+
         batch = [todo[i] for i in idx]
-        verdicts = guard.judge([(p.prompt, r) for p, r in zip(batch, responses, strict=True)])
+        split = [split_reasoning(r) for r in responses]  # the guard judges the answer, not the think block
+        verdicts = guard.judge([(p.prompt, a) for p, (_, a) in zip(batch, split, strict=True)])
         rows = [{"id": p.id, "hazard": p.hazard, "llama_guard_code": AILUMINATE_TO_LLAMAGUARD.get(p.hazard),
-                 "prompt": p.prompt, "response": r, "safe": v[0], "categories": v[1], "guard_output": v[2],
-                 "guard": guard.label} for p, r, v in zip(batch, responses, verdicts, strict=True)]
+                 "prompt": p.prompt, "response": a, "reasoning": r, "safe": v[0], "categories": v[1],
+                 "guard_output": v[2], "guard": guard.label} for p, (r, a), v in zip(batch, split, verdicts, strict=True)]
         if store:
             store.add(rows)
         else:

@@ -441,7 +441,10 @@ def run_eqbench(
     max_new_tokens = MAX_NEW_TOKENS["revise" if revise else "plain"]
     if "temperature" not in _generation_kwargs(generate, FIRST_TEMPERATURE, max_new_tokens):
         attempts = 1
-    chosen: list[str | None] = [None] * len(questions)
+    from tunesmith.data.reasoning import split_reasoning
+
+    chosen: list[str | None] = [None] * len(questions)  # the answers (a reply's think block is not parsed)
+    reasoning: list[str] = [""] * len(questions)
     partial: list[str | None] = [None] * len(questions)
     n_attempts = [0] * len(questions)
     pending = list(range(len(questions)))
@@ -454,8 +457,10 @@ def run_eqbench(
         if len(outputs) != len(batch):
             raise ValueError(f"generate returned {len(outputs)} outputs for {len(batch)} prompts")
         still_pending = []
-        for i, text in zip(pending, outputs):
+        for i, reply in zip(pending, outputs):
             n_attempts[i] += 1
+            thought, text = split_reasoning(reply) if reply is not None else ("", None)
+            reasoning[i] = thought
             outcome = _attempt_outcome(text, questions[i].reference, revise)
             if outcome == "success":
                 chosen[i] = text
@@ -472,11 +477,12 @@ def run_eqbench(
     result = score_run(chosen, questions, revise=revise, d5_linear=d5_linear)
     if out_path is not None:
         rows = []
-        for item, q, n in zip(result.items, questions, n_attempts):
+        for item, q, n, thought in zip(result.items, questions, n_attempts, reasoning):
             rows.append(
                 {
                     "question_id": item.question_id,
                     "raw_output": item.raw_output,
+                    "reasoning": thought,
                     "parsed": item.parsed,
                     "first_pass_score": item.first_pass_score,
                     "revised_score": item.revised_score,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.data.chat import pad_token_id, prompt_ids
+from tunesmith.data.chat import pad_token_id, prompt_text
+from tunesmith.data.reasoning import THINK_OPEN, prompt_opens_think
 from tunesmith.generation.protocol import eos_token_ids
 from tunesmith.ui import progress_bar
 
@@ -149,19 +150,26 @@ class HFGenerator:
              top_p: float = 0.95) -> list[str]:
         """Replies to chat conversations (each a message list ending with a user turn): greedy, or
         sampled with `temperature` > 0 (nucleus `top_p`, seeded)."""
-        prompts = [prompt_ids(self.tokenizer, c, self.system_prompt) for c in conversations]
+        texts = [prompt_text(self.tokenizer, c, self.system_prompt) for c in conversations]
+        prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        # a template that opens the think block in the prompt (DeepSeek-R1 distills): the reply gets the tag back,
+        # so split_reasoning reads an unfinished think block as reasoning, never as the answer
+        opened = [THINK_OPEN if prompt_opens_think(t) else "" for t in texts]
+
+        def text_of(i, t) -> str:
+            return opened[i] + self.tokenizer.decode(t, skip_special_tokens=True).strip()
 
         def decoded(idx, toks):
             if on_batch:
-                on_batch(idx, [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in toks])
+                on_batch(idx, [text_of(i, t) for i, t in zip(idx, toks, strict=True)])
 
-        if temperature > 0:
+        sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+                    if temperature > 0 else None)
+        if sampling:
             torch.manual_seed(0 if seed is None else seed)
-            ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description,
-                                    sampling={"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0})
-        else:
-            ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description)
-        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+        ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description,
+                                sampling=sampling)
+        return [text_of(i, t) for i, t in enumerate(ids)]
 
     def stream(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                repetition_penalty: float = 1.0) -> HFStream:

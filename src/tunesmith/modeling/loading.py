@@ -159,8 +159,14 @@ def _remote_code_error(ref: str, e: ValueError) -> ModelError | None:
                       "(only for code you have read)")
 
 
-def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: bool = False, *,
+                   chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+                   system_prompt_fallback: str = "fold"):
+    """The tokenizer of a model reference, with its chat template set up (`data.chat_template` replaces the
+    model's own, `model.chat_template_kwargs` are bound into it: see data.chat.configure_chat)."""
     from transformers import AutoTokenizer
+
+    from tunesmith.data.chat import configure_chat
 
     path, kw = resolve(ref)
     try:
@@ -174,7 +180,19 @@ def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: boo
         raise err from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return tok
+    return configure_chat(tok, chat_template, chat_template_kwargs, system_prompt_fallback)
+
+
+def chat_settings(cfg) -> dict:
+    """load_tokenizer's chat keywords from a run config (model.chat_template_kwargs, data.chat_template,
+    data.system_prompt_fallback)."""
+    return {"chat_template": cfg.data.chat_template, "chat_template_kwargs": cfg.model.chat_template_kwargs,
+            "system_prompt_fallback": cfg.data.system_prompt_fallback}
+
+
+def load_run_tokenizer(cfg):
+    """The tokenizer of the run's model (a RunConfig), chat template as the config sets it up."""
+    return load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, **chat_settings(cfg))
 
 
 def load_model(
@@ -283,7 +301,6 @@ def load_for_inference(adapter_dir: str | Path | None, model_ref: str | None = N
 
     from tunesmith.modeling.heads import Heads
 
-
     adapter = Path(adapter_dir) if adapter_dir else None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise ModelError(f"{adapter} is not an adapter folder (no adapter_config.json)")
@@ -291,7 +308,16 @@ def load_for_inference(adapter_dir: str | Path | None, model_ref: str | None = N
         if adapter is None:
             raise ModelError("give a model reference or an adapter folder")
         model_ref = base_model_ref(adapter, None)
-    tok = load_tokenizer(model_ref, trust_remote_code=trust_remote_code)
+    # the adapter talks through the chat template it was trained with (override file, kwargs, system fallback)
+    run = read_run_config(adapter)
+    chat = {}
+    if run:
+        data = run.get("data", {})
+        template = data.get("chat_template")
+        chat = {"chat_template": template if template and Path(template).is_file() else None,
+                "chat_template_kwargs": run.get("model", {}).get("chat_template_kwargs") or {},
+                "system_prompt_fallback": data.get("system_prompt_fallback", "fold")}
+    tok = load_tokenizer(model_ref, trust_remote_code=trust_remote_code, **chat)
     model = load_model(model_ref, dtype, trust_remote_code=trust_remote_code)
     heads = None
     if adapter is not None:

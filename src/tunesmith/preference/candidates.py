@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from tunesmith.data.reasoning import split_reasoning
 from tunesmith.errors import DataError
 from tunesmith.io import read_jsonl
 
@@ -26,7 +27,8 @@ class PromptItem:
 @dataclass
 class Candidate:
     source: str
-    text: str
+    text: str  # the answer: what judges score and DPO trains on
+    reasoning: str = ""  # a reasoning model's think block, kept for the record
 
 
 def messages_of(value, role: str, where: str) -> list[dict]:
@@ -76,7 +78,8 @@ def generate_candidates(items: list[PromptItem], gen, has_adapter: bool, max_new
 
     def add(source: str, texts: list[str], t0: float) -> None:
         for c, t in zip(cands, texts, strict=True):
-            c.append(Candidate(source, t))
+            reasoning, answer = split_reasoning(t)
+            c.append(Candidate(source, answer, reasoning))
         if log:
             log(f"candidates '{source}' done ({len(texts)} prompts, {time.perf_counter() - t0:.0f} s)")
 
@@ -98,7 +101,8 @@ def candidate_rows(items: list[PromptItem], cands: list[list[Candidate]], scores
     for i, (it, cs) in enumerate(zip(items, cands, strict=True)):
         sc = scores[i] if scores else None
         rows.append({"id": it.id, "prompt": it.messages, **({"meta": it.meta} if it.meta else {}),
-                     "candidates": [{"source": c.source, "text": c.text, **(sc[j] if sc else {})}
+                     "candidates": [{"source": c.source, "text": c.text, **({"reasoning": c.reasoning} if c.reasoning else {}),
+                                     **(sc[j] if sc else {})}
                                     for j, c in enumerate(cs)]})
     return rows
 
@@ -111,7 +115,8 @@ def load_candidates(path: str | Path) -> tuple[list[PromptItem], list[list[Candi
         items.append(PromptItem(str(row["id"]), messages_of(row["prompt"], "user", f"{p}:{i}: prompt"),
                                 dict(row.get("meta") or {})))
         try:
-            cands.append([Candidate(str(c["source"]), str(c["text"])) for c in row["candidates"]])
+            cands.append([Candidate(str(c["source"]), str(c["text"]), str(c.get("reasoning") or ""))
+                          for c in row["candidates"]])
         except (TypeError, KeyError):
             raise DataError(f"{p}:{i}: candidates must be a list of {{source, text}}") from None
     return items, cands

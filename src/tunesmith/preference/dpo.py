@@ -30,7 +30,7 @@ from tunesmith.config import DpoRunConfig
 from tunesmith.data.chat import pad_token_id, with_system
 from tunesmith.preference.pairs import load_pairs
 from tunesmith.errors import ConfigError, ModelError
-from tunesmith.io import require_file, write_json
+from tunesmith.io import require_file
 
 TRAIN_MARGIN_SAMPLE = 256  # training pairs scored before/after (all of them when fewer)
 
@@ -117,8 +117,7 @@ def sequence_logps(model, seqs: list[tuple[list[int], int]], pad_id: int, batch_
     return out
 
 
-def preference_margins(model, tok, pairs: list[dict], beta: float, max_length: int, batch_size: int = 8,
-                       adapter_off: Callable | None = None) -> dict:
+def preference_margins(model, tok, pairs: list[dict], beta: float, max_length: int, batch_size: int = 8) -> dict:
     """DPO implicit-reward margin of `model` (adapter on) against itself with the adapter off."""
     if not pairs:
         return {"n": 0}
@@ -129,7 +128,7 @@ def preference_margins(model, tok, pairs: list[dict], beta: float, max_length: i
     model.eval()
     try:
         pol = sequence_logps(model, seqs, pad, batch_size)
-        with (adapter_off or model.disable_adapter)():
+        with model.disable_adapter():
             ref = sequence_logps(model, seqs, pad, batch_size)
     finally:
         model.train(was)
@@ -151,12 +150,12 @@ def preference_margins(model, tok, pairs: list[dict], beta: float, max_length: i
 # ---- model ----------------------------------------------------------------------------------
 def load_start_model(cfg: DpoRunConfig):
     """(tokenizer, base model with the SFT adapter merged in, SFT adapter dir or None)."""
-    from tunesmith.modeling.loading import load_model, load_tokenizer
+    from tunesmith.modeling.loading import load_model, load_run_tokenizer
 
     sft = Path(cfg.dpo.sft_adapter) if cfg.dpo.sft_adapter else None
     if sft is not None and not (sft / "adapter_config.json").is_file():
         raise ModelError(f"dpo.sft_adapter: {sft} is not an adapter folder (no adapter_config.json)")
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_run_tokenizer(cfg)
     model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.load_in_4bit, cfg.model.revision,
                        cfg.model.trust_remote_code, cfg.model.attn_implementation)
     if sft is not None:

@@ -108,12 +108,12 @@ def benchmark_config(name: str, model_ref: str, config: Path | None, overrides: 
 def run_benchmark(name: str, cfg: EvaluatedRunConfig, adapter: Path | None) -> dict:
     from tunesmith.io import write_json
     from tunesmith.modeling.loading import load_for_inference
-    from tunesmith.recipes.common import check_inputs, eval_generator
+    from tunesmith.recipes.common import chat_template_record, check_inputs, eval_generator
     from tunesmith.runs import start_run
 
     check_inputs(cfg)
     model, tok, heads = load_for_inference(adapter, cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code)
-    start_run(cfg)
+    start_run(cfg, chat_template_record(cfg))
     gen = eval_generator(cfg, model, tok, adapter)
     metrics = {"benchmark": name, "model": cfg.model.name, "adapter": str(adapter) if adapter else None,
                name: BENCHMARKS[name].evaluate(cfg, Target(model, tok, heads, gen))}

@@ -13,12 +13,12 @@ from tunesmith.ui import say
 def check_inputs(cfg: RunConfig) -> None:
     """Fail before anything is written: missing files must not leave a half-made run dir."""
     from tunesmith.data.chat import render, with_system
-    from tunesmith.modeling.loading import load_tokenizer, resolve
+    from tunesmith.modeling.loading import load_run_tokenizer, resolve
 
     resolve(cfg.model.name)
     # the tokenizer and a chat template that takes every role the run uses (system prompt, user,
     # assistant): an unknown hub id or a template that rejects a role fails here
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_run_tokenizer(cfg)
     render(tok, with_system([{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}],
                             cfg.data.system_prompt))
     if isinstance(cfg, EvaluatedRunConfig):
@@ -39,7 +39,8 @@ def check_eval_inputs(cfg: EvaluatedRunConfig, tok) -> None:
         load_prompts(cfg.safety.prompts)  # every row parsed now: a bad CSV must not fail after training
         if cfg.safety.guard.model != "self":
             resolve(cfg.safety.guard.model)
-            load_tokenizer(cfg.safety.guard.model, trust_remote_code=cfg.model.trust_remote_code)
+            load_tokenizer(cfg.safety.guard.model, trust_remote_code=cfg.model.trust_remote_code,
+                           chat_template_kwargs=cfg.model.chat_template_kwargs)
         if cfg.safety.guard.guidelines:
             require_file(cfg.safety.guard.guidelines, "safety guidelines file (safety.guard.guidelines)")
         if cfg.safety.guard.categories:
@@ -47,12 +48,19 @@ def check_eval_inputs(cfg: EvaluatedRunConfig, tok) -> None:
             load_categories(cfg.safety.guard.categories)
 
 
+def chat_template_record(cfg: RunConfig) -> dict:
+    """Which chat template the run renders with: source (model or the data.chat_template file), sha256 of the
+    template text, the bound kwargs and the system-prompt fallback; computed before the run dir exists, so a
+    bad template file leaves none behind."""
+    from tunesmith.modeling.loading import load_run_tokenizer
+
+    return load_run_tokenizer(cfg).tunesmith_chat
 
 
 def build_model(cfg: RunConfig, with_lora: bool = True):
-    from tunesmith.modeling.loading import add_lora, load_model, load_tokenizer
+    from tunesmith.modeling.loading import add_lora, load_model, load_run_tokenizer
 
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_run_tokenizer(cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.load_in_4bit, cfg.model.revision,
@@ -72,15 +80,17 @@ def build_model(cfg: RunConfig, with_lora: bool = True):
 
 def build_guard(cfg: EvaluatedRunConfig, base_model_ref: str):
     """The guard from safety.guard; "self" = the evaluated base model prompted as a guard."""
-    from tunesmith.generation.factory import make_generator
     from tunesmith.evaluation.ailuminate import ClassifierGuard, GenerativeGuard, load_categories, load_guidelines
-    from tunesmith.modeling.loading import load_model, load_tokenizer
+    from tunesmith.generation.factory import make_generator
+    from tunesmith.modeling.loading import load_model, load_run_tokenizer, load_tokenizer
 
     g = cfg.safety.guard
     ref = base_model_ref if g.model == "self" else g.model
     label = f"{ref} prompted as guard (not a trained safety classifier)" if g.model == "self" else ref
     guidelines = load_guidelines(g.guidelines)
-    tok = load_tokenizer(ref, trust_remote_code=cfg.model.trust_remote_code)
+    # the evaluated model's chat setup for the self-guard; a separate guard keeps its own template, with the kwargs
+    tok = load_run_tokenizer(cfg) if g.model == "self" else load_tokenizer(
+        ref, trust_remote_code=cfg.model.trust_remote_code, chat_template_kwargs=cfg.model.chat_template_kwargs)
     if g.kind == "classifier":
         from transformers import AutoModelForSequenceClassification
 

@@ -24,7 +24,7 @@ from tunesmith.modeling.heads import HEADS_FILE
 from tunesmith.preference.dpo import (TRAIN_MARGIN_SAMPLE, build_trainer, load_start_model, preference_margins,
                                       split_pairs)
 from tunesmith.io import write_json
-from tunesmith.recipes.common import check_inputs
+from tunesmith.recipes.common import chat_template_record, check_inputs
 from tunesmith.runs import append_summary_row, git_commit, start_run
 from tunesmith.ui import fmt, out, say
 
@@ -36,7 +36,7 @@ def run_dpo(cfg: DpoRunConfig, log: Callable[[str], None] | None = None) -> dict
     train, held = split_pairs(cfg)
     check_inputs(cfg)
     tok, model, sft = load_start_model(cfg)
-    run_dir = start_run(cfg)
+    run_dir = start_run(cfg, chat_template_record(cfg))
     trainer = build_trainer(cfg, model, tok, train, run_dir / "trainer")
     main = trainer.is_world_process_zero()
     policy = trainer.model  # the PeftModel (unwrapped), on the training device

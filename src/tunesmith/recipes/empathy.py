@@ -25,7 +25,7 @@ from tunesmith.generation.protocol import Generator
 from tunesmith.io import read_jsonl, write_json, write_jsonl
 from tunesmith.modeling.heads import Heads
 from tunesmith.modeling.forward import head_logits
-from tunesmith.recipes.common import build_guard, build_model, check_inputs, eval_generator
+from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
 from tunesmith.ui import fmt, out, say
 from tunesmith.runs import git_commit, is_main_process, start_run
 from tunesmith.reporting.report import write_report
@@ -182,7 +182,7 @@ def samples(cfg: EmpathyRunConfig, model, tok, heads: Heads | None, gen: Generat
 def prepare(cfg: EmpathyRunConfig, resume: bool):
     check_inputs(cfg)
     load_sources(cfg)  # parse every data file before the run dir exists
-    run_dir = start_run(cfg)
+    run_dir = start_run(cfg, chat_template_record(cfg))
     train_src, held = load_sources(cfg)
     model, tok = build_model(cfg)
     heads = Heads(model.config.hidden_size, cfg.heads.emotion and cfg.loss.lambda_emotion > 0,
@@ -328,9 +328,9 @@ def validate(cfg: EmpathyRunConfig) -> list[str]:
     check_inputs(cfg)
     train, held = load_sources(cfg)
     from tunesmith.data.mixing import mixture_counts
-    from tunesmith.modeling.loading import load_tokenizer
+    from tunesmith.modeling.loading import load_run_tokenizer
 
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_run_tokenizer(cfg)
     for name, exs in train.items():
         encode(tok, exs[0], cfg.data.max_length, cfg.data.system_prompt, train_on="last")
     counts = mixture_counts({k: len(v) for k, v in train.items()}, cfg.data.empathy.alpha,

@@ -17,10 +17,11 @@ from tunesmith.config import Gsm8kRunConfig
 from tunesmith.data.sources import gsm8k as data
 from tunesmith.data.chat import encode
 from tunesmith.errors import DataError
+from tunesmith.data.reasoning import split_reasoning
 from tunesmith.generation.protocol import Generator
 from tunesmith.evaluation.gsm8k import extract_answer, is_correct
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
-from tunesmith.recipes.common import build_guard, build_model, check_inputs, eval_generator
+from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
 from tunesmith.ui import fmt, out, say
 from tunesmith.runs import git_commit, is_main_process, start_run
 from tunesmith.runs import append_summary_row
@@ -42,8 +43,9 @@ def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: 
         for i, text in zip(idx, texts, strict=True):
             r = todo[i]
             gold = data.gold_answer(r["answer"])
-            strict, flexible = extract_answer(text, "strict"), extract_answer(text, "flexible")
-            rows.append({"question": r["question"], "gold": gold, "output": text, "k_shot": k,
+            reasoning, answer = split_reasoning(text)  # a think block is not the answer
+            strict, flexible = extract_answer(answer, "strict"), extract_answer(answer, "flexible")
+            rows.append({"question": r["question"], "gold": gold, "output": answer, "reasoning": reasoning, "k_shot": k,
                          "strict": strict, "flexible": flexible,
                          "strict_correct": is_correct(strict, gold), "flexible_correct": is_correct(flexible, gold)})
         if store:
@@ -80,7 +82,7 @@ def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
 def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
     check_inputs(cfg)
     load_data(cfg, None)  # parse every data file before the run dir exists
-    run_dir = start_run(cfg)
+    run_dir = start_run(cfg, chat_template_record(cfg))
     train_ref, train, test, pool = load_data(cfg, run_dir)
     name = cfg.run_name
     say(f"run [bold]{name}[/]: {len(train)} train / {len(test)} test questions from {train_ref} and {cfg.data.gsm8k.test}")
@@ -212,7 +214,7 @@ def train_only(cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
 
     check_inputs(cfg)
     load_data(cfg, None)
-    run_dir = start_run(cfg)
+    run_dir = start_run(cfg, chat_template_record(cfg))
     _, train, _, _ = load_data(cfg, run_dir)
     model, tok = build_model(cfg)
     features = [f for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train)
@@ -226,9 +228,9 @@ def train_only(cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
 def validate(cfg: Gsm8kRunConfig) -> list[str]:
     check_inputs(cfg)
     train_ref, train, test, pool = load_data(cfg, None)
-    from tunesmith.modeling.loading import load_tokenizer
+    from tunesmith.modeling.loading import load_run_tokenizer
 
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_run_tokenizer(cfg)
     encode(tok, data.to_example(train[0]), cfg.data.max_length, cfg.data.system_prompt)
     lines = [f"model: {cfg.model.name}", f"train: {train_ref} ({len(train)} records after removing the few-shot pool)",
              f"test: {cfg.data.gsm8k.test} ({len(test)} records)", f"few-shot pool: {len(pool)} (k={cfg.eval.k_shot})"]
