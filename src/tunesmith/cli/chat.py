@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from tunesmith.errors import TunesmithError
+from tunesmith.runs import run_system_prompt
+from tunesmith.ui import quiet_libraries
 
 ModelArg = Annotated[str, typer.Argument(help="model reference: builtin:<name>, a .gguf file, a local HF folder or org/name")]
 AdapterOpt = Annotated[Optional[Path], typer.Option("--adapter", help="adapter folder (LoRA + optional emotion/strategy heads), e.g. runs/<run>/adapter")]
 LocaleOpt = Annotated[Optional[str], typer.Option("--locale", help="crisis resources locale, e.g. en_US, en_GB (default: international)")]
 SystemOpt = Annotated[Optional[str], typer.Option("--system", help="system prompt (default: the adapter's run config, else the model's own)")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | bf16 | fp16 | fp32")]
-
-
-def _quiet() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def _run_system_prompt(adapter: Path | None) -> str | None:
-    """The system prompt the adapter was trained with (its run's config_resolved.json)."""
-    if adapter is None:
-        return None
-    cfg = adapter.parent / "config_resolved.json"
-    if not cfg.is_file():
-        return None
-    try:
-        return (json.loads(cfg.read_text()).get("data") or {}).get("system_prompt")
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def load_chat_model(model: str, adapter: Path | None, dtype: str = "auto"):
@@ -47,7 +26,7 @@ def load_chat_model(model: str, adapter: Path | None, dtype: str = "auto"):
     if adapter is not None and not adapter.is_dir():
         raise TunesmithError(f"adapter folder not found: {adapter}")
     m, tok, heads = load_for_inference(adapter, model, dtype)
-    return m, tok, heads, _run_system_prompt(adapter)
+    return m, tok, heads, run_system_prompt(adapter)
 
 
 def _check_locale(locale: str | None):
@@ -105,7 +84,7 @@ def chat(model: ModelArg, adapter: AdapterOpt = None, locale: LocaleOpt = None,
 
     from tunesmith.chat.session import ChatSession
 
-    _quiet()
+    quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     layer = _check_locale(locale)
     console = Console(highlight=False)
@@ -171,7 +150,7 @@ def serve(model: ModelArg, adapter: AdapterOpt = None,
 
     from tunesmith.chat.server import ChatBackend, ChatServer, ServeError, is_loopback
 
-    _quiet()
+    quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     err = Console(stderr=True)
     if not is_loopback(host):
@@ -211,7 +190,7 @@ def redteam(model: ModelArg, adapter: AdapterOpt = None,
     from tunesmith.chat.session import ChatSession
     from tunesmith.ui import progress_bar
 
-    _quiet()
+    quiet_libraries()
     items = load_sheet(sheet)
     layer = _check_locale(locale)
     err = Console(stderr=True)

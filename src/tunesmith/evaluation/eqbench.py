@@ -148,12 +148,9 @@ def _looks_like_hub_id(s: str) -> bool:
 
 
 def _load_from_hub(hub_id: str) -> list[EqBenchQuestion]:  # pragma: no cover - needs the network
-    from datasets import load_dataset
+    from tunesmith.data.hub import load_hub_dataset
 
-    try:
-        ds = load_dataset(hub_id, split="validation")
-    except Exception as e:  # datasets raises many types; the user only needs the one line
-        raise DataError(f"cannot load EQ-Bench from the hub ({hub_id}): {e}") from None
+    ds = load_hub_dataset("EQ-Bench", hub_id, split="validation")
     questions = []
     for i, row in enumerate(ds):
         # The hub copy has no id column; its rows are in question order "1".."171".

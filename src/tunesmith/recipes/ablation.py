@@ -14,6 +14,7 @@ from rich.table import Table
 from tunesmith.config import EmpathyRunConfig
 from tunesmith.errors import ConfigError
 from tunesmith.io import atomic_open, write_json
+from tunesmith.reporting.report import write_report
 from tunesmith.ui import fmt, out, say
 
 VARIANTS = {
@@ -23,8 +24,9 @@ VARIANTS = {
     "no_kl": {"lambda_kl": 0.0},
     "lm_only": {"lambda_emotion": 0.0, "lambda_strategy": 0.0, "lambda_kl": 0.0},
 }
-ALIASES = {"lambda_emo": "lambda_emotion", "lambda_strat": "lambda_strategy", "lambda_safe": "lambda_kl",
-           "lambda_kl": "lambda_kl"}
+# spellings of earlier versions: named in the error, never accepted (one name per weight)
+RENAMED = {"lambda_emo": "lambda_emotion", "lambda_strat": "lambda_strategy", "lambda_safe": "lambda_kl",
+           "lambda_safety_kl": "lambda_kl"}
 COLUMNS = ["variant", "lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_kl", "val_loss", "val_lm_loss",
            "emotion_accuracy", "emotion_f1", "strategy_accuracy", "strategy_f1", "eqbench_score", "safety_rate"]
 
@@ -36,9 +38,11 @@ def parse_grid(specs: list[str]) -> dict[str, dict[str, float]]:
         if "=" not in spec:
             raise ConfigError(f"--grid '{spec}' must look like lambda_emotion=0,0.1,0.2")
         key, values = spec.split("=", 1)
-        key = ALIASES.get(key.strip(), key.strip())
+        key = key.strip()
+        if key in RENAMED:
+            raise ConfigError(f"--grid key '{key}' was renamed to '{RENAMED[key]}'")
         if key not in valid:
-            raise ConfigError(f"--grid key '{key}' is not one of {', '.join(sorted(valid | set(ALIASES)))}")
+            raise ConfigError(f"--grid key '{key}' is not one of {', '.join(sorted(valid))}")
         try:
             for v in values.split(","):
                 out_[f"{key}={float(v):g}"] = {key: float(v)}
@@ -48,8 +52,9 @@ def parse_grid(specs: list[str]) -> dict[str, dict[str, float]]:
 
 
 def run(cfg: EmpathyRunConfig, grid: list[str], variants: list[str] | None = None) -> list[dict]:
-    from tunesmith.recipes import empathy
+    from tunesmith.recipes.base import get_recipe
 
+    empathy = get_recipe("empathy")
     if cfg.recipe != "empathy":
         raise ConfigError("ablate needs an empathy config (recipe: empathy)")
     unknown = [v for v in variants or [] if v not in VARIANTS]
@@ -79,12 +84,7 @@ def run(cfg: EmpathyRunConfig, grid: list[str], variants: list[str] | None = Non
     for r in rows:
         table.add_row(*[fmt(r[c]) for c in COLUMNS])
     out.print(table)
-    try:
-        from tunesmith.reporting.report import write_report
-
-        write_report(out_dir)
-    except ImportError:
-        pass
+    write_report(out_dir)
     say(f"ablation table: {out_dir / 'ablations.csv'}")
     return rows
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.sources.esconv import history_window
+from tunesmith.data.sources.dialogue import dialogue_examples
 from tunesmith.data.schema import Example
 from tunesmith.data.taxonomy import ed_emotion_id
 from tunesmith.errors import DataError
@@ -100,28 +100,15 @@ def _conversation_examples(rows: list[Utterance], history_turns: int) -> list[Ex
             raise DataError(f"{b.where}: utterance_idx {b.idx} repeats in conversation {b.conv_id}")
     first = rows[0]
     emotion = ed_emotion_id(first.context, first.where)
-    history: list[dict[str, str]] = []
-    out: list[Example] = []
-    for r in rows:
-        if not r.text:
-            continue
-        role = "user" if r.speaker == first.speaker else "assistant"
-        if role == "assistant" and any(m["role"] == "user" for m in history):
-            out.append(
-                Example(
-                    messages=[*history_window(history, history_turns), {"role": "assistant", "content": r.text}],
-                    emotion=emotion,
-                    source=SOURCE,
-                    meta={"conv_id": r.conv_id, "utterance_idx": r.idx, "context": first.context,
-                          "prompt": first.prompt},
-                )
-            )
-        # ED turns alternate; should one worker have two rows in a row, merging keeps roles alternating.
-        if history and history[-1]["role"] == role:
-            history[-1]["content"] += "\n" + r.text
-        else:
-            history.append({"role": role, "content": r.text})
-    return out
+
+    def example(r: Utterance, messages: list[dict]) -> Example:
+        return Example(messages=messages, emotion=emotion, source=SOURCE,
+                       meta={"conv_id": r.conv_id, "utterance_idx": r.idx, "context": first.context,
+                             "prompt": first.prompt})
+
+    # the conversation's first speaker is the one sharing the situation: the user
+    turns = (("user" if r.speaker == first.speaker else "assistant", r.text, r) for r in rows)
+    return dialogue_examples(turns, history_turns, example)
 
 
 def to_examples(rows: Iterable[Utterance], history_turns: int = DEFAULT_HISTORY_TURNS) -> list[Example]:
@@ -156,12 +143,9 @@ def load_empathetic_dialogues_hub(
     history_turns: int = DEFAULT_HISTORY_TURNS,
 ) -> list[Example]:
     """Examples from the hub release (the same columns as the CSV, `_comma_` escapes kept)."""
-    from datasets import load_dataset
+    from tunesmith.data.hub import load_hub_dataset
 
-    try:
-        ds = load_dataset(name, split=split, revision=revision)
-    except Exception as e:  # offline, renamed, ...: one line for the user
-        raise DataError(f"cannot load EmpatheticDialogues '{name}' split {split}: {str(e).splitlines()[0]}") from None
+    ds = load_hub_dataset("EmpatheticDialogues", name, split=split, revision=revision)
     rows = []
     for n, r in enumerate(ds):
         where = f"{name}[{split}] row {n}"

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.schema import Example
+from tunesmith.data.sources.dialogue import dialogue_examples
 from tunesmith.data.taxonomy import esconv_emotion_id, strategy_id
 from tunesmith.errors import DataError
 from tunesmith.io import require_file
@@ -221,50 +222,17 @@ def release_split(convs: list[Conversation]) -> dict[str, list[Conversation]]:
     }
 
 
-def history_window(history: list[dict[str, str]], history_turns: int) -> list[dict[str, str]]:
-    """Copies of the last `history_turns` messages, starting at a user message.
-
-    A leading assistant message is dropped (prompts start with the user); when that leaves no user
-    message, the window reaches back to the latest one. Shared by the empathy dialogue loaders.
-    """
-    start = max(0, len(history) - history_turns)
-    while start < len(history) and history[start]["role"] != "user":
-        start += 1
-    if start == len(history):  # the window held no user message: keep the latest one
-        start = max(i for i, m in enumerate(history) if m["role"] == "user")
-    return [dict(m) for m in history[start:]]
-
-
 def conversation_examples(conv: Conversation, history_turns: int = DEFAULT_HISTORY_TURNS) -> list[Example]:
     """One example per supporter turn that answers something the seeker said."""
     if history_turns < 1:
         raise ValueError("history_turns must be at least 1")
-    history: list[dict[str, str]] = []
-    out: list[Example] = []
-    for j, turn in enumerate(conv.turns):
-        if not turn.text:  # an empty turn says nothing; merging it would only add a blank line
-            continue
-        if turn.role == "assistant" and any(m["role"] == "user" for m in history):
-            out.append(
-                Example(
-                    messages=[*history_window(history, history_turns), {"role": "assistant", "content": turn.text}],
-                    emotion=conv.emotion,
-                    strategy=turn.strategy,
-                    source=SOURCE,
-                    meta={
-                        "conversation": conv.where,
-                        "turn": j,
-                        "emotion_type": conv.emotion_type,
-                        "problem_type": conv.problem_type,
-                        "situation": conv.situation,
-                    },
-                )
-            )
-        if history and history[-1]["role"] == turn.role:
-            history[-1]["content"] += "\n" + turn.text
-        else:
-            history.append({"role": turn.role, "content": turn.text})
-    return out
+
+    def example(j: int, messages: list[dict]) -> Example:
+        meta = {"conversation": conv.where, "turn": j, "emotion_type": conv.emotion_type,
+                "problem_type": conv.problem_type, "situation": conv.situation}
+        return Example(messages=messages, emotion=conv.emotion, strategy=conv.turns[j].strategy, source=SOURCE, meta=meta)
+
+    return dialogue_examples(((t.role, t.text, j) for j, t in enumerate(conv.turns)), history_turns, example)
 
 
 def to_examples(convs: Iterable[Conversation], history_turns: int = DEFAULT_HISTORY_TURNS) -> list[Example]:
@@ -331,10 +299,7 @@ def load_esconv_hub(
     split: str = "train", name: str = HUB_ID, history_turns: int = DEFAULT_HISTORY_TURNS
 ) -> list[Example]:
     """Examples from the hub release (one `text` column holding each conversation as JSON)."""
-    from datasets import load_dataset
+    from tunesmith.data.hub import load_hub_dataset
 
-    try:
-        ds = load_dataset(name, split=split)
-    except Exception as e:  # offline, renamed, ...: one line for the user
-        raise DataError(f"cannot load ESConv '{name}' split {split}: {str(e).splitlines()[0]}") from None
+    ds = load_hub_dataset("ESConv", name, split=split)
     return examples_from_rows(ds, f"{name}[{split}]", history_turns)

@@ -125,11 +125,8 @@ def examples_from_rows(rows: Iterable[dict], origin: str) -> list[Example]:
 
 def load_goemotions_hub(split: str = "train", name: str = HUB_ID, limit: int | None = None) -> list[Example]:
     """Examples from the hub release (config "simplified"; splits train, validation, test)."""
-    from datasets import load_dataset
+    from tunesmith.data.hub import load_hub_dataset
 
-    try:
-        ds = load_dataset(name, "simplified", split=split)
-    except Exception as e:  # offline, renamed, ...: one line for the user
-        raise DataError(f"cannot load GoEmotions '{name}' split {split}: {str(e).splitlines()[0]}") from None
+    ds = load_hub_dataset("GoEmotions", name, "simplified", split=split)
     rows = ds if limit is None else (ds[i] for i in range(min(limit, len(ds))))
     return examples_from_rows(rows, f"{name}[{split}]")

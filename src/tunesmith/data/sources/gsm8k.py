@@ -22,12 +22,9 @@ def load_records(ref: str, split: str = "train") -> list[dict]:
     if ref.endswith((".jsonl", ".json")) or Path(ref).exists():
         rows = read_jsonl(ref, required=("question", "answer"))
     elif ref.count("/") == 1:
-        from datasets import load_dataset
+        from tunesmith.data.hub import load_hub_dataset
 
-        try:
-            ds = load_dataset(ref, "main", split=split)
-        except Exception as e:  # offline, missing, ...: one line for the user
-            raise DataError(f"cannot load GSM8K '{ref}' split {split}: {str(e).splitlines()[0]}") from None
+        ds = load_hub_dataset("GSM8K", ref, "main", split=split)
         rows = [{"question": r["question"], "answer": r["answer"]} for r in ds]
     else:
         raise DataError(f"GSM8K data not found: {ref}")
