@@ -1,4 +1,4 @@
-# Two entry points: `make demo` and `make test`. Both build .venv when needed.
+# Two entry points: `make demo` and `make test` (plus `make lint`). All build .venv when needed.
 PYTHON ?= python3
 VENV ?= .venv
 # CPU build by default (installs from local disk on the dev machines). GPU users:
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

@@ -40,14 +40,11 @@ def _section_class(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None
     return cur
 
 
-def _foreign_owner(key: str) -> str | None:
-    """The recipe whose config has this dotted key, for keys of another recipe."""
-    for name, cls in RECIPE_CONFIGS.items():
-        parts = key.split(".")
-        sec = _section_class(cls, tuple(parts[:-1]))
-        if sec is not None and parts[-1] in sec.model_fields:
-            return name
-    return None
+def _owners(key: str) -> list[str]:
+    """The recipes whose config has this dotted key."""
+    parts = key.split(".")
+    return [name for name, cls in RECIPE_CONFIGS.items()
+            if (sec := _section_class(cls, tuple(parts[:-1]))) is not None and parts[-1] in sec.model_fields]
 
 
 def _format_error(err: dict, source: str, cls: type[RunConfig]) -> str:
@@ -59,10 +56,10 @@ def _format_error(err: dict, source: str, cls: type[RunConfig]) -> str:
             return f"{source}: config key '{key}' was renamed to '{RENAMED[key]}'"
         sec = _section_class(cls, loc[:-1])
         valid = list(sec.model_fields) if sec else []
-        owner = _foreign_owner(key)
-        if owner and owner != recipe:
-            return (f"{source}: config key '{key}' belongs to the {owner} recipe, not {recipe} "
-                    f"(valid here: {', '.join(valid)})")
+        owners = _owners(key)
+        if owners:
+            return (f"{source}: config key '{key}' belongs to the {' and '.join(owners)} recipe"
+                    f"{'s' if len(owners) > 1 else ''}, not {recipe} (valid here: {', '.join(valid)})")
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{source}: unknown config key '{key}'{hint} (valid here: {', '.join(valid)})"

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tunesmith.config.sections import DataConfig, EvalConfig, EvaluatedRunConfig, RunConfig, Section, TrainingConfig
+from tunesmith.config.sections import (DataConfig, EvalConfig, EvaluatedRunConfig, RunConfig, Scheduler, Section,
+                                       TrainingConfig)
 
 
 # ---- gsm8k ------------------------------------------------------------------------------------
@@ -162,10 +163,22 @@ class DpoConfig(Section):
 DPO_UNUSED_TRAINING_KEYS = ("enabled", "head_learning_rate", "save_steps", "save_total_limit")
 
 
+class DpoDataConfig(DataConfig):
+    max_length: int = Field(1024, gt=16)  # prompt + reply
+
+
+class DpoTrainingConfig(TrainingConfig):
+    """The training section with DPO's usual defaults (a small learning rate, warm-up, cosine)."""
+
+    learning_rate: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    scheduler: Scheduler = "cosine"
+
+
 class DpoRunConfig(RunConfig):
     recipe: Literal["dpo"] = "dpo"
-    data: DataConfig = DataConfig(max_length=1024)
-    training: TrainingConfig = TrainingConfig(learning_rate=5e-5, warmup_ratio=0.1, scheduler="cosine")
+    data: DpoDataConfig = DpoDataConfig()
+    training: DpoTrainingConfig = DpoTrainingConfig()
     dpo: DpoConfig = DpoConfig()
 
     @model_validator(mode="after")
