@@ -34,6 +34,9 @@ class ModelConfig(Section):
     # QLoRA (nf4 + double quant). CUDA only: on CPU it falls back to bf16 LoRA with a warning.
     load_in_4bit: bool = False
     attn_implementation: str | None = None
+    # variables the chat template reads, for every render (training, evaluation, guard, chat), e.g.
+    # {enable_thinking: false} for Qwen3's hybrid thinking template
+    chat_template_kwargs: dict[str, bool | int | float | str] = {}
 
 
 class LoraConfig(Section):

@@ -186,7 +186,12 @@ def _remote_code_error(ref: str, e: ValueError) -> ModelError | None:
                       "(only for code you have read)")
 
 
-def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: bool = False,
+                   template_vars: dict | None = None):
+    """`template_vars` are fixed in the chat template itself (a leading `{% set %}`), so every caller of
+    apply_chat_template (training, evaluation, guard, DPO, chat) renders with them without passing them."""
+    import json
+
     from transformers import AutoTokenizer
 
     path, kw = resolve(ref)
@@ -201,6 +206,9 @@ def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: boo
         raise err from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if template_vars and isinstance(tok.chat_template, str):
+        sets = "".join(f"{{%- set {k} = {json.dumps(v)} %}}" for k, v in template_vars.items())
+        tok.chat_template = sets + tok.chat_template
     return tok
 
 

@@ -54,7 +54,7 @@ def check_inputs(cfg: Config) -> None:
     resolve(cfg.model.name)
     # the tokenizer and a chat template that takes every role the run uses (system prompt, user,
     # assistant): an unknown hub id or a template that rejects a role fails here
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, cfg.model.chat_template_kwargs)
     render(tok, with_system([{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}],
                             cfg.data.system_prompt))
     if cfg.safety.enabled:
@@ -82,7 +82,7 @@ def start_run(cfg: Config) -> Path:
 def build_model(cfg: Config, with_lora: bool = True):
     from tunesmith.modeling.loading import add_lora, load_model, load_tokenizer
 
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, cfg.model.chat_template_kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.load_in_4bit, cfg.model.revision,
@@ -110,7 +110,8 @@ def build_guard(cfg: Config, base_model_ref: str):
     ref = base_model_ref if g.model == "self" else g.model
     label = f"{ref} prompted as guard (not a trained safety classifier)" if g.model == "self" else ref
     guidelines = load_guidelines(g.guidelines)
-    tok = load_tokenizer(ref, trust_remote_code=cfg.model.trust_remote_code)
+    tok = load_tokenizer(ref, trust_remote_code=cfg.model.trust_remote_code,
+                         template_vars=cfg.model.chat_template_kwargs if g.model == "self" else None)
     if g.kind == "classifier":
         from transformers import AutoModelForSequenceClassification
 

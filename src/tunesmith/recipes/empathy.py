@@ -330,7 +330,7 @@ def validate(cfg: Config) -> list[str]:
     from tunesmith.data.mixing import mixture_counts
     from tunesmith.modeling.loading import load_tokenizer
 
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, cfg.model.chat_template_kwargs)
     for name, exs in train.items():
         encode(tok, exs[0], cfg.data.max_length, cfg.data.system_prompt, train_on="last")
     counts = mixture_counts({k: len(v) for k, v in train.items()}, cfg.data.empathy.alpha,

@@ -251,7 +251,7 @@ def validate(cfg: Config) -> list[str]:
     train_ref, train, test, pool, validation = load_data(cfg, None)
     from tunesmith.modeling.loading import load_tokenizer
 
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, cfg.model.chat_template_kwargs)
     encode(tok, data.to_example(train[0]), cfg.data.max_length, cfg.data.system_prompt)
     lines = [f"model: {cfg.model.name}", f"train: {train_ref} ({len(train)} records after removing the few-shot pool)",
              f"test: {cfg.data.gsm8k.test} ({len(test)} records)", f"few-shot pool: {len(pool)} (k={cfg.eval.k_shot})"]

@@ -159,7 +159,7 @@ def load_start_model(cfg: Config):
     sft = Path(cfg.dpo.sft_adapter) if cfg.dpo.sft_adapter else None
     if sft is not None and not (sft / "adapter_config.json").is_file():
         raise ModelError(f"dpo.sft_adapter: {sft} is not an adapter folder (no adapter_config.json)")
-    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, cfg.model.chat_template_kwargs)
     model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.load_in_4bit, cfg.model.revision,
                        cfg.model.trust_remote_code, cfg.model.attn_implementation)
     if sft is not None:
