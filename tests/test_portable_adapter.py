@@ -121,7 +121,7 @@ def test_load_for_inference_reads_the_hub_id_offline(trained, monkeypatch):
     adapter, ids, logits = trained
     assert not (adapter.parent / "config_resolved.json").exists()  # only the adapter names its base
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model, tok, heads = load_for_inference(adapter, dtype="fp32")
+    model, _, heads = load_for_inference(adapter, dtype="fp32")
     assert heads is None and model.peft_config["default"].base_model_name_or_path == HUB_ID
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, logits)

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, shared
 
 TEMPLATE = ROOT / "tests" / "fixtures" / "qwen3" / "chat_template.jinja"

@@ -137,6 +137,6 @@ def test_no_test_question_is_scored_before_the_checkpoint_is_chosen(tmp_path, ti
     assert sorted(val_prints) == pytest.approx(sorted(prints.values()))
     test_prints = [e[2] for e, k in zip(events, kinds) if k == "test"]
     assert len(test_prints) == 2 and test_prints == pytest.approx([prints[chosen]] * 2)
-    assert not any(n.startswith("gsm8k_preds_sw-checkpoint") for n in map(lambda p: p.name, run.iterdir()))
+    assert not any(n.startswith("gsm8k_preds_sw-checkpoint") for n in (p.name for p in run.iterdir()))
     assert len(read_jsonl(run / "gsm8k_preds_sw.jsonl")) == 5 and metrics["tuned"]["n"] == 5
     assert torch.isfinite(torch.tensor(metrics["tuned"]["lenient_accuracy"]))
