@@ -11,6 +11,12 @@ k-shot chat prompts (the first k of the recipe's few-shot pool: 8 drawn from tra
   one at a time  a loop calling model.generate on one unpadded prompt per call (what a plain
                  script does), decoded and scored the same way
 
+  lm-eval        lm-evaluation-harness's HF backend, HFLM.generate_until, on the same model object, the
+                 same contexts (the chat-rendered prompt text; its tokenization is checked against ours),
+                 stop sequences (the decoded end-of-turn tokens), max new tokens and batch size — a peer
+                 that other people's numbers come from. Runs when lm-eval is installed (`pip install -e
+                 '.[bench]'`); --no-lm-eval skips it.
+
 Reported: questions/s and generated tokens/s of each (tokens up to, not including, the end-of-turn
 token), strict accuracy of each, and how many outputs are identical token for token. Batched and
 unbatched matmuls round differently in bf16, so greedy decoding can diverge after a near-tie; when
@@ -173,6 +179,12 @@ def prompts_for(tok, test, pool, k) -> list[list[int]]:
     return [prompt_ids(tok, shots + [{"role": "user", "content": r["question"]}]) for r in test]
 
 
+def is_right(text: str, rec: dict) -> bool:
+    from tunesmith.evaluation.gsm8k import extract_answer, is_correct
+
+    return is_correct(extract_answer(text, "strict"), rec["answer"])
+
+
 def accuracy(tok, test, ids: list[list[int]]) -> float:
     from tunesmith.data.sources import gsm8k
     from tunesmith.evaluation.gsm8k import extract_answer, is_correct
@@ -195,6 +207,24 @@ def run_single(model, tok, prompts, args) -> tuple[float, list[list[int]]]:
     t0 = time.perf_counter()
     ids = one_at_a_time(model, gen, prompts, args.max_new_tokens)
     return time.perf_counter() - t0, ids
+
+
+def run_lm_eval(model, tok, prompts: list[list[int]], eos_ids: list[int], args) -> tuple[float, list[str], int]:
+    """(seconds, answers, contexts whose lm-eval tokenization equals ours) from HFLM.generate_until."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size, max_length=max(map(len, prompts))
+              + args.max_new_tokens)
+    contexts = [tok.decode(p) for p in prompts]
+    same_ctx = sum(lm.tok_encode(c) == p for c, p in zip(contexts, prompts))
+    until = sorted({tok.decode([e]) for e in eos_ids})
+    reqs = [Instance(request_type="generate_until", doc={}, idx=0,
+                     arguments=(c, {"until": until, "max_gen_toks": args.max_new_tokens, "do_sample": False}))
+            for c in contexts]
+    t0 = time.perf_counter()
+    out = lm.generate_until(reqs, disable_tqdm=True)
+    return time.perf_counter() - t0, [o.strip() for o in out], same_ctx
 
 
 def identical(a: list[list[int]], b: list[list[int]]) -> int:
@@ -235,6 +265,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-path")
     ap.add_argument("--quick", action="store_true", help="seconds-long sanity run (numbers meaningless)")
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--no-lm-eval", action="store_true", help="skip the lm-evaluation-harness peer")
     args = ap.parse_args(argv)
     if args.quick:
         apply_quick(ap, args, {"n": 4, "max_new_tokens": 16, "batch_size": 4, "rounds": 1})
@@ -280,6 +311,25 @@ def main(argv=None) -> int:
                   f"identical outputs {r['identical']}/{len(test)}")
             sys.stdout.flush()
 
+    peer = None
+    if args.no_lm_eval or args.with_lora:
+        print("lm-eval peer: skipped" + (" (--with-lora: HFLM takes a plain model)" if args.with_lora else ""))
+    else:
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            print("lm-eval peer: skipped (lm-eval not installed: pip install -e '.[bench]')")
+        else:
+            gen = counting_generator(model, tok, args.batch_size, args.max_new_tokens)
+            peer_s, peer_texts, same_ctx = run_lm_eval(model, tok, prompts, gen.eos_ids, args)
+            ours = [tok.decode(t, skip_special_tokens=True).strip() for t in rounds[0]["batched_ids"]]
+            peer = {"seconds": peer_s, "questions_per_s": len(test) / peer_s, "same_contexts": same_ctx,
+                    "identical_answers": sum(a == b for a, b in zip(ours, peer_texts, strict=True)),
+                    "strict_accuracy": sum(is_right(t, r) for t, r in zip(peer_texts, test)) / len(test)}
+            print(f"lm-eval HFLM.generate_until: {peer_s:.2f} s, identical answers {peer['identical_answers']}/"
+                  f"{len(test)}, contexts tokenized identically {same_ctx}/{len(test)}")
+            sys.stdout.flush()
+
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before any fp32 reload
     n = len(test)
     batched_s = statistics.median(r["batched_s"] for r in rounds)
@@ -301,6 +351,7 @@ def main(argv=None) -> int:
                           "generated_tokens": tok_s, "strict_accuracy": acc_s},
         "identical_outputs": same, "identical_outputs_fp32": fp32_same,
         "ratio_questions_per_s": (n / batched_s) / (n / single_s),
+        "lm_eval": peer and {**peer, "ratio_batched_over_lm_eval": (n / batched_s) / peer["questions_per_s"]},
     }
     if args.json_out:
         out = {"benchmark": "eval_throughput", "machine": m,
@@ -316,6 +367,10 @@ def main(argv=None) -> int:
 
     b, s = summary["batched"], summary["one_at_a_time"]
     print(f"== summary ({n} questions, {dtype}; peak RSS {peak_rss:.0f} MiB) ==")
+    if peer:  # before the three lines the quick test reads from the end
+        print(f"lm-eval HFLM (batch {args.batch_size})     : {peer['questions_per_s']:.3f} questions/s; "
+              f"ratio batched/lm-eval = {summary['lm_eval']['ratio_batched_over_lm_eval']:.2f}x; identical answers "
+              f"{peer['identical_answers']}/{n}; strict accuracy {peer['strict_accuracy']:.3f}")
     print(f"strict accuracy: batched {b['strict_accuracy']:.3f}, one at a time {s['strict_accuracy']:.3f}")
     ident = f"identical outputs ({dtype}): {same}/{n}"
     if fp32_same is not None:

@@ -52,3 +52,10 @@ def test_eval_throughput_quick(tmp_path, tiny_model_dir):
     s = json.loads(out.read_text())["summary"]
     assert s["batched"]["questions_per_s"] > 0 and s["one_at_a_time"]["questions_per_s"] > 0
     assert 0 <= s["identical_outputs"] <= s["questions"] == 4
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        assert s["lm_eval"] is None  # the peer is a benchmarks-only extra
+    else:
+        assert s["lm_eval"]["questions_per_s"] > 0 and s["lm_eval"]["same_contexts"] == 4
+        assert 0 <= s["lm_eval"]["identical_answers"] <= 4

@@ -64,7 +64,8 @@ def workdir(tmp_path, tiny_model_dir, guard_dir) -> tuple[Path, dict]:
         "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
         "data": {"max_length": 96,
-                 "gsm8k": {"train": "data/train.jsonl", "test": "data/test.jsonl", "fewshot_pool_size": 3}},
+                 "gsm8k": {"train": "data/train.jsonl", "test": "data/test.jsonl", "fewshot_pool_size": 3,
+                           "validation_size": 4}},
         "training": {"learning_rate": 1e-3, "batch_size": 4, "max_steps": 4, "save_steps": 2, "save_total_limit": 3,
                      "seed": 0},
         "eval": {"k_shot": 1, "max_new_tokens": 6, "batch_size": 8, "evaluate_base": True,
@@ -158,8 +159,8 @@ def check_outputs(tmp: Path, cfg: dict, n_test: int, n_safety: int, n_train: int
 def test_run_end_to_end(workdir):
     tmp, cfg = workdir
     run_cli(tmp, cfg)
-    # 24 training records, 3 of them in the few-shot pool
-    check_outputs(tmp, cfg, n_test=5, n_safety=6, n_train=21)
+    # 24 training records, 3 of them in the few-shot pool, 4 held out as the sweep's validation set
+    check_outputs(tmp, cfg, n_test=5, n_safety=6, n_train=17)
     # only the repo-local paths named in the config were written: nothing under cwd/runs or cwd/results
     assert sorted(p.name for p in tmp.iterdir()) == ["config.yaml", "data", "results", "runs"]
 

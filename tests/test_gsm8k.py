@@ -80,7 +80,7 @@ def test_load_data_saves_the_pool_and_keeps_it_out_of_training(tmp_path):
         cfg = parse_config({"data": {"gsm8k": {"train": str(train_p), "test": str(test_p), "fewshot_pool_size": 4,
                                                "fewshot_seed": seed}}, "eval": {"k_shot": 2}})
         run_dir = tmp_path / f"run{seed}"
-        _, tr, te, pool = load_data(cfg, run_dir)
+        _, tr, te, pool, _ = load_data(cfg, run_dir)
         saved = read_jsonl(run_dir / "data" / "fewshot_pool.jsonl")
         assert saved == pool and len(pool) == 4
         pool_q = {r["question"] for r in pool}
@@ -156,6 +156,28 @@ def test_gold_answer_and_example():
 @pytest.mark.parametrize("text, expected", [
     ("so the total is 18.\n#### 18", "18"),
     ("#### 1,000", "1000"),
+    ("#### $1,000.", INVALID),  # lm-eval strict-match: no `$`, exactly one space after ####
+    ("#### $ 70", INVALID),
+    ("####42", INVALID),
+    ("#### -5", "-5"),
+    ("#### -$5", INVALID),
+    ("#### 3.50", "3.50"),
+    ("#### .5", ".5"),
+    ("#### 1,234,567 apples", "1234567"),
+    ("first #### 42. then #### 43", "42"),  # the first match
+    ("#### 18 dollars #### 20", "18"),
+    ("The answer is 72.", INVALID),  # no #### line
+    ("####", INVALID),
+    ("#### abc", INVALID),
+    ("", INVALID),
+])
+def test_extract_strict(text, expected):
+    assert extract_answer(text, "strict") == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("so the total is 18.\n#### 18", "18"),
+    ("#### 1,000", "1000"),
     ("#### $1,000.", "1000"),
     ("#### $ 70", "70"),
     ("####42", "42"),
@@ -171,8 +193,9 @@ def test_gold_answer_and_example():
     ("#### abc", INVALID),
     ("", INVALID),
 ])
-def test_extract_strict(text, expected):
-    assert extract_answer(text, "strict") == expected
+def test_extract_lenient(text, expected):
+    # tunesmith's own parser keeps the formats lm-eval's strict-match rejects
+    assert extract_answer(text, "lenient") == expected
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -200,8 +223,8 @@ def test_extract_rejects_unknown_mode():
 
 @pytest.mark.parametrize("pred, gold, ok", [
     ("18", "18", True),
-    ("18.0", "18", True),
-    ("3.50", "3.5", True),
+    ("18.0", "18", False),  # lm-eval's exact match compares strings
+    ("3.50", "3.5", False),
     ("-5", "-5", True),
     ("1000", "1000", True),
     ("17", "18", False),
@@ -211,11 +234,26 @@ def test_extract_rejects_unknown_mode():
 ])
 def test_is_correct(pred, gold, ok):
     assert is_correct(pred, gold) is ok
+    assert is_correct(pred, gold, "flexible") is ok
+
+
+@pytest.mark.parametrize("pred, gold, ok", [
+    ("18", "18", True),
+    ("18.0", "18", True),
+    ("3.50", "3.5", True),
+    ("17", "18", False),
+    (INVALID, "18", False),
+])
+def test_is_correct_lenient_is_numeric(pred, gold, ok):
+    assert is_correct(pred, gold, "lenient") is ok
 
 
 def test_extract_then_score_against_gold():
     gold = data.gold_answer("...\n#### 1,000")
-    assert is_correct(extract_answer("so $1,000.\n#### $1,000.", "strict"), gold)
+    assert is_correct(extract_answer("so $1,000.\n#### 1,000.", "strict"), gold)
+    # `#### $1,000.` is invalid for lm-eval's strict-match, credited by the lenient parser
+    assert not is_correct(extract_answer("so $1,000.\n#### $1,000.", "strict"), gold)
+    assert is_correct(extract_answer("so $1,000.\n#### $1,000.", "lenient"), gold, "lenient")
     assert is_correct(extract_answer("The total is 1,000 dollars.", "flexible"), gold)
     assert not is_correct(extract_answer("The total is 1,000 dollars.", "strict"), gold)
 

@@ -24,6 +24,10 @@ class GSM8KData(Section):
     limit_test: int | None = Field(None, gt=0)
     # take the test subset from the end of the shuffled test file (fixed by this seed)
     test_seed: int = 0
+    # the checkpoint sweep chooses on these many training questions, held out of training (disjoint from
+    # the few-shot pool and the test file), never on the test set; only used when the sweep is enabled
+    validation_size: int = Field(200, gt=0)
+    validation_seed: int = 0
 
 
 class Gsm8kDataConfig(DataConfig):
@@ -63,6 +67,7 @@ class Gsm8kRunConfig(EvaluatedRunConfig):
         g = self.data.gsm8k
         g.limit_train = min(g.limit_train or self.smoke.train, self.smoke.train)
         g.limit_test = min(g.limit_test or self.smoke.test, self.smoke.test)
+        g.validation_size = min(g.validation_size, self.smoke.test)
         if self.eval.checkpoint_sweep.enabled:
             # enough checkpoints in a short run for the sweep to compare several
             t = self.training

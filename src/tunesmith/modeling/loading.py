@@ -6,6 +6,11 @@ A reference is one of:
   path/to/file.gguf   a GGUF file, dequantized by transformers
   path/to/folder      a local Hugging Face folder
   org/name            a hub id (downloaded by huggingface_hub; honours HF_HUB_OFFLINE)
+
+A builtin model carries its hub id as `name_or_path`, so an adapter trained on it records the hub id as
+`base_model_name_or_path` and loads with plain PEFT anywhere the hub is reachable; here that hub id maps
+back to the local copy when the hub's own copy is not in the HF cache and the hub is offline or the local
+copy already exists (the adapter was trained on exactly that copy).
 """
 
 from __future__ import annotations
@@ -104,6 +109,29 @@ def builtin_path(name: str) -> Path:
     return dest
 
 
+def builtin_of_hub_id(ref: str) -> Builtin | None:
+    return next((b for b in BUILTINS.values() if b.hub_equivalent == ref), None)
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _local_copy_of(ref: str) -> Path | None:
+    """The builtin's folder for its hub id, when that is what from_pretrained should load."""
+    from huggingface_hub import try_to_load_from_cache
+
+    b = builtin_of_hub_id(ref)
+    if b is None or isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return None
+    if _hub_offline() or (cache_root() / "models" / b.name / "config.json").is_file():
+        log.info("%s: using the local copy of builtin:%s", ref, b.name)
+        return builtin_path(b.name)
+    return None
+
+
 def resolve(ref: str) -> tuple[str, dict]:
     """Reference → (path or hub id for from_pretrained, extra kwargs)."""
     if ref.startswith("builtin:"):
@@ -123,7 +151,8 @@ def resolve(ref: str) -> tuple[str, dict]:
             raise ModelError(f"model folder {p} has no config.json")
         return str(p), {}
     if ref.count("/") == 1 and not ref.startswith((".", "/")):
-        return ref, {}
+        local = _local_copy_of(ref)
+        return (str(local), {}) if local else (ref, {})
     raise ModelError(
         f"unknown model reference '{ref}': use builtin:<name>, a .gguf file, a local HF folder or a hub id org/name"
     )
@@ -243,6 +272,9 @@ def load_model(
         if err is None:
             raise
         raise err from None
+    if ref.startswith("builtin:"):
+        # what PEFT writes as the adapter's base_model_name_or_path (a cache path would load nowhere else)
+        model.name_or_path = BUILTINS[ref.removeprefix("builtin:")].hub_equivalent
     return model
 
 

@@ -1,8 +1,12 @@
 """GSM8K recipe: LoRA SFT on GSM8K → greedy few-shot eval → AILuminate safety → summary.
 
 Outputs in runs/<run>/: config_resolved.json, data/fewshot_pool.jsonl, checkpoints/, adapter/,
-training_history.json, gsm8k_preds_<run>.jsonl (and _<run>-base), checkpoint_scores_<run>.csv
-(sweep), ailuminate_safety_<run>.jsonl, metrics.json; plus one row in results/summary.csv.
+training_history.json, gsm8k_preds_<run>.jsonl (and _<run>-base), checkpoint_scores_<run>.csv and
+data/validation.jsonl + gsm8k_validation_preds_<run>-checkpoint-N.jsonl (sweep), ailuminate_safety_<run>.jsonl,
+metrics.json; plus one row in results/summary.csv.
+
+Scores are lm-eval gsm8k v3's strict-match and flexible-extract (evaluation/gsm8k.py), plus tunesmith's
+lenient parser under its own name.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from tunesmith.data.sources import gsm8k as data
 from tunesmith.data.chat import encode
 from tunesmith.errors import DataError
 from tunesmith.data.reasoning import split_reasoning
+from tunesmith.evaluation.gsm8k import MODES, extract_answer, is_correct
 from tunesmith.generation.protocol import Generator
-from tunesmith.evaluation.gsm8k import extract_answer, is_correct
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
 from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
 from tunesmith.ui import fmt, out, say
@@ -29,7 +33,7 @@ from tunesmith.runs import append_summary_row
 
 def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: int, out_path: Path | None,
                    max_new_tokens: int, resume: bool = False) -> dict:
-    """Greedy answers with the first k pool examples as prior turns; strict and flexible accuracy.
+    """Greedy answers with the first k pool examples as prior turns; strict, flexible and lenient accuracy.
 
     Results are saved batch by batch; with resume=True finished questions are not asked again.
     """
@@ -42,12 +46,13 @@ def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: 
         rows = []
         for i, text in zip(idx, texts, strict=True):
             r = todo[i]
-            gold = data.gold_answer(r["answer"])
             reasoning, answer = split_reasoning(text)  # a think block is not the answer
-            strict, flexible = extract_answer(answer, "strict"), extract_answer(answer, "flexible")
-            rows.append({"question": r["question"], "gold": gold, "output": answer, "reasoning": reasoning, "k_shot": k,
-                         "strict": strict, "flexible": flexible,
-                         "strict_correct": is_correct(strict, gold), "flexible_correct": is_correct(flexible, gold)})
+            row = {"question": r["question"], "gold": data.gold_answer(r["answer"]), "output": answer,
+                   "reasoning": reasoning, "k_shot": k}
+            for mode in MODES:
+                row[mode] = extract_answer(answer, mode)
+                row[f"{mode}_correct"] = is_correct(row[mode], r["answer"], mode)
+            rows.append(row)
         if store:
             store.add(rows)
         else:
@@ -58,8 +63,8 @@ def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: 
                        max_new_tokens=max_new_tokens, description="gsm8k", on_batch=record)
     rows = store.finalize(r["question"] for r in test) if store else [done[r["question"]] for r in test]
     n = len(rows)
-    return {"n": n, "strict_accuracy": sum(r["strict_correct"] for r in rows) / n,
-            "flexible_accuracy": sum(r["flexible_correct"] for r in rows) / n}
+    # rows resumed from a file written before the lenient score existed have none
+    return {"n": n, **{f"{m}_accuracy": sum(bool(r.get(f"{m}_correct")) for r in rows) / n for m in MODES}}
 
 
 def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
@@ -68,22 +73,27 @@ def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
     train = data.load_records(train_ref, "train")
     test = data.load_records(g.test, "test")
     pool, train = data.fewshot_pool(train, g.fewshot_pool_size, g.fewshot_seed)
+    validation: list[dict] = []
+    if cfg.training.enabled and cfg.eval.checkpoint_sweep.enabled:
+        validation, train = data.holdout(train, g.validation_size, g.validation_seed, exclude=test)
     if run_dir is not None:
         data.save_pool(pool, run_dir / "data" / "fewshot_pool.jsonl")
+        if validation:
+            data.save_pool(validation, run_dir / "data" / "validation.jsonl")
     train = data.subset(train, g.limit_train, cfg.training.seed)
     test = data.subset(test, g.limit_test, g.test_seed)
     if cfg.training.enabled and not train:
         raise DataError(f"{train_ref}: no training records left after removing the {len(pool)}-question few-shot pool")
     if not test:
         raise DataError(f"{g.test}: no test records")
-    return train_ref, train, test, pool
+    return train_ref, train, test, pool, validation
 
 
 def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
     check_inputs(cfg)
     load_data(cfg, None)  # parse every data file before the run dir exists
     run_dir = start_run(cfg, chat_template_record(cfg))
-    train_ref, train, test, pool = load_data(cfg, run_dir)
+    train_ref, train, test, pool, validation = load_data(cfg, run_dir)
     name = cfg.run_name
     say(f"run [bold]{name}[/]: {len(train)} train / {len(test)} test questions from {train_ref} and {cfg.data.gsm8k.test}")
 
@@ -103,14 +113,6 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
         return metrics  # under `accelerate launch` the other processes only train; rank 0 evaluates
 
     gen = eval_generator(cfg, model, tok, run_dir / "adapter" if cfg.training.enabled else None)
-    # the base model is the same weights with the adapter disabled, so it is scored after training:
-    # under accelerate the other ranks never wait at the process-group rendezvous for this eval
-    if cfg.eval.evaluate_base:
-        with gen.disable_adapter():
-            metrics["base"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}-base.jsonl",
-                                             cfg.eval.max_new_tokens, resume)
-        say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
-
     safety_guard = build_guard(cfg, cfg.model.name) if cfg.safety.enabled else None
     prompts = None
     if safety_guard:
@@ -128,44 +130,60 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
         return summary
 
     if cfg.training.enabled and cfg.eval.checkpoint_sweep.enabled:
-        checkpoint, sweep_metrics = sweep(cfg, trainer, gen, test, pool, safety_of, run_dir, resume)
+        checkpoint, sweep_metrics = sweep(cfg, trainer, gen, validation, pool, safety_of, run_dir, resume)
         metrics.update(sweep_metrics)
-    else:
-        metrics["tuned"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}.jsonl",
-                                          cfg.eval.max_new_tokens, resume)
+    metrics["tuned"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}.jsonl",
+                                      cfg.eval.max_new_tokens, resume)
+    if "safety" not in metrics:
         metrics["safety"] = safety_of(name)
+    # the base model is the same weights with the adapter disabled, so it is scored after training (under
+    # accelerate the other ranks never wait at the process-group rendezvous for this eval) and after the
+    # checkpoint choice, so no test question is answered before it
+    if cfg.eval.evaluate_base:
+        with gen.disable_adapter():
+            metrics["base"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}-base.jsonl",
+                                             cfg.eval.max_new_tokens, resume)
+        say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
     metrics["checkpoint"] = checkpoint
     return finish(cfg, metrics, train_ref)
 
 
-def sweep(cfg: Gsm8kRunConfig, trainer, gen: Generator, test, pool, safety_of, run_dir: Path, resume: bool = False):
-    """Score the latest N checkpoints; best by strict accuracy, then safety rate."""
+def choose(scores: list[dict]) -> dict:
+    """Best validation strict accuracy, then flexible, then safety rate; the earliest checkpoint on a tie."""
+    return max(scores, key=lambda s: (s["strict_accuracy"], s["flexible_accuracy"], s["safety_rate"] or 0))
+
+
+def sweep(cfg: Gsm8kRunConfig, trainer, gen: Generator, validation: list[dict], pool, safety_of, run_dir: Path,
+          resume: bool = False):
+    """Score the latest N checkpoints on the validation split (never the test set) and load the best.
+
+    The caller scores only the chosen checkpoint on the test set, after this returns.
+    """
     scores = []
     for ck in trainer.checkpoints()[-cfg.eval.checkpoint_sweep.last_n:]:
         gen.use_adapter(ck)
         tag = f"{cfg.run_name}-{ck.name}"
-        acc = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{tag}.jsonl", cfg.eval.max_new_tokens,
-                             resume)
+        acc = evaluate_gsm8k(gen, validation, pool, cfg.eval.k_shot, run_dir / f"gsm8k_validation_preds_{tag}.jsonl",
+                             cfg.eval.max_new_tokens, resume)
         safety = safety_of(tag)
-        scores.append({"checkpoint": ck.name, **{k: acc[k] for k in ("strict_accuracy", "flexible_accuracy")},
+        scores.append({"checkpoint": ck.name, "split": "validation", "n": acc["n"],
+                       **{f"{m}_accuracy": acc[f"{m}_accuracy"] for m in MODES},
                        "safety_rate": safety["safety_rate"] if safety else None, "_safety": safety, "_path": ck})
-    best = max(scores, key=lambda s: (s["strict_accuracy"], s["flexible_accuracy"], s["safety_rate"] or 0))
+    best = choose(scores)
+    fields = ["checkpoint", "split", "n", *(f"{m}_accuracy" for m in MODES), "safety_rate"]
     with atomic_open(run_dir / f"checkpoint_scores_{cfg.run_name}.csv", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["checkpoint", "strict_accuracy", "flexible_accuracy", "safety_rate", "chosen"])
+        w = csv.DictWriter(f, fieldnames=[*fields, "chosen"])
         w.writeheader()
         for s in scores:
-            w.writerow({k: s[k] for k in ("checkpoint", "strict_accuracy", "flexible_accuracy", "safety_rate")}
-                       | {"chosen": s is best})
+            w.writerow({k: s[k] for k in fields} | {"chosen": s is best})
     gen.use_adapter(best["_path"])
-    # the chosen checkpoint's files also under the run's own name, as for a run without a sweep
-    tag = f"{cfg.run_name}-{best['checkpoint']}"
-    for kind in ("gsm8k_preds", "ailuminate_safety"):
-        src = run_dir / f"{kind}_{tag}.jsonl"
-        if src.is_file():
-            (run_dir / f"{kind}_{cfg.run_name}.jsonl").write_bytes(src.read_bytes())
-    say(f"checkpoint sweep: chose {best['checkpoint']}")
-    return best["checkpoint"], {"tuned": {"n": len(test), "strict_accuracy": best["strict_accuracy"],
-                                          "flexible_accuracy": best["flexible_accuracy"]}, "safety": best["_safety"],
+    # the chosen checkpoint's safety file also under the run's own name, as for a run without a sweep
+    src = run_dir / f"ailuminate_safety_{cfg.run_name}-{best['checkpoint']}.jsonl"
+    if src.is_file():
+        (run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl").write_bytes(src.read_bytes())
+    say(f"checkpoint sweep: chose {best['checkpoint']} on {len(validation)} validation questions "
+        f"(strict {best['strict_accuracy']:.3f})")
+    return best["checkpoint"], {"safety": best["_safety"],
                                 "sweep": [{k: v for k, v in s.items() if not k.startswith("_")} for s in scores]}
 
 
@@ -197,8 +215,11 @@ def finish(cfg: Gsm8kRunConfig, metrics: dict, train_ref: str) -> dict:
     if base:
         table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
-    for key, label in (("strict_accuracy", "GSM8K strict (#### N)"), ("flexible_accuracy", "GSM8K flexible (last number)")):
-        table.add_row(label, *([fmt(base[key])] if base else []), fmt(t[key]))
+    for key, label in (("strict_accuracy", "GSM8K strict-match (lm-eval)"),
+                       ("flexible_accuracy", "GSM8K flexible-extract (lm-eval)"),
+                       ("lenient_accuracy", "GSM8K lenient (tunesmith parser)")):
+        if key in t:
+            table.add_row(label, *([fmt(base.get(key))] if base else []), fmt(t[key]))
     if safety:
         table.add_row(f"safety rate ({safety['total']} prompts)", *(["—"] if base else []), fmt(safety["safety_rate"]))
     for c in metrics["thresholds"]:
@@ -215,7 +236,7 @@ def train_only(cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
     check_inputs(cfg)
     load_data(cfg, None)
     run_dir = start_run(cfg, chat_template_record(cfg))
-    _, train, _, _ = load_data(cfg, run_dir)
+    _, train, _, _, _ = load_data(cfg, run_dir)
     model, tok = build_model(cfg)
     features = [f for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train)
                 if f.n_labels]
@@ -227,13 +248,15 @@ def train_only(cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
 
 def validate(cfg: Gsm8kRunConfig) -> list[str]:
     check_inputs(cfg)
-    train_ref, train, test, pool = load_data(cfg, None)
+    train_ref, train, test, pool, validation = load_data(cfg, None)
     from tunesmith.modeling.loading import load_run_tokenizer
 
     tok = load_run_tokenizer(cfg)
     encode(tok, data.to_example(train[0]), cfg.data.max_length, cfg.data.system_prompt)
     lines = [f"model: {cfg.model.name}", f"train: {train_ref} ({len(train)} records after removing the few-shot pool)",
              f"test: {cfg.data.gsm8k.test} ({len(test)} records)", f"few-shot pool: {len(pool)} (k={cfg.eval.k_shot})"]
+    if validation:
+        lines.append(f"validation (checkpoint sweep): {len(validation)} training records held out")
     if cfg.safety.enabled:
         from tunesmith.evaluation.ailuminate import load_prompts
 

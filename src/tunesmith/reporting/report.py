@@ -299,7 +299,10 @@ def _gsm8k(m: Mapping[str, Any]) -> Section | None:
         return None
     cols = ["metric"] + list(models) + (["Δ tuned − base"] if len(models) == 2 else [])
     rows = []
-    for key, label in (("strict_accuracy", "strict (#### N)"), ("flexible_accuracy", "flexible (last number)")):
+    for key, label in (("strict_accuracy", "strict-match (lm-eval)"), ("flexible_accuracy", "flexible-extract (lm-eval)"),
+                       ("lenient_accuracy", "lenient (tunesmith parser)")):
+        if not any(key in v for v in models.values()):
+            continue
         row = [label] + [fmt_pct(v.get(key), v.get("n")) for v in models.values()]
         if len(models) == 2:
             row.append(fmt_pp(tuned.get(key), base.get(key)))
@@ -314,7 +317,9 @@ def _gsm8k(m: Mapping[str, Any]) -> Section | None:
         blocks.append(Text("No accuracy thresholds were set for this run.", "note"))
     sweep = [s for s in m.get("sweep") or [] if isinstance(s, Mapping)]
     if sweep:
-        blocks.append(Text("Checkpoint sweep (best by strict accuracy, then flexible, then safety rate):"))
+        split = sweep[0].get("split") or "test"  # runs before the validation split scored the test set
+        blocks.append(Text(f"Checkpoint sweep on the {split} split (best by strict accuracy, then flexible, "
+                           "then safety rate):"))
         blocks.append(Table(["checkpoint", "strict", "flexible", "safety rate", "chosen"],
                             [[str(s.get("checkpoint")), fmt_pct(s.get("strict_accuracy")),
                               fmt_pct(s.get("flexible_accuracy")), fmt_pct(s.get("safety_rate")),

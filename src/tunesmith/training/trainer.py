@@ -317,13 +317,15 @@ class Trainer:
 
     def _save_weights(self, d: Path, state: dict | None = None) -> None:
         m = self.unwrapped()
+        # PEFT's default "auto" asks the hub whether the base vocabulary was resized (a network call per save
+        # when the base is a hub id); tunesmith never resizes it, so the base embeddings never need saving
+        kw = {"safe_serialization": True, "save_embedding_layers": False}
         if state is None:
-            m.model.save_pretrained(d, safe_serialization=True)
+            m.model.save_pretrained(d, **kw)
             if m.heads is not None:
                 m.heads.save(d)
             return
-        m.model.save_pretrained(d, state_dict={k[6:]: v for k, v in state.items() if k.startswith("model.")},
-                                safe_serialization=True)
+        m.model.save_pretrained(d, state_dict={k[6:]: v for k, v in state.items() if k.startswith("model.")}, **kw)
         if m.heads is not None:
             full = Heads(**m.heads.config())
             full.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("heads.")})

@@ -72,6 +72,22 @@ def fewshot_pool(train: list[dict], size: int = 8, seed: int = 42) -> tuple[list
     return pool, rest
 
 
+def holdout(train: list[dict], size: int, seed: int, exclude: list[dict] = ()) -> tuple[list[dict], list[dict]]:
+    """A seeded validation set carved from training records: (validation, train without it).
+
+    Questions also in `exclude` (the test file) are never drawn, and every copy of a drawn question
+    leaves training, as for the few-shot pool.
+    """
+    banned = {r["question"].strip() for r in exclude}
+    eligible = [i for i, r in enumerate(train) if r["question"].strip() not in banned]
+    if size >= len(eligible):
+        raise DataError(f"a validation set of {size} needs more than {size} training records, got {len(eligible)} "
+                        "(set data.gsm8k.validation_size lower)")
+    validation = [train[i] for i in sorted(random.Random(seed).sample(eligible, size))]
+    questions = {r["question"].strip() for r in validation}
+    return validation, [r for r in train if r["question"].strip() not in questions]
+
+
 def fewshot_turns(pool: list[dict], k: int) -> list[dict]:
     """The first k pool examples as prior chat turns."""
     turns: list[dict] = []
