@@ -50,12 +50,43 @@ class GSM8KData(Section):
     test: str = "../shared/data/gsm8k/test.jsonl"
     # used instead of `train` by the strong preset when the file exists
     refined_train: str | None = None
+    # training questions held out (seeded) as the validation set for training.eval_steps / early stopping
+    validation_size: int = Field(0, ge=0)
     fewshot_pool_size: int = Field(8, gt=0)
     fewshot_seed: int = 42
     limit_train: int | None = Field(None, gt=0)
     limit_test: int | None = Field(None, gt=0)
     # take the test subset from the end of the shuffled test file (fixed by this seed)
     test_seed: int = 0
+
+
+SftFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"]
+
+
+class SftData(Section):
+    """Any chat data for `recipe: sft` (loaded with `datasets`, local files and the hub alike)."""
+
+    # local .jsonl/.json/.parquet/.csv file, a folder of them, or a hub dataset id
+    train: str | None = None
+    split: str = "train"  # hub datasets (and local folders laid out as a dataset repo)
+    subset: str | None = None  # hub config name
+    revision: str | None = None  # hub datasets only
+    format: SftFormat = "auto"
+    # logical field -> the dataset's column name, e.g. {messages: conversation} or {instruction: question}
+    columns: dict[str, str] = {}
+    # a fraction of train split off (seeded by training.seed), a local file, or a split of the hub dataset;
+    # null: no validation
+    validation: float | str | None = 0.05
+    # all: every assistant turn is a target; last: only the final one
+    train_on: Literal["all", "last"] = "all"
+    limit_train: int | None = Field(None, gt=0)
+    limit_validation: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _fraction(self) -> SftData:
+        if isinstance(self.validation, float) and not 0 < self.validation < 1:
+            raise ValueError(f"data.sft.validation={self.validation}: a fraction must lie in (0, 1)")
+        return self
 
 
 class EmpathyData(Section):
@@ -77,6 +108,7 @@ class DataConfig(Section):
     max_length: int = Field(512, gt=16)
     gsm8k: GSM8KData = GSM8KData()
     empathy: EmpathyData = EmpathyData()
+    sft: SftData = SftData()
 
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]  # transformers.get_scheduler names both trainers accept
@@ -101,6 +133,28 @@ class TrainingConfig(Section):
     save_steps: int | None = Field(None, gt=0)
     save_total_limit: int | None = Field(3, gt=0)
     logging_steps: int = Field(1, gt=0)
+    # validation loss every N optimizer steps (and always at the end when there is a validation set)
+    eval_steps: int | None = Field(None, gt=0)
+    # stop after N evaluations without a lower validation loss (needs eval_steps)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    # adapter/ holds the weights of the evaluation with the lowest validation loss, not the last step's
+    load_best: bool = True
+    # several examples per row of data.max_length tokens, attention kept inside each example (LM-only recipes)
+    packing: bool = False
+    # experiment trackers (accelerate's): tensorboard, wandb, mlflow, trackio; [] or "none" for none
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]] | Literal[
+        "tensorboard", "wandb", "mlflow", "trackio", "none"] = ["tensorboard"]
+
+    @model_validator(mode="after")
+    def _early_stopping(self) -> TrainingConfig:
+        if self.early_stopping_patience is not None and self.eval_steps is None:
+            raise ValueError("training.early_stopping_patience needs training.eval_steps (how often to evaluate)")
+        return self
+
+    @property
+    def trackers(self) -> list[str]:
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        return [n for n in names if n != "none"]
 
 
 class SweepConfig(Section):
@@ -208,7 +262,7 @@ class DpoConfig(Section):
 
 
 class Config(Section):
-    recipe: Literal["gsm8k", "empathy"] = "gsm8k"
+    recipe: Literal["gsm8k", "empathy", "sft"] = "gsm8k"
     run_name: str = "run"
     output_dir: str = "runs"
     # summary.csv collects one row per run across runs
@@ -230,6 +284,11 @@ class Config(Section):
         pool = self.data.gsm8k.fewshot_pool_size
         if self.recipe == "gsm8k" and self.eval.k_shot > pool:
             raise ValueError(f"eval.k_shot={self.eval.k_shot} is larger than data.gsm8k.fewshot_pool_size={pool}")
+        if self.recipe == "sft" and not self.data.sft.train:
+            raise ValueError("recipe sft needs data.sft.train (a .jsonl/.json/.parquet/.csv file, a folder or a hub id)")
+        if self.training.packing and self.recipe == "empathy":
+            raise ValueError("training.packing works for the LM-only recipes (sft, gsm8k): the empathy heads and "
+                             "safety KL read one example per row")
         return self
 
     @property
@@ -241,6 +300,9 @@ class Config(Section):
         g.limit_train = min(g.limit_train or self.smoke.train, self.smoke.train)
         g.limit_test = min(g.limit_test or self.smoke.test, self.smoke.test)
         self.safety.limit = min(self.safety.limit or self.smoke.safety, self.smoke.safety)
+        s = self.data.sft
+        s.limit_train = min(s.limit_train or self.smoke.train, self.smoke.train)
+        s.limit_validation = min(s.limit_validation or self.smoke.test, self.smoke.test)
         e = self.data.empathy
         e.examples_per_epoch = min(e.examples_per_epoch or self.smoke.train, self.smoke.train)
         e.limit_eval = min(e.limit_eval or self.smoke.test, self.smoke.test)
