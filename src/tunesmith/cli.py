@@ -49,6 +49,10 @@ def _recipe(cfg):
         from tunesmith.recipes import gsm8k
 
         return gsm8k
+    if cfg.recipe == "sft":
+        from tunesmith.recipes import sft
+
+        return sft
     from tunesmith.recipes import empathy
 
     return empathy

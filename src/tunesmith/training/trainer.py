@@ -465,11 +465,15 @@ class Trainer:
     def best_dir(self) -> Path:
         return self.ckpt_root / "best"
 
-    def validate(self, final: bool = False) -> dict:
-        """Validation loss now; updates the best weights and the early-stopping count."""
+    def validation_loss(self) -> tuple[float, dict[str, float | None]]:
+        """(weighted total, components) of the validation set with the current weights."""
         with self.amp():
             parts = evaluate_loss(self.unwrapped(), self.validation, self.pad_id, self.eval_batch_size)
-        total = sum(self.weights[k] * v for k, v in parts.items() if v is not None and self.weights[k] > 0)
+        return sum(self.weights[k] * v for k, v in parts.items() if v is not None and self.weights[k] > 0), parts
+
+    def validate(self, final: bool = False) -> dict:
+        """Validation loss now; updates the best weights and the early-stopping count."""
+        total, parts = self.validation_loss()
         st = self.state
         improved = st.best_loss is None or total < st.best_loss
         if improved:
