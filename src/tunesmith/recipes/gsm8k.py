@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import random
 from pathlib import Path
 
 from rich.table import Table
@@ -65,6 +66,7 @@ def load_data(cfg: Config, run_dir: Path | None):
     train = data.load_records(train_ref, "train")
     test = data.load_records(g.test, "test")
     pool, train = data.fewshot_pool(train, g.fewshot_pool_size, g.fewshot_seed)
+    train = split_validation(cfg, train)[0]
     if run_dir is not None:
         data.save_pool(pool, run_dir / "data" / "fewshot_pool.jsonl")
     train = data.subset(train, g.limit_train, cfg.training.seed)
@@ -74,6 +76,45 @@ def load_data(cfg: Config, run_dir: Path | None):
     if not test:
         raise DataError(f"{g.test}: no test records")
     return train_ref, train, test, pool
+
+
+def split_validation(cfg: Config, train: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(train, validation): `data.gsm8k.validation_size` training questions held out (seeded) for the
+    validation loss during training (training.eval_steps, early stopping, load_best)."""
+    n = cfg.data.gsm8k.validation_size
+    if not n:
+        return train, []
+    if n >= len(train):
+        raise DataError(f"data.gsm8k.validation_size={n} leaves no training questions (there are {len(train)})")
+    held = set(random.Random(cfg.training.seed + 1).sample(range(len(train)), n))
+    return [r for i, r in enumerate(train) if i not in held], [r for i, r in enumerate(train) if i in held]
+
+
+def _validation_features(cfg: Config, tok) -> list:
+    g = cfg.data.gsm8k
+    train_ref = g.refined_train if g.refined_train and Path(g.refined_train).is_file() else g.train
+    _, rest = data.fewshot_pool(data.load_records(train_ref, "train"), g.fewshot_pool_size, g.fewshot_seed)
+    val = split_validation(cfg, rest)[1]
+    return [f for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in val)
+            if f.n_labels]
+
+
+def _trainer(cfg: Config, model, tok, features, run_dir: Path):
+    from tunesmith.training.trainer import Trainer
+
+    return Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say,
+                   validation=_validation_features(cfg, tok), eval_batch_size=cfg.eval.batch_size,
+                   pack_length=cfg.data.max_length, run_name=cfg.run_name, tracker_config=cfg.model_dump(mode="json"))
+
+
+def _card(cfg: Config, run_dir: Path, trainer, extra: dict | None = None) -> None:
+    from tunesmith.reporting.model_card import metrics_data, write_model_card
+
+    st = trainer.state
+    m = {"train": {"steps": st.step, "final_loss": st.history[-1]["loss"] if st.history else None}}
+    if st.evals:
+        m["validation"] = {"best": st.best_loss, "best_step": st.best_step, "final": st.evals[-1]["loss"]}
+    write_model_card(run_dir / "adapter", cfg, m | (extra or {}), metrics_data(cfg.model_dump(mode="json")))
 
 
 def run(cfg: Config, resume: bool = False) -> dict:
@@ -90,11 +131,9 @@ def run(cfg: Config, resume: bool = False) -> dict:
 
     checkpoint = None
     if cfg.training.enabled:
-        from tunesmith.training.trainer import Trainer
-
         features = [encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train]
         features = [f for f in features if f.n_labels]
-        trainer = Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say)
+        trainer = _trainer(cfg, model, tok, features, run_dir)
         trainer.train(resume=resume)
         checkpoint = "adapter"
     if not is_main_process():
@@ -132,6 +171,9 @@ def run(cfg: Config, resume: bool = False) -> dict:
                                           cfg.eval.max_new_tokens, resume)
         metrics["safety"] = safety_of(name)
     metrics["checkpoint"] = checkpoint
+    if cfg.training.enabled:
+        _card(cfg, run_dir, trainer, {"gsm8k": {k: metrics["tuned"][k] for k in ("strict_accuracy", "flexible_accuracy")},
+                                      **({"safety_rate": metrics["safety"]["safety_rate"]} if metrics.get("safety") else {})})
     return finish(cfg, metrics, train_ref)
 
 
@@ -211,8 +253,6 @@ def finish(cfg: Config, metrics: dict, train_ref: str) -> dict:
 
 
 def train_only(cfg: Config, resume: bool = False) -> Path:
-    from tunesmith.training.trainer import Trainer
-
     check_inputs(cfg)
     load_data(cfg, None)
     run_dir = start_run(cfg)
@@ -220,8 +260,10 @@ def train_only(cfg: Config, resume: bool = False) -> Path:
     model, tok = build_model(cfg)
     features = [f for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train)
                 if f.n_labels]
-    trainer = Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say)
+    trainer = _trainer(cfg, model, tok, features, run_dir)
     trainer.train(resume=resume)
+    if is_main_process():
+        _card(cfg, run_dir, trainer)
     say(f"adapter saved to {run_dir / 'adapter'}")
     return run_dir / "adapter"
 

@@ -181,7 +181,9 @@ def dpo_args(cfg: Config, out_dir: Path, dtype: torch.dtype):
         per_device_train_batch_size=d.batch_size, gradient_accumulation_steps=d.grad_accum,
         lr_scheduler_type=d.scheduler, warmup_steps=d.warmup_ratio, max_grad_norm=d.max_grad_norm,
         max_length=d.max_length, gradient_checkpointing=d.gradient_checkpointing, seed=d.seed, data_seed=d.seed,
-        logging_steps=d.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
+        logging_steps=d.logging_steps, save_strategy="no", eval_strategy="no", run_name=cfg.run_name,
+        # tensorboard goes through our own callback (its event files must outlive TRL's scratch output_dir)
+        report_to=[t for t in cfg.training.trackers if t != "tensorboard"] or "none",
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True, remove_unused_columns=True, ddp_find_unused_parameters=False,
@@ -205,7 +207,15 @@ def build_trainer(cfg: Config, model, tok, train: list[dict], out_dir: Path):
     set_seed(cfg.dpo.seed)  # the new adapter's initialisation
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train])
     dtype = next(model.parameters()).dtype
+    callbacks = []
+    if "tensorboard" in cfg.training.trackers:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        # run_dir/tensorboard/<run>, where the tunesmith trainer writes its event files too
+        callbacks.append(TensorBoardCallback(SummaryWriter(str(out_dir.parent / "tensorboard" / cfg.run_name))))
     return DPOTrainer(model=model, ref_model=None, args=dpo_args(cfg, out_dir, dtype), train_dataset=data,
+                      callbacks=callbacks,
                       processing_class=tok, peft_config=lora_config(cfg, model))
 
 
@@ -266,6 +276,11 @@ def run_dpo(cfg: Config, log: Callable[[str], None] | None = None) -> dict:
             shutil.copytree(dpo_dir, tmp)
         shutil.rmtree(adapter, ignore_errors=True)
         tmp.rename(adapter)
+        from tunesmith.reporting.model_card import write_model_card
+
+        write_model_card(adapter, cfg, {"training": metrics["training"],
+                                        "heldout_margins": metrics["margins"]["heldout"]},
+                         [x for x in (d.pairs, f"SFT adapter {sft}" if sft else None) if x])
         shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # TRL's scratch dir (nothing saved there)
         write_json(run_dir / "training_history.json", trainer.state.log_history)
         write_json(run_dir / "metrics.json", metrics)
