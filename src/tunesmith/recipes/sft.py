@@ -152,9 +152,11 @@ def validate(cfg: Config) -> list[str]:
     tok = load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     splits = _load(cfg, tok)
     lines = [f"model: {cfg.model.name}", f"train: {splits.train_ref}", f"data: {_describe(splits)}",
-             f"packing: {'on' if cfg.training.packing else 'off'}; trackers: {', '.join(cfg.training.trackers) or 'none'}"]
+             f"packing: {'on' if cfg.training.packing else 'off'}; "
+             f"trackers: {', '.join(cfg.training.trackers) or 'none'}"]
     if cfg.safety.enabled:
         from tunesmith.evaluation.safety import load_prompts
 
-        lines.append(f"safety prompts: {cfg.safety.prompts} ({len(load_prompts(cfg.safety.prompts, cfg.safety.limit))})")
+        n = len(load_prompts(cfg.safety.prompts, cfg.safety.limit))
+        lines.append(f"safety prompts: {cfg.safety.prompts} ({n})")
     return lines

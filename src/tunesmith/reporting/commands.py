@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
     @app.command("push")
     def push(run_dir: Annotated[Path, typer.Argument(help="a finished run directory, e.g. runs/sft-demo")],
              repo_id: Annotated[str, typer.Argument(help="hub repository, e.g. you/sft-demo")],
-             merged: Annotated[bool, typer.Option("--merged", help="upload merged full weights instead of the adapter")] = False,
+             merged: Annotated[bool, typer.Option("--merged",
+                                                  help="upload merged full weights instead of the adapter")] = False,
              private: Annotated[bool, typer.Option("--private", help="create the repository as private")] = False,
              to_folder: Annotated[Path | None, typer.Option("--to-folder", help="write what would be uploaded here; "
                                                                                "no network")] = None) -> None:

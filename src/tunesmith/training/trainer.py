@@ -243,7 +243,8 @@ class Trainer:
         trackers = check_trackers(cfg.trackers)
         self.accelerator = Accelerator(
             step_scheduler_with_optimizer=False, log_with=trackers or None,
-            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "tensorboard")),
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
+                                                logging_dir=str(self.run_dir / "tensorboard")),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=heads is not None)])
         self.trackers = trackers
         self.run_name = run_name or self.run_dir.name
@@ -268,7 +269,8 @@ class Trainer:
         if not first:
             raise TunesmithError("training set is empty after filtering")
         self.pack_length = pack_length or max(len(e.input_ids) for e in first)
-        rows = len(pack_rows([len(e.input_ids) for e in first], self.pack_length, cfg.seed, 0)) if cfg.packing else len(first)
+        lengths = [len(e.input_ids) for e in first]
+        rows = len(pack_rows(lengths, self.pack_length, cfg.seed, 0)) if cfg.packing else len(first)
         batches_per_process = math.ceil(math.ceil(rows / cfg.batch_size) / self.accelerator.num_processes)
         self.steps_per_epoch = math.ceil(batches_per_process / cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
@@ -489,8 +491,9 @@ class Trainer:
                                  step=st.step)
         patience = self.cfg.early_stopping_patience
         stop = bool(patience and not final and st.bad_evals >= patience)
-        self.log(f"step {st.step}: validation loss {total:.4f} ({len(self.validation)} examples; best {st.best_loss:.4f}"
-                 f" at step {st.best_step})" + (f"; no improvement in {patience} evaluations: stopping early" if stop else ""))
+        self.log(f"step {st.step}: validation loss {total:.4f} ({len(self.validation)} examples; best "
+                 f"{st.best_loss:.4f} at step {st.best_step})"
+                 + (f"; no improvement in {patience} evaluations: stopping early" if stop else ""))
         st.stopped_early = st.stopped_early or stop
         return rec
 

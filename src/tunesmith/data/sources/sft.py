@@ -200,7 +200,8 @@ def _text(value, field: str) -> str:
 
 def _turns(value, field: str, role_key: str, content_key: str, roles: dict[str, str]) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise DataError(f"field '{field}': expected a non-empty list of turns, got {type(value).__name__ if not isinstance(value, list) else 'an empty list'}")
+        got = "an empty list" if isinstance(value, list) else type(value).__name__
+        raise DataError(f"field '{field}': expected a non-empty list of turns, got {got}")
     out = []
     for j, t in enumerate(value):
         if not isinstance(t, dict):
