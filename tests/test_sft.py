@@ -129,6 +129,15 @@ def test_folder_and_parquet_and_record_index_locations(tmp_path, tokenizer):
     # the 2nd record of b.jsonl, on its line 3, is the 6th of the folder
     with pytest.raises(DataError, match=r"b.jsonl:3: field 'conversations\[1\].from'"):
         sft.encode_source(src, tokenizer, fmt, {}, 256)
+    # a folder laid out as a dataset repo: datasets' split rules pick the files of each split
+    repo = tmp_path / "repo" / "data"
+    repo.mkdir(parents=True)
+    shutil.copy(FIX / "sharegpt.jsonl", repo / "train.jsonl")
+    shutil.copy(FIX / "messages.jsonl", repo / "validation.jsonl")
+    assert sft.load_source(str(repo.parent)).dataset.num_rows == 4
+    assert "messages" in sft.load_source(str(repo.parent), "validation").dataset.column_names
+    with pytest.raises(DataError, match="no 'test' split"):
+        sft.load_source(str(repo.parent), "test")
     rows = [json.loads(x) for x in (FIX / "alpaca.jsonl").read_text().splitlines()]
     rows[2] = {**rows[2], "output": None}
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "alpaca.parquet"))
@@ -185,6 +194,15 @@ def test_validation_fraction_is_seeded_and_disjoint(tmp_path, tiny_model_dir, to
     path = sft.load_sft(sft_cfg(tmp_path, tiny_model_dir, FIX / "messages.jsonl",
                                 **{"data.sft.validation": str(FIX / "sharegpt.jsonl")}), tokenizer)
     assert len(path.train) == 4 and len(path.validation) == 4  # a file: a different format is detected on its own
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(FIX / "sharegpt.jsonl", repo / "train.jsonl")
+    shutil.copy(FIX / "messages.jsonl", repo / "validation.jsonl")
+    split = sft.load_sft(sft_cfg(tmp_path, tiny_model_dir, repo, **{"data.sft.validation": "validation"}), tokenizer)
+    assert (len(split.train), len(split.validation), split.format) == (4, 4, "sharegpt")
+    with pytest.raises(DataError, match="data.sft.validation: file not found: validation"):
+        sft.load_sft(sft_cfg(tmp_path, tiny_model_dir, FIX / "messages.jsonl", **{"data.sft.validation": "validation"}),
+                     tokenizer)
     with pytest.raises(ConfigError, match="fraction must lie in"):
         sft_cfg(tmp_path, tiny_model_dir, FIX / "messages.jsonl", **{"data.sft.validation": 1.5})
 

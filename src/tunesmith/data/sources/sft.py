@@ -134,10 +134,19 @@ def load_source(ref: str, split: str = "train", subset: str | None = None, revis
         if p.is_file():
             files = [p]
         elif p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in BUILDERS
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            # datasets' own rule for which files form which split (train.jsonl, data/validation-*.parquet, ...);
+            # a folder without split names is all "train"
+            from datasets.data_files import DataFilesDict, get_data_patterns
+
+            try:
+                by_split = DataFilesDict.from_patterns(get_data_patterns(str(p)), base_path=str(p))
+            except Exception:  # EmptyDatasetError: nothing datasets can read
+                raise DataError(f"{p}: no .jsonl/.json/.parquet/.csv files in this folder") from None
+            splits = {str(k): [Path(f) for f in v if Path(f).suffix.lower() in BUILDERS] for k, v in by_split.items()}
+            files = splits.get(split, [])
             if not files:
-                raise DataError(f"{p}: no .jsonl/.json/.parquet/.csv files in this folder")
+                raise DataError(f"{p}: no '{split}' split of .jsonl/.json/.parquet/.csv files "
+                                f"(found: {', '.join(k for k, v in splits.items() if v) or 'none'})")
         else:
             raise DataError(f"data file not found: {p}")
         builders = {BUILDERS.get(f.suffix.lower()) for f in files}
@@ -380,9 +389,12 @@ def load_sft(cfg, tokenizer, say: Callable[[str], None] | None = None) -> SftSpl
         feats = [f for i, f in enumerate(feats) if i not in held]
         val_ref = f"{s.validation:.0%} of {src.ref} (seed {seed})"
     elif isinstance(s.validation, str):
-        if _looks_local(s.validation) or _looks_local(s.train):
+        if _looks_local(s.validation):
             vsrc = load_source(s.validation)
-        else:  # a split of the same hub dataset
+        elif _looks_local(s.train) and not Path(s.train).expanduser().is_dir():
+            raise DataError(f"data.sft.validation: file not found: {s.validation} (a split name needs a folder or a "
+                            "hub dataset as data.sft.train)")
+        else:  # a split of the same folder or hub dataset
             vsrc = load_source(s.train, s.validation, s.subset, s.revision)
         vfmt = resolve_format(vsrc, s.format, s.columns, say)
         val = encode_source(vsrc, tokenizer, **{**kw, "fmt": vfmt})
