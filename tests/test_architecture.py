@@ -101,7 +101,8 @@ def test_every_recipe_is_registered_with_its_config():
     for name in RECIPES:
         r = get_recipe(name)
         assert r.name == name and r.config_class is RECIPE_CONFIGS[name] and r.summary
-        assert type(parse_config({"recipe": name})) is RECIPE_CONFIGS[name]
+        minimal = {"recipe": name, **({"data": {"sft": {"train": "chats.jsonl"}}} if name == "sft" else {})}
+        assert type(parse_config(minimal)) is RECIPE_CONFIGS[name]
         for method in ("validate", "train", "run"):
             assert callable(getattr(r, method))
 
@@ -134,7 +135,7 @@ def test_foreign_section_is_an_unknown_key_naming_its_recipe():
     assert msg.startswith("g.yaml: config key 'heads' belongs to the empathy recipe, not gsm8k") and "\n" not in msg
     with pytest.raises(ConfigError, match="'data.gsm8k' belongs to the gsm8k recipe, not empathy"):
         parse_config({"recipe": "empathy", "data": {"gsm8k": {"limit_test": 3}}})
-    with pytest.raises(ConfigError, match="'eval' belongs to the gsm8k and empathy recipes, not dpo"):
+    with pytest.raises(ConfigError, match="'eval' belongs to the gsm8k, empathy and sft recipes, not dpo"):
         parse_config({"recipe": "dpo", "eval": {"k_shot": 3}})
 
 

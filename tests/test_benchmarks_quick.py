@@ -25,6 +25,14 @@ def run(script: str, *args: str, timeout: int = 300) -> list[str]:
     return proc.stdout.strip().splitlines()
 
 
+def test_train_throughput_packing_quick(tmp_path, tiny_model_dir):
+    out = tmp_path / "pack.json"
+    lines = run("train_throughput.py", "--quick", "--packing", "--model", str(tiny_model_dir), "--json", str(out))
+    assert lines[-1].startswith("packed  : ") and "packed/unpacked = " in lines[-1]
+    res = json.loads(out.read_text())
+    assert res["summary"]["packed"] > 0 and res["summary"]["unpacked"] > 0
+
+
 def test_train_throughput_quick(tmp_path, tiny_model_dir):
     out = tmp_path / "train.json"
     lines = run("train_throughput.py", "--quick", "--model", str(tiny_model_dir), "--json", str(out))

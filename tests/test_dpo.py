@@ -307,3 +307,16 @@ def test_dpo_needs_pairs():
 
     with pytest.raises(ConfigError, match="dpo.pairs is not set"):
         split_pairs(parse_config({"recipe": "dpo"}))
+
+
+def test_dpo_logs_to_tensorboard_and_writes_a_model_card(dpo_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg, m, _ = dpo_run
+    acc = EventAccumulator(str(cfg.run_dir / "tensorboard" / cfg.run_name))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "train/rewards/margins"} <= tags, tags
+    assert len(acc.Scalars("train/loss")) == cfg.training.max_steps // cfg.training.logging_steps
+    card = (cfg.run_dir / "adapter" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: peft" in card and "PeftModel.from_pretrained" in card

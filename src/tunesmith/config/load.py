@@ -58,8 +58,9 @@ def _format_error(err: dict, source: str, cls: type[RunConfig]) -> str:
         valid = list(sec.model_fields) if sec else []
         owners = _owners(key)
         if owners:
-            return (f"{source}: config key '{key}' belongs to the {' and '.join(owners)} recipe"
-                    f"{'s' if len(owners) > 1 else ''}, not {recipe} (valid here: {', '.join(valid)})")
+            names = owners[0] if len(owners) == 1 else f"{', '.join(owners[:-1])} and {owners[-1]}"
+            return (f"{source}: config key '{key}' belongs to the {names} recipe{'s' if len(owners) > 1 else ''}, "
+                    f"not {recipe} (valid here: {', '.join(valid)})")
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{source}: unknown config key '{key}'{hint} (valid here: {', '.join(valid)})"

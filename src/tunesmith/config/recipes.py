@@ -24,8 +24,9 @@ class GSM8KData(Section):
     limit_test: int | None = Field(None, gt=0)
     # take the test subset from the end of the shuffled test file (fixed by this seed)
     test_seed: int = 0
-    # the checkpoint sweep chooses on these many training questions, held out of training (disjoint from
-    # the few-shot pool and the test file), never on the test set; only used when the sweep is enabled
+    # training questions held out (seeded; disjoint from the few-shot pool and the test file) as the validation
+    # set: the checkpoint sweep chooses on it (never on the test set) and training.eval_steps / early stopping
+    # read its loss; carved only when one of them is on
     validation_size: int = Field(200, gt=0)
     validation_seed: int = 0
 
@@ -131,6 +132,13 @@ class EmpathyRunConfig(EvaluatedRunConfig):
     heads: HeadsConfig = HeadsConfig()
     loss: LossConfig = LossConfig()
 
+    @model_validator(mode="after")
+    def _one_example_per_row(self) -> EmpathyRunConfig:
+        if self.training.packing:
+            raise ValueError("training.packing works for the LM-only recipes (sft, gsm8k): the empathy heads and "
+                             "the KL term read one example per row")
+        return self
+
     def apply_smoke_test(self) -> None:
         super().apply_smoke_test()
         e = self.data.empathy
@@ -138,6 +146,57 @@ class EmpathyRunConfig(EvaluatedRunConfig):
         e.limit_eval = min(e.limit_eval or self.smoke.test, self.smoke.test)
         q = self.eval.eqbench
         q.limit = min(q.limit or self.smoke.test, self.smoke.test)
+
+
+# ---- sft ----------------------------------------------------------------------------------------
+SftFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"]
+
+
+class SftData(Section):
+    """Any chat data for `recipe: sft` (loaded with `datasets`, local files and the hub alike)."""
+
+    # local .jsonl/.json/.parquet/.csv file, a folder of them, or a hub dataset id
+    train: str | None = None
+    split: str = "train"  # hub datasets (and local folders laid out as a dataset repo)
+    subset: str | None = None  # hub config name
+    revision: str | None = None  # hub datasets only
+    format: SftFormat = "auto"
+    # logical field -> the dataset's column name, e.g. {messages: conversation} or {instruction: question}
+    columns: dict[str, str] = {}
+    # a fraction of train split off (seeded by training.seed), a local file, or a split of the hub dataset;
+    # null: no validation
+    validation: float | str | None = 0.05
+    # all: every assistant turn is a target; last: only the final one
+    train_on: Literal["all", "last"] = "all"
+    limit_train: int | None = Field(None, gt=0)
+    limit_validation: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _fraction(self) -> SftData:
+        if isinstance(self.validation, float) and not 0 < self.validation < 1:
+            raise ValueError(f"data.sft.validation={self.validation}: a fraction must lie in (0, 1)")
+        return self
+
+
+class SftDataConfig(DataConfig):
+    sft: SftData = SftData()
+
+
+class SftRunConfig(EvaluatedRunConfig):
+    recipe: Literal["sft"] = "sft"
+    data: SftDataConfig = SftDataConfig()
+
+    @model_validator(mode="after")
+    def _has_data(self) -> SftRunConfig:
+        if not self.data.sft.train:
+            raise ValueError("recipe sft needs data.sft.train (a .jsonl/.json/.parquet/.csv file, a folder or a hub id)")
+        return self
+
+    def apply_smoke_test(self) -> None:
+        super().apply_smoke_test()
+        s = self.data.sft
+        s.limit_train = min(s.limit_train or self.smoke.train, self.smoke.train)
+        s.limit_validation = min(s.limit_validation or self.smoke.test, self.smoke.test)
 
 
 # ---- dpo --------------------------------------------------------------------------------------
@@ -165,7 +224,8 @@ class DpoConfig(Section):
 
 
 # training keys the DPO recipe does not read (TRL saves no checkpoints here, there are no heads)
-DPO_UNUSED_TRAINING_KEYS = ("enabled", "head_learning_rate", "save_steps", "save_total_limit")
+DPO_UNUSED_TRAINING_KEYS = ("enabled", "head_learning_rate", "save_steps", "save_total_limit", "eval_steps",
+                            "early_stopping_patience", "load_best", "packing")
 
 
 class DpoDataConfig(DataConfig):
@@ -194,4 +254,5 @@ class DpoRunConfig(RunConfig):
         return self
 
 
-RECIPE_CONFIGS: dict[str, type[RunConfig]] = {"gsm8k": Gsm8kRunConfig, "empathy": EmpathyRunConfig, "dpo": DpoRunConfig}
+RECIPE_CONFIGS: dict[str, type[RunConfig]] = {"gsm8k": Gsm8kRunConfig, "empathy": EmpathyRunConfig,
+                                               "sft": SftRunConfig, "dpo": DpoRunConfig}

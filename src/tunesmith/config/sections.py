@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -75,6 +75,28 @@ class TrainingConfig(Section):
     save_steps: int | None = Field(None, gt=0)
     save_total_limit: int | None = Field(3, gt=0)
     logging_steps: int = Field(1, gt=0)
+    # validation loss every N optimizer steps (and always at the end when there is a validation set)
+    eval_steps: int | None = Field(None, gt=0)
+    # stop after N evaluations without a lower validation loss (needs eval_steps)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    # adapter/ holds the weights of the evaluation with the lowest validation loss, not the last step's
+    load_best: bool = True
+    # several examples per row of data.max_length tokens, attention kept inside each example (LM-only recipes)
+    packing: bool = False
+    # experiment trackers (accelerate's): tensorboard, wandb, mlflow, trackio; [] or "none" for none
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]] | Literal[
+        "tensorboard", "wandb", "mlflow", "trackio", "none"] = ["tensorboard"]
+
+    @model_validator(mode="after")
+    def _early_stopping(self) -> TrainingConfig:
+        if self.early_stopping_patience is not None and self.eval_steps is None:
+            raise ValueError("training.early_stopping_patience needs training.eval_steps (how often to evaluate)")
+        return self
+
+    @property
+    def trackers(self) -> list[str]:
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        return [n for n in names if n != "none"]
 
 
 class EvalConfig(Section):

@@ -13,10 +13,17 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Last hidden states from the decoder alone (LoRA layers live inside it); the LM head is
-    left to the caller so it only runs where logits are needed."""
+    left to the caller so it only runs where logits are needed.
+
+    With `position_ids` (packed rows) the attention mask is left out: transformers then reads the
+    position restarts as sequence boundaries and masks attention across them.
+    """
     decoder = causal_lm(model).get_decoder()
+    if position_ids is not None:
+        return decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
     return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 

@@ -178,7 +178,9 @@ def dpo_args(cfg: DpoRunConfig, out_dir: Path, dtype: torch.dtype):
         lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm or 0.0,
         weight_decay=t.weight_decay, max_length=cfg.data.max_length, gradient_checkpointing=t.gradient_checkpointing,
         seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, save_strategy="no", eval_strategy="no",
-        report_to="none",
+        run_name=cfg.run_name,
+        # tensorboard goes through our own callback (its event files must outlive TRL's scratch output_dir)
+        report_to=[x for x in t.trackers if x != "tensorboard"] or "none",
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True, remove_unused_columns=True, ddp_find_unused_parameters=False,
@@ -202,5 +204,13 @@ def build_trainer(cfg: DpoRunConfig, model, tok, train: list[dict], out_dir: Pat
     set_seed(cfg.training.seed)  # the new adapter's initialisation
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in train])
     dtype = next(model.parameters()).dtype
+    callbacks = []
+    if "tensorboard" in cfg.training.trackers:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        # run_dir/tensorboard/<run>, where the tunesmith trainer writes its event files too
+        callbacks.append(TensorBoardCallback(SummaryWriter(str(out_dir.parent / "tensorboard" / cfg.run_name))))
     return DPOTrainer(model=model, ref_model=None, args=dpo_args(cfg, out_dir, dtype), train_dataset=data,
+                      callbacks=callbacks,
                       processing_class=tok, peft_config=lora_config(cfg, model))

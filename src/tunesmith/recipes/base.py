@@ -38,6 +38,7 @@ class Recipe(Protocol):
 _ENTRIES: dict[str, tuple[str, str]] = {
     "gsm8k": ("tunesmith.recipes.gsm8k", "Gsm8kRecipe"),
     "empathy": ("tunesmith.recipes.empathy", "EmpathyRecipe"),
+    "sft": ("tunesmith.recipes.sft", "SftRecipe"),
     "dpo": ("tunesmith.recipes.dpo", "DpoRecipe"),
 }
 RECIPES = tuple(_ENTRIES)

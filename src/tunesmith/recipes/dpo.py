@@ -24,6 +24,7 @@ from tunesmith.modeling.heads import HEADS_FILE
 from tunesmith.preference.dpo import (TRAIN_MARGIN_SAMPLE, build_trainer, load_start_model, preference_margins,
                                       split_pairs)
 from tunesmith.io import write_json
+from tunesmith.reporting.model_card import write_model_card
 from tunesmith.recipes.common import chat_template_record, check_inputs
 from tunesmith.runs import append_summary_row, git_commit, start_run
 from tunesmith.ui import fmt, out, say
@@ -81,6 +82,9 @@ def run_dpo(cfg: DpoRunConfig, log: Callable[[str], None] | None = None) -> dict
             shutil.copytree(dpo_dir, tmp)
         shutil.rmtree(adapter, ignore_errors=True)
         tmp.rename(adapter)
+        write_model_card(adapter, cfg, {"training": metrics["training"],
+                                        "heldout_margins": metrics["margins"]["heldout"]},
+                         [x for x in (d.pairs, f"SFT adapter {sft}" if sft else None) if x])
         shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # TRL's scratch dir (nothing saved there)
         write_json(run_dir / "training_history.json", trainer.state.log_history)
         write_json(run_dir / "metrics.json", metrics)

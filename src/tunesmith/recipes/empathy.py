@@ -208,11 +208,14 @@ def train_model(cfg: EmpathyRunConfig, run_dir: Path, train_src, held_feats, mod
     def epoch_data(epoch: int) -> list[Encoded]:
         return [feats.get(name, i) for name, i in sampler.epoch_plan(epoch)]
 
+    val = [f for feats_ in held_feats.values() for f in feats_]
+    # the held-out sets double as the validation set during training when eval_steps asks for it
     trainer = Trainer(model, tok, cfg.training, epoch_data, run_dir, heads=heads, loss=cfg.loss,
-                      kl="kl_prompts" in train_src, log=say)
+                      kl="kl_prompts" in train_src, log=say, validation=val if cfg.training.eval_steps else None,
+                      eval_batch_size=cfg.eval.batch_size, run_name=cfg.run_name,
+                      tracker_config=cfg.model_dump(mode="json"))
     trainer.train(resume=resume)
     module: TrainModule = trainer.unwrapped()
-    val = [f for feats_ in held_feats.values() for f in feats_]
     flat: dict[str, torch.Tensor] = {}
     val_loss = evaluate_loss(module, val, pad_token_id(tok), cfg.eval.batch_size, head_logits=flat) if val else {}
     held_logits, start = {}, 0
@@ -221,6 +224,14 @@ def train_model(cfg: EmpathyRunConfig, run_dir: Path, train_src, held_feats, mod
         start += len(feats_)
     w = {"lm": cfg.loss.lambda_lm, "emotion": cfg.loss.lambda_emotion, "strategy": cfg.loss.lambda_strategy}
     total = sum(w[k] * v for k, v in val_loss.items() if k in w and v is not None)
+    if is_main_process():
+        from tunesmith.reporting.model_card import metrics_data, write_model_card
+
+        st = trainer.state
+        write_model_card(run_dir / "adapter", cfg, {
+            "train": {"steps": st.step, "final_loss": st.history[-1]["loss"] if st.history else None},
+            "validation_loss": {**{k: v for k, v in val_loss.items() if v is not None}, "total": total}},
+            metrics_data(cfg.model_dump(mode="json")))
     return {"validation_loss": {**val_loss, "total": total}, "mixing": {"alpha": cfg.data.empathy.alpha,
                                                                          "counts_per_epoch": sampler.counts,
                                                                          "sizes": sampler.sizes}}, held_logits

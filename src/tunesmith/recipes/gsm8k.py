@@ -74,7 +74,8 @@ def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
     test = data.load_records(g.test, "test")
     pool, train = data.fewshot_pool(train, g.fewshot_pool_size, g.fewshot_seed)
     validation: list[dict] = []
-    if cfg.training.enabled and cfg.eval.checkpoint_sweep.enabled:
+    # one held-out split serves the checkpoint sweep and the validation loss during training
+    if cfg.training.enabled and (cfg.eval.checkpoint_sweep.enabled or cfg.training.eval_steps):
         validation, train = data.holdout(train, g.validation_size, g.validation_seed, exclude=test)
     if run_dir is not None:
         data.save_pool(pool, run_dir / "data" / "fewshot_pool.jsonl")
@@ -87,6 +88,26 @@ def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
     if not test:
         raise DataError(f"{g.test}: no test records")
     return train_ref, train, test, pool, validation
+
+
+def _trainer(cfg: Gsm8kRunConfig, model, tok, features, run_dir: Path, validation: list[dict]):
+    from tunesmith.training.trainer import Trainer
+
+    val = [f for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in validation)
+           if f.n_labels] if cfg.training.eval_steps else None
+    return Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say,
+                   validation=val, eval_batch_size=cfg.eval.batch_size,
+                   pack_length=cfg.data.max_length, run_name=cfg.run_name, tracker_config=cfg.model_dump(mode="json"))
+
+
+def _card(cfg: Gsm8kRunConfig, run_dir: Path, trainer, extra: dict | None = None) -> None:
+    from tunesmith.reporting.model_card import metrics_data, write_model_card
+
+    st = trainer.state
+    m = {"train": {"steps": st.step, "final_loss": st.history[-1]["loss"] if st.history else None}}
+    if st.evals:
+        m["validation"] = {"best": st.best_loss, "best_step": st.best_step, "final": st.evals[-1]["loss"]}
+    write_model_card(run_dir / "adapter", cfg, m | (extra or {}), metrics_data(cfg.model_dump(mode="json")))
 
 
 def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
@@ -102,11 +123,9 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
 
     checkpoint = None
     if cfg.training.enabled:
-        from tunesmith.training.trainer import Trainer
-
         features = [encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train]
         features = [f for f in features if f.n_labels]
-        trainer = Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say)
+        trainer = _trainer(cfg, model, tok, features, run_dir, validation)
         trainer.train(resume=resume)
         checkpoint = "adapter"
     if not is_main_process():
@@ -145,6 +164,9 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
                                              cfg.eval.max_new_tokens, resume)
         say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
     metrics["checkpoint"] = checkpoint
+    if cfg.training.enabled:
+        _card(cfg, run_dir, trainer, {"gsm8k": {k: metrics["tuned"][k] for k in ("strict_accuracy", "flexible_accuracy")},
+                                      **({"safety_rate": metrics["safety"]["safety_rate"]} if metrics.get("safety") else {})})
     return finish(cfg, metrics, train_ref)
 
 
@@ -231,17 +253,17 @@ def finish(cfg: Gsm8kRunConfig, metrics: dict, train_ref: str) -> dict:
 
 
 def train_only(cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
-    from tunesmith.training.trainer import Trainer
-
     check_inputs(cfg)
     load_data(cfg, None)
     run_dir = start_run(cfg, chat_template_record(cfg))
-    _, train, _, _, _ = load_data(cfg, run_dir)
+    _, train, _, _, validation = load_data(cfg, run_dir)
     model, tok = build_model(cfg)
     features = [f for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train)
                 if f.n_labels]
-    trainer = Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say)
+    trainer = _trainer(cfg, model, tok, features, run_dir, validation)
     trainer.train(resume=resume)
+    if is_main_process():
+        _card(cfg, run_dir, trainer)
     say(f"adapter saved to {run_dir / 'adapter'}")
     return run_dir / "adapter"
 

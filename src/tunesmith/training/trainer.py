@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from tunesmith.config import LossConfig, TrainingConfig
-from tunesmith.data.batching import collate, sorted_batches
+from tunesmith.data.batching import collate, collate_packed, pack_rows, sorted_batches
 from tunesmith.data.chat import IGNORE, Encoded, pad_token_id
 from tunesmith.errors import TunesmithError
 from tunesmith.io import atomic_open, write_json
@@ -66,9 +66,10 @@ class TrainModule(nn.Module):
     def _no_split_modules(self):  # FSDP's transformer-layer auto-wrap reads it from the top module
         return getattr(causal_lm(self.model), "_no_split_modules", None)
 
-    def forward(self, input_ids, attention_mask, labels, pool_index, user_span, emotion, strategy, kl_mask):
+    def forward(self, input_ids, attention_mask, labels, pool_index, user_span, emotion, strategy, kl_mask,
+                position_ids=None):
         lm_head = causal_lm(self.model).get_output_embeddings()
-        hidden = decoder_hidden(self.model, input_ids, attention_mask)
+        hidden = decoder_hidden(self.model, input_ids, attention_mask, position_ids)
         zero = hidden.new_zeros((), dtype=torch.float32)
         out = {"lm": lm_nll_sum(hidden, labels, lm_head), "emotion": zero, "strategy": zero, "kl": zero}
         if self.heads is not None and ((emotion >= 0).any() or (strategy >= 0).any()):
@@ -94,6 +95,12 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    # validation: one record per evaluation; the best so far; evaluations since it; early stop
+    evals: list[dict] = field(default_factory=list)
+    best_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
 
 
 def batches_for_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -117,8 +124,14 @@ def batches_for_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int
 class Trainer:
     def __init__(self, model, tokenizer, cfg: TrainingConfig, epoch_data: Callable[[int], list[Encoded]],
                  run_dir: str | Path, heads: Heads | None = None, loss: LossConfig | None = None,
-                 kl: bool = False, log: Callable[[str], None] = print):
+                 kl: bool = False, log: Callable[[str], None] = print,
+                 validation: list[Encoded] | None = None, eval_batch_size: int = 8, pack_length: int | None = None,
+                 run_name: str | None = None, tracker_config: dict | None = None):
+        """`validation`: features whose loss is measured every `cfg.eval_steps` steps and at the end
+        (best checkpoint, early stopping). `pack_length`: row length for `cfg.packing` (default: the
+        longest example). `tracker_config`: hyperparameters for the trackers (default: `cfg`)."""
         from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
 
         self.cfg, self.tokenizer, self.epoch_data, self.log = cfg, tokenizer, epoch_data, log
         self.run_dir = Path(run_dir)
@@ -132,9 +145,20 @@ class Trainer:
         # heads skip a batch without head labels; under DDP that batch's process must still
         # take part in the gradient all-reduce for them. The scheduler counts optimizer steps:
         # accelerate would otherwise step it once per process each step (N× too fast a decay).
+        trackers = check_trackers(cfg.trackers)
         self.accelerator = Accelerator(
-            step_scheduler_with_optimizer=False,
+            step_scheduler_with_optimizer=False, log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
+                                                logging_dir=str(self.run_dir / "tensorboard")),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=heads is not None)])
+        self.trackers = trackers
+        self.run_name = run_name or self.run_dir.name
+        self.tracker_config = tracker_config if tracker_config is not None else cfg.model_dump(mode="json")
+        self.validation = validation or []
+        self.eval_batch_size = eval_batch_size
+        if cfg.packing and (heads is not None or (kl and self.weights["kl"] > 0)):
+            raise TunesmithError("training.packing: the emotion/strategy heads and the KL term read one example per "
+                                 "row; turn packing off for them")
         torch.manual_seed(cfg.seed)
         use_fast_lora_dropout(model)
         self.amp = LoraAutocast(model)
@@ -149,7 +173,10 @@ class Trainer:
         first = epoch_data(0)
         if not first:
             raise TunesmithError("training set is empty after filtering")
-        batches_per_process = math.ceil(math.ceil(len(first) / cfg.batch_size) / self.accelerator.num_processes)
+        self.pack_length = pack_length or max(len(e.input_ids) for e in first)
+        lengths = [len(e.input_ids) for e in first]
+        rows = len(pack_rows(lengths, self.pack_length, cfg.seed, 0)) if cfg.packing else len(first)
+        batches_per_process = math.ceil(math.ceil(rows / cfg.batch_size) / self.accelerator.num_processes)
         self.steps_per_epoch = math.ceil(batches_per_process / cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         from transformers import get_scheduler
@@ -166,13 +193,19 @@ class Trainer:
         # the weights first, a collective every process joins; their optimizer state is not saved
         self._sharded = dist in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         self.state = TrainState()
-        self._epoch_cache: tuple[int, list[Encoded], list[list[int]]] | None = None
+        self._epoch_cache: tuple[int, list, list[list[int]]] | None = None
 
     # ---- data -------------------------------------------------------------------------------
     def _epoch(self, epoch: int):
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             data = self.epoch_data(epoch)
-            batches = batches_for_epoch([len(e.input_ids) for e in data], self.cfg.batch_size, self.cfg.seed, epoch)
+            lengths = [len(e.input_ids) for e in data]
+            if self.cfg.packing:  # the units of a batch become rows of packed examples
+                data = [[data[i] for i in row] for row in pack_rows(lengths, self.pack_length, self.cfg.seed, epoch)]
+                batches = [list(range(b, min(b + self.cfg.batch_size, len(data))))
+                           for b in range(0, len(data), self.cfg.batch_size)]
+            else:
+                batches = batches_for_epoch(lengths, self.cfg.batch_size, self.cfg.seed, epoch)
             # each process takes its own share of the batches (DDP); one process takes all
             n, r = self.accelerator.num_processes, self.accelerator.process_index
             batches = batches[r::n] if n > 1 else batches
@@ -191,13 +224,28 @@ class Trainer:
                 continue
             items = [data[i] for i in batches[self.state.batch_in_epoch]]
             self.state.batch_in_epoch += 1
-            window.append(collate(items, self.pad_id))
+            window.append(collate_packed(items, self.pad_id) if self.cfg.packing else collate(items, self.pad_id))
         return window
 
     # ---- loop -------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> TrainState:
         if resume:
             self.load_checkpoint()
+            if self.state.stopped_early:
+                self.log(f"--resume: this run stopped early at step {self.state.step} (validation loss not lower for "
+                         f"{self.state.bad_evals} evaluations; best {self.state.best_loss:.4f} at step "
+                         f"{self.state.best_step}); nothing left to train, adapter/ is unchanged")
+                return self.state
+        acc = self.accelerator
+        if self.trackers:
+            acc.init_trackers(self.run_name, config=hparams(self.tracker_config))
+        try:
+            return self._train()
+        finally:
+            if self.trackers:
+                acc.end_training()
+
+    def _train(self) -> TrainState:
         acc = self.accelerator
         self.module.train()
         device = acc.device
@@ -274,6 +322,11 @@ class Trainer:
                            **{k: parts.get(k) for k in COMPONENTS}, "lr": self.scheduler.get_last_lr()[0],
                            "grad_norm": grad_norm, "tokens": tokens_seen, "step_seconds": round(dt, 4)}
                     self.state.history.append(rec)
+                    if self.trackers and self.state.step % self.cfg.logging_steps == 0:
+                        acc.log({"train/loss": total, **{f"train/{k}": v for k, v in parts.items()},
+                                 "train/learning_rate": rec["lr"], "train/tokens_per_s": int(totals[-1]) / dt,
+                                 **({"train/grad_norm": grad_norm} if grad_norm is not None else {}),
+                                 "train/epoch": self.state.epoch}, step=self.state.step)
                     bar.update(task, advance=1, description=f"training loss {total:.4f}")
                     if acc.is_main_process and not interactive and (
                             self.state.step % log_every == 0 or self.state.step == self.total_steps):
@@ -284,9 +337,14 @@ class Trainer:
                         parts_txt = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
                         self.log(f"step {self.state.step}/{self.total_steps} loss {total:.4f} ({parts_txt}) "
                                  f"{(h[-1]['tokens'] - before) / secs if secs else 0:.0f} tokens/s")
+                    if self.validation and self.cfg.eval_steps and self.state.step % self.cfg.eval_steps == 0 \
+                            and self.state.step < self.total_steps:
+                        self.validate()
                     saved = self.cfg.save_steps and self.state.step % self.cfg.save_steps == 0
                     if saved:
                         self.save_checkpoint()
+                    if self.state.stopped_early:
+                        break
                     stop = bool(interrupted)
                     if acc.num_processes > 1:  # every process stops at the same step
                         stop = bool(acc.reduce(torch.tensor(float(stop), device=device), reduction="sum") > 0)
@@ -298,10 +356,72 @@ class Trainer:
         finally:
             if main_thread:
                 signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-        if not self.cfg.save_steps or self.state.step % self.cfg.save_steps:
+        if self.validation and (not self.state.evals or self.state.evals[-1]["step"] != self.state.step):
+            self.validate(final=True)
+        if not self.cfg.save_steps or self.state.step % self.cfg.save_steps or self.state.stopped_early:
             self.save_checkpoint()
+        if self.cfg.load_best and self.state.best_step is not None and self.state.best_step != self.state.step:
+            self.load_weights(self.best_dir)
+            self.log(f"adapter/ = the best evaluation: step {self.state.best_step}, validation loss "
+                     f"{self.state.best_loss:.4f} (training.load_best)")
         self.save_final()
         return self.state
+
+    # ---- validation -------------------------------------------------------------------------
+    @property
+    def best_dir(self) -> Path:
+        return self.ckpt_root / "best"
+
+    def validation_loss(self) -> tuple[float, dict[str, float | None]]:
+        """(weighted total, components) of the validation set with the current weights."""
+        with self.amp():
+            parts = evaluate_loss(self.unwrapped(), self.validation, self.pad_id, self.eval_batch_size)
+        return sum(self.weights[k] * v for k, v in parts.items() if v is not None and self.weights[k] > 0), parts
+
+    def validate(self, final: bool = False) -> dict:
+        """Validation loss now; updates the best weights and the early-stopping count."""
+        total, parts = self.validation_loss()
+        st = self.state
+        improved = st.best_loss is None or total < st.best_loss
+        if improved:
+            st.best_loss, st.best_step, st.bad_evals = total, st.step, 0
+            if self.cfg.load_best:
+                self._save_best()
+        else:
+            st.bad_evals += 1
+        rec = {"step": st.step, "loss": total, **{k: v for k, v in parts.items() if v is not None}}
+        st.evals.append(rec)
+        if self.trackers:
+            self.accelerator.log({"eval/loss": total, **{f"eval/{k}": v for k, v in parts.items() if v is not None}},
+                                 step=st.step)
+        patience = self.cfg.early_stopping_patience
+        stop = bool(patience and not final and st.bad_evals >= patience)
+        self.log(f"step {st.step}: validation loss {total:.4f} ({len(self.validation)} examples; best "
+                 f"{st.best_loss:.4f} at step {st.best_step})"
+                 + (f"; no improvement in {patience} evaluations: stopping early" if stop else ""))
+        st.stopped_early = st.stopped_early or stop
+        return rec
+
+    def _save_best(self) -> None:
+        state = self._gathered_state()
+        if self.accelerator.is_main_process:
+            tmp = self.ckpt_root / ".tmp-best"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self._save_weights(tmp, state)
+            write_json(tmp / "best.json", {"step": self.state.step, "validation_loss": self.state.best_loss})
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+            tmp.rename(self.best_dir)
+        self.accelerator.wait_for_everyone()
+
+    def load_weights(self, path: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        m = self.unwrapped()
+        set_peft_model_state_dict(m.model, load_file(path / "adapter_model.safetensors"))
+        if m.heads is not None and (path / "heads.safetensors").is_file():
+            m.heads.load_state_dict(load_file(path / "heads.safetensors"))
 
     # ---- saving -----------------------------------------------------------------------------
     @property
@@ -347,6 +467,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "step": self.state.step, "epoch": self.state.epoch,
                 "batch_in_epoch": self.state.batch_in_epoch,
+                "evals": self.state.evals, "best_loss": self.state.best_loss, "best_step": self.state.best_step,
+                "bad_evals": self.state.bad_evals, "stopped_early": self.state.stopped_early,
             }, tmp / "trainer_state.pt")
             write_json(tmp / "training_history.json", self.state.history)
             shutil.rmtree(final, ignore_errors=True)
@@ -393,6 +515,10 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"])
         self.state.step, self.state.epoch, self.state.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         self.state.history = json.loads((path / "training_history.json").read_text())
+        # checkpoints written before validation existed carry none of these
+        self.state.evals = st.get("evals", [])
+        self.state.best_loss, self.state.best_step = st.get("best_loss"), st.get("best_step")
+        self.state.bad_evals, self.state.stopped_early = st.get("bad_evals", 0), st.get("stopped_early", False)
         self.log(f"resumed from {path} at step {self.state.step}")
 
     def save_final(self) -> Path:
@@ -406,8 +532,40 @@ class Trainer:
             tmp.rename(d)
             with atomic_open(self.run_dir / "training_history.json") as f:
                 json.dump(self.state.history, f, indent=1)
+            if self.state.evals:
+                write_json(self.run_dir / "validation_history.json", {
+                    "evaluations": self.state.evals, "best_step": self.state.best_step,
+                    "best_loss": self.state.best_loss, "stopped_early": self.state.stopped_early,
+                    "adapter_step": self.state.best_step if self.cfg.load_best else self.state.step})
         self.accelerator.wait_for_everyone()
         return d
+
+
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
+def check_trackers(names: list[str]) -> list[str]:
+    import importlib.util
+
+    for n in names:
+        if importlib.util.find_spec(TRACKER_MODULES[n]) is None:
+            raise TunesmithError(f"training.report_to: {n} is not installed (pip install {TRACKER_MODULES[n]}), "
+                                 "or drop it from report_to")
+    return names
+
+
+def hparams(config: dict, prefix: str = "") -> dict:
+    """A nested config as flat scalar hyperparameters (what every tracker's config API takes)."""
+    flat: dict = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat |= hparams(v, key + ".")
+        elif isinstance(v, (bool, int, float, str)):
+            flat[key] = v
+        else:  # lists, None
+            flat[key] = json.dumps(v)
+    return flat
 
 
 @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Dataset readers that turn a source format into `Example`s / encoded features."""
