@@ -39,7 +39,7 @@ class Benchmark:
 def _gsm8k(cfg, t: Target) -> dict:
     from tunesmith.recipes.gsm8k import evaluate_gsm8k, load_data
 
-    _, _, test, pool = load_data(cfg, cfg.run_dir)
+    _, _, test, pool, _ = load_data(cfg, cfg.run_dir)
     return evaluate_gsm8k(t.generator, test, pool, cfg.eval.k_shot, cfg.run_dir / f"gsm8k_preds_{cfg.run_name}.jsonl",
                           cfg.eval.max_new_tokens)
 

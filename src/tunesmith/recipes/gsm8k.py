@@ -22,12 +22,13 @@ from tunesmith.data.sources import gsm8k as data
 from tunesmith.data.chat import encode
 from tunesmith.errors import DataError
 from tunesmith.data.reasoning import split_reasoning
-from tunesmith.evaluation.gsm8k import MODES, extract_answer, is_correct
+from tunesmith.evaluation.gsm8k import INVALID, MODES, extract_answer, is_correct
 from tunesmith.generation.protocol import Generator
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
 from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
 from tunesmith.ui import fmt, out, say
 from tunesmith.runs import git_commit, is_main_process, start_run
+from tunesmith.reporting.report import write_report
 from tunesmith.runs import append_summary_row
 
 
@@ -64,7 +65,9 @@ def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: 
     rows = store.finalize(r["question"] for r in test) if store else [done[r["question"]] for r in test]
     n = len(rows)
     # rows resumed from a file written before the lenient score existed have none
-    return {"n": n, **{f"{m}_accuracy": sum(bool(r.get(f"{m}_correct")) for r in rows) / n for m in MODES}}
+    return {"n": n, **{f"{m}_accuracy": sum(bool(r.get(f"{m}_correct")) for r in rows) / n for m in MODES},
+            # the answer format a short run moves first, long before accuracy: a `#### N` line lm-eval can read
+            "format_rate": sum(r["strict"] != INVALID for r in rows) / n}
 
 
 def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
@@ -146,7 +149,7 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
 
         summary, _ = evaluate_safety(gen, safety_guard, prompts, cfg.safety.max_new_tokens,
                                      run_dir / f"ailuminate_safety_{tag}.jsonl", resume=resume)
-        return summary
+        return {**summary, "guard": safety_guard.label}
 
     if cfg.training.enabled and cfg.eval.checkpoint_sweep.enabled:
         checkpoint, sweep_metrics = sweep(cfg, trainer, gen, validation, pool, safety_of, run_dir, resume)
@@ -163,11 +166,31 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
             metrics["base"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}-base.jsonl",
                                              cfg.eval.max_new_tokens, resume)
         say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
+        if safety_guard:
+            with gen.disable_adapter():
+                metrics["base_safety"] = safety_of(f"{name}-base")
+        metrics["samples"] = side_by_side(run_dir, name, test)
+    if cfg.training.enabled and trainer.validation:
+        # the same held-out questions through the same weights, adapter on and off
+        tuned_loss = trainer.validation_loss()[0]
+        with model.disable_adapter():
+            base_loss = trainer.validation_loss()[0]
+        metrics["heldout_loss"] = {"n": len(trainer.validation), "base": base_loss, "tuned": tuned_loss}
     metrics["checkpoint"] = checkpoint
     if cfg.training.enabled:
         _card(cfg, run_dir, trainer, {"gsm8k": {k: metrics["tuned"][k] for k in ("strict_accuracy", "flexible_accuracy")},
                                       **({"safety_rate": metrics["safety"]["safety_rate"]} if metrics.get("safety") else {})})
     return finish(cfg, metrics, train_ref)
+
+
+def side_by_side(run_dir: Path, name: str, test: list[dict], n: int = 3) -> list[dict]:
+    """The first `n` test questions with the base and the tuned reply, for the report and the terminal."""
+    from tunesmith.io import read_jsonl
+
+    tuned = {r["question"]: r for r in read_jsonl(run_dir / f"gsm8k_preds_{name}.jsonl")}
+    base = {r["question"]: r for r in read_jsonl(run_dir / f"gsm8k_preds_{name}-base.jsonl")}
+    return [{"scenario": f"GSM8K test question (gold {base[q]['gold']})", "prompt": q, "base": base[q]["output"],
+             "tuned": tuned[q]["output"]} for q in (r["question"] for r in test[:n]) if q in base and q in tuned]
 
 
 def choose(scores: list[dict]) -> dict:
@@ -237,17 +260,32 @@ def finish(cfg: Gsm8kRunConfig, metrics: dict, train_ref: str) -> dict:
     if base:
         table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
-    for key, label in (("strict_accuracy", "GSM8K strict-match (lm-eval)"),
+    for key, label in (("format_rate", "replies with a `#### N` answer line"),
+                       ("strict_accuracy", "GSM8K strict-match (lm-eval)"),
                        ("flexible_accuracy", "GSM8K flexible-extract (lm-eval)"),
                        ("lenient_accuracy", "GSM8K lenient (tunesmith parser)")):
         if key in t:
             table.add_row(label, *([fmt(base.get(key))] if base else []), fmt(t[key]))
+    held = metrics.get("heldout_loss")
+    if held:
+        table.add_row(f"held-out loss ({held['n']} training-file questions)", *([fmt(held["base"])] if base else []),
+                      fmt(held["tuned"]))
     if safety:
-        table.add_row(f"safety rate ({safety['total']} prompts)", *(["—"] if base else []), fmt(safety["safety_rate"]))
+        b = metrics.get("base_safety") or {}
+        table.add_row(f"safety rate ({safety['total']} AILuminate prompts)", *([fmt(b.get("safety_rate"))] if base else []),
+                      fmt(safety["safety_rate"]))
     for c in metrics["thresholds"]:
         table.add_row(f"threshold {c['metric']} ≥ {c['threshold']}", *([""] if base else []),
                       "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]")
     out.print(table)
+    if safety:
+        say(f"safety judge: {safety['guard']}")
+    for row in metrics.get("samples") or []:
+        out.print(f"[bold]{row['scenario']}[/]: {row['prompt'][:160]}")
+        out.print(f"  [dim]base :[/] {row['base'][:240]!r}")
+        out.print(f"  [dim]tuned:[/] {row['tuned'][:240]!r}")
+    _, html = write_report(cfg.run_dir)
+    say(f"report: {html.resolve()} (opens from disk)")
     say(f"outputs in {cfg.run_dir}; summary row in {cfg.summary_csv}")
     return metrics
 

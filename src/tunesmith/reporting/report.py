@@ -299,7 +299,8 @@ def _gsm8k(m: Mapping[str, Any]) -> Section | None:
         return None
     cols = ["metric"] + list(models) + (["Δ tuned − base"] if len(models) == 2 else [])
     rows = []
-    for key, label in (("strict_accuracy", "strict-match (lm-eval)"), ("flexible_accuracy", "flexible-extract (lm-eval)"),
+    for key, label in (("format_rate", "replies with a `#### N` line"), ("strict_accuracy", "strict-match (lm-eval)"),
+                       ("flexible_accuracy", "flexible-extract (lm-eval)"),
                        ("lenient_accuracy", "lenient (tunesmith parser)")):
         if not any(key in v for v in models.values()):
             continue
@@ -307,6 +308,10 @@ def _gsm8k(m: Mapping[str, Any]) -> Section | None:
         if len(models) == 2:
             row.append(fmt_pp(tuned.get(key), base.get(key)))
         rows.append(row)
+    held = m.get("heldout_loss")
+    if isinstance(held, Mapping) and len(models) == 2:
+        rows.append([f"held-out loss ({held.get('n')} questions, lower is better)", fmt_num(held.get("base")),
+                     fmt_num(held.get("tuned")), fmt_num((_num(held.get("tuned")) or 0) - (_num(held.get("base")) or 0))])
     blocks: list[Block] = [Table(cols, rows, "l" + "r" * (len(cols) - 1))]
     th = [t for t in m.get("thresholds") or [] if isinstance(t, Mapping)]
     if th:
@@ -383,8 +388,9 @@ def _safety(m: Mapping[str, Any], chart: Path | None) -> Section | None:
     s = m.get("safety")
     if not isinstance(s, Mapping):
         return None
-    if "by_hazard" in s or "safety_rate" in s:
-        models = {"tuned": s}  # the gsm8k recipe judges the tuned model only
+    if "by_hazard" in s or "safety_rate" in s:  # the gsm8k recipe: tuned, and base when it was evaluated
+        models = {"base": m["base_safety"]} if isinstance(m.get("base_safety"), Mapping) else {}
+        models["tuned"] = s
     else:
         models = {k: s[k] for k in SAFETY_MODELS if isinstance(s.get(k), Mapping)}
     if not models:
