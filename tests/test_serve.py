@@ -178,7 +178,7 @@ def test_chat_page(server):
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     cfg = json.loads(html.split('<script id="cfg" type="application/json">')[1].split("</script>")[0])
-    assert cfg["model"] == "tiny-test" and cfg["locale"] == "international"
+    assert cfg["model"] == "tiny-test" and cfg["locale"] == ""  # no --locale: the message language picks the resources
     assert ["en_US", "United States"] in cfg["locales"]
     assert "<link" not in html and "src=\"http" not in html  # self-contained
 

@@ -147,7 +147,8 @@ RULES: tuple[Rule, ...] = tuple(Rule(n, c, _rx(p)) for n, c, p in (
     ("jump_intent", SELF_HARM,
      rf"\b{_FIRST}\s+(?:\w+\s+)?(?:going\s+to|gonna|about\s+to|will|want\s+to)\s+jump\s+(?:off|from|in\s+front\s+of)\b"),
     ("weapon_place", HARM_TO_OTHERS,
-     rf"\b{_FIRST}\s+(?:\w+\s+)?(?:bring(?:ing)?|tak(?:e|ing)|carry(?:ing)?)\s+(?:a|my|the|dad's|his)\s+{_WEAPON}\s+"
+     rf"\b{_FIRST}\s+(?:\w+\s+)?(?:bring(?:ing)?|tak(?:e|ing)|carry(?:ing)?)\s+(?:a|my|the|his|her|\w+'s)\s+(?:\w+'s\s+)?"
+     rf"{_WEAPON}\s+"
      rf"(?:to|into)\s+(?:school|work|class|the\s+office|church|the\s+mall)\b"
      r"|\bshoot(?:ing)?\s+up\s+(?:the|my|our)\s+(?:school|office|class|church|mall)\b"),
     ("kill_person", HARM_TO_OTHERS,
@@ -253,7 +254,10 @@ class CrisisDetector:
         t = mask(text)
         masked = tuple(masked_spans(text))
         hits = [r for r in self.rules if r.pattern.search(t)]
-        texts = [text] + ([conversation_text(context)] if context else [])
+        # an explicit safety statement ("I'm not suicidal") is masked for the classifier too: its crisis
+        # words would otherwise dominate the embedding of the whole message
+        read = (lambda s: mask(s) if masked_spans(s) else s)  # noqa: E731
+        texts = [read(text)] + ([conversation_text([read(c) for c in context])] if context else [])
         ps, cats = self.scores(texts)
         p, cat = ps[0], cats[0]
         pc, catc = (ps[1], cats[1]) if context else (None, None)
@@ -266,8 +270,9 @@ class CrisisDetector:
             return CrisisResult(True, rcat, f"rule:{first.name}", 1.0, tuple(h.name for h in hits), masked, lang, ctx)
         if p >= th:
             return CrisisResult(True, cat, f"classifier p={p:.2f} ≥ {th:.2f}", rounded, (), masked, lang, ctx)
-        if pc is not None and pc >= th:
-            return CrisisResult(True, catc, f"context p={pc:.2f} ≥ {th:.2f} over {len(context)} user turns", rounded,
+        tc = self.model.context_threshold
+        if pc is not None and pc >= tc:
+            return CrisisResult(True, catc, f"context p={pc:.2f} ≥ {tc:.2f} over {len(context)} user turns", rounded,
                                 (), masked, lang, ctx)
         if self.guard is not None:
             unsafe, codes = self.guard(text)
