@@ -53,8 +53,9 @@ def main() -> None:
            "detector_load_s": round(load_s, 2),
            "check_ms": {"mean": statistics.mean(single), "p50": q(single, 0.5), "p95": q(single, 0.95)},
            "check_conversation_ms": {"mean": statistics.mean(conv), "p50": q(conv, 0.5), "p95": q(conv, 0.95)}}
+    busy = "  (busy machine: timings unreliable)" if res["load_avg"] > (os.cpu_count() or 1) / 2 else ""
     print(f"machine: {res['cpu']}, {res['cores']} cores, torch threads {res['torch_threads']}, "
-          f"load average {res['load_avg']:.2f}{'  (busy machine: timings unreliable)' if res['load_avg'] > (os.cpu_count() or 1) / 2 else ''}")
+          f"load average {res['load_avg']:.2f}{busy}")
     print(f"detector load (encoders + coefficients, first in process): {load_s:.2f} s")
     for name in ("check_ms", "check_conversation_ms"):
         r = res[name]

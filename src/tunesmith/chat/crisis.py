@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources as importlib_resources
 from pathlib import Path
 
+from tunesmith.chat.crisis_model import normalize
 from tunesmith.errors import TunesmithError
 
 log = logging.getLogger(__name__)
@@ -64,17 +64,6 @@ def data_path(name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------ normalisation
-
-
-_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
-_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u201c": '"', "\u201d": '"'})
-
-
-def normalize(text: str) -> str:
-    """Lower-case, NFKC (full-width letters → ASCII), straight apostrophes, no zero-width
-    characters, single spaces. The rules, the encoders and the training data go through this."""
-    text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH).translate(_QUOTES)
-    return " ".join(text.lower().split())
 
 
 def _rx(pattern: str) -> re.Pattern[str]:

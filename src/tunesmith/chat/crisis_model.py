@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import threading
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +54,17 @@ def data_path(name: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------- data
+
+
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u201c": '"', "\u201d": '"'})
+
+
+def normalize(text: str) -> str:
+    """Lower-case, NFKC (full-width letters → ASCII), straight apostrophes, no zero-width
+    characters, single spaces. The rules, the encoders and the training data go through this."""
+    text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH).translate(_QUOTES)
+    return " ".join(text.lower().split())
 
 
 @dataclass(frozen=True)
@@ -172,8 +184,6 @@ class Featurizer:
         return "+".join(e.digest for e in self.encoders)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        from tunesmith.chat.crisis import normalize
-
         texts = [normalize(t) for t in texts]
         return np.concatenate([e.encode(texts) for e in self.encoders], axis=1)
 
