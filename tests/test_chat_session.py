@@ -156,6 +156,34 @@ def test_bad_input(model, tokenizer, layer):
         list(reply)
 
 
+def test_crisis_stays_flagged_for_the_rest_of_the_session(model, tokenizer, layer):
+    s = ChatSession(model, tokenizer, crisis=layer, max_new_tokens=2, locale="en_GB")
+    first = s.respond("What's a good book for a long train ride?").consume()
+    assert not first.screening.session_flagged and first.screening.session_banner is None
+    assert s.respond(CRISIS).consume().crisis.flagged and s.crisis_category == "self_harm"
+    later = s.respond("Can you recommend a podcast instead?").consume()
+    assert later.screening.session_flagged and "Samaritans" in later.screening.session_banner
+    assert later.metadata()["crisis"]["session_flagged"] is True
+    s.reset()
+    assert not s.respond("Can you recommend a podcast instead?").consume().screening.session_flagged
+
+
+def test_context_from_earlier_turns_flags_an_ambiguous_message(model, tokenizer, layer):
+    s = ChatSession(model, tokenizer, crisis=layer, max_new_tokens=2)
+    assert not s.respond("Hello there").consume().crisis.flagged
+    s.respond("I have been hoarding my sleeping pills for weeks").consume()
+    r = s.respond("Tonight is the night, nobody will be home").consume()
+    assert r.crisis.flagged and r.banner, r.crisis
+
+
+def test_resources_follow_the_language_without_a_locale(model, tokenizer, layer):
+    s = ChatSession(model, tokenizer, crisis=layer, max_new_tokens=2)
+    r = s.respond("Je veux mourir, je n'en peux plus.").consume()
+    assert r.crisis.flagged and r.screening.locale == "fr_FR" and "3114" in r.banner
+    s.set_locale("en_GB")  # a chosen locale wins over the language
+    assert "Samaritans" in s.respond("Je veux mourir, je n'en peux plus.").consume().banner
+
+
 # ----------------------------------------------------------------------------------------- CLI
 
 

@@ -122,10 +122,25 @@ def test_history_and_system_messages_are_accepted(server):
     assert status == 200 and json.loads(body)["choices"][0]["message"]["content"]
 
 
+def test_an_earlier_crisis_in_the_sent_history_keeps_the_session_flagged(server):
+    # OpenAI clients are stateless: the server re-reads the history each request
+    status, _, body = request(server, "/v1/chat/completions", {"messages": [
+        {"role": "user", "content": CRISIS}, {"role": "assistant", "content": "I'm here."},
+        {"role": "user", "content": "can you recommend a film?"}], "max_tokens": 2, "locale": "en_GB"})
+    meta = json.loads(body)["tunesmith"]["crisis"]
+    assert status == 200 and not meta["flagged"] and meta["banner"] is None
+    assert meta["session_flagged"] and "Samaritans" in meta["session_banner"]
+    _, _, body = request(server, "/v1/chat/completions", {"messages": [
+        {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": "can you recommend a film?"}], "max_tokens": 2})
+    assert not json.loads(body)["tunesmith"]["crisis"]["session_flagged"]
+
+
 def test_assistant_history_loses_the_banner():
     banner = CrisisResources.load().banner("self_harm")
     backend = ChatBackend.__new__(ChatBackend)  # parse_request needs only crisis and defaults
     backend.crisis, backend.locale, backend.max_new_tokens = CrisisLayer(), "international", 8
+    backend.auto_locale = False
     req = parse_request({"messages": [{"role": "user", "content": "a"},
                                       {"role": "assistant", "content": banner + "\n\nI'm here."},
                                       {"role": "user", "content": "b"}], "max_tokens": 100}, backend)
@@ -163,7 +178,7 @@ def test_chat_page(server):
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert "default-src 'none'" in headers["Content-Security-Policy"]
     cfg = json.loads(html.split('<script id="cfg" type="application/json">')[1].split("</script>")[0])
-    assert cfg["model"] == "tiny-test" and cfg["locale"] == "international"
+    assert cfg["model"] == "tiny-test" and cfg["locale"] == ""  # no --locale: the message language picks the resources
     assert ["en_US", "United States"] in cfg["locales"]
     assert "<link" not in html and "src=\"http" not in html  # self-contained
 

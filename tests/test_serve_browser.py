@@ -174,5 +174,16 @@ def test_chat_page_streams_and_shows_crisis_banner_first(server, tmp_path):
         assert crisis["first"].startswith("⚠")  # the stream itself opened with the resources
         assert crisis["body"].strip() and "Samaritans" not in crisis["body"]  # model words below, once
         assert [b for b in crisis["badges"] if b.startswith("crisis")] == ["crisis: self harm"]
+
+        # a calm message later in the same chat: the resources stay pinned above the conversation
+        send_message(dev, "Thanks. Can you suggest a film for tonight?")
+        dev.wait_for("(document.querySelectorAll('.msg.assistant')[2] || {dataset: {}}).dataset.state === 'done'")
+        sticky = json.loads(dev.js("JSON.stringify({shown: !document.getElementById('sticky').hidden && "
+                                   "document.getElementById('sticky').offsetHeight > 0, "
+                                   "text: document.getElementById('sticky-text').textContent})"))
+        dev.screenshot(ARTIFACTS / "chat-3-sticky.png")
+        assert sticky["shown"] and "Samaritans" in sticky["text"], sticky
+        dev.js("document.getElementById('reset').click(); true")
+        assert dev.js("String(document.getElementById('sticky').hidden)") == "true"
     finally:
         dev.close()

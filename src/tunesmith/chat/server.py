@@ -9,7 +9,10 @@ Routes:
 Every completion goes through `ChatSession.respond`, so the crisis layer screens the last user
 message and, when it flags, the resources open the reply (also for plain OpenAI clients, as the
 first content). Extra data travels in a non-standard `tunesmith` field (crisis verdict, banner,
-emotion/strategy predictions) that OpenAI clients ignore. Extension request fields: `locale`.
+emotion/strategy predictions) that OpenAI clients ignore. Extension request fields: `locale`
+(without it, and without `--locale`, the resources follow the message's language). The history a
+client sends is re-screened, so a crisis earlier in the conversation keeps `session_flagged` and
+`session_banner` set on every later reply.
 
 One model serves all requests, so generation is serialised by a lock; `ThreadingHTTPServer` keeps
 the page and /v1/models responsive meanwhile.
@@ -83,17 +86,18 @@ class ChatBackend:
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
         self.locale = self.crisis.resources.resolve(locale).code
+        self.auto_locale = not locale  # no --locale: resources follow each message's language
         self.temperature = temperature
         self.lock = threading.Lock()
         self.created = int(time.time())
 
     def session(self, history: list[dict], system_prompt: str | None) -> ChatSession:
         return ChatSession(self.model, self.tokenizer, self.heads, self.crisis, self.max_new_tokens,
-                           system_prompt if system_prompt is not None else self.system_prompt, self.locale, history,
-                           temperature=self.temperature)
+                           system_prompt if system_prompt is not None else self.system_prompt,
+                           None if self.auto_locale else self.locale, history, temperature=self.temperature)
 
     def page(self) -> bytes:
-        cfg = {"model": self.model_name, "locale": self.locale, "heads": self.heads is not None,
+        cfg = {"model": self.model_name, "locale": "" if self.auto_locale else self.locale, "heads": self.heads is not None,
                "locales": [[c, r.name] for c, r in self.crisis.resources.locales.items()]}
         # "</" must not appear inside the <script> element that carries the JSON
         return PAGE.replace("__CONFIG__", json.dumps(cfg).replace("</", "<\\/")).encode("utf-8")
@@ -109,7 +113,7 @@ class ChatRequest:
     max_new_tokens: int
     temperature: float | None
     top_p: float | None
-    locale: str
+    locale: str | None  # None: follow the message's language
 
 
 def _content(value: Any, where: str) -> str:
@@ -174,11 +178,12 @@ def parse_request(body: Any, backend: ChatBackend) -> ChatRequest:
     if not isinstance(stream, bool):
         raise RequestError("stream must be a boolean", param="stream")
     opts = body.get("stream_options") or {}
-    locale = body.get("locale") or backend.locale
-    try:
-        locale = backend.crisis.resources.resolve(str(locale)).code
-    except TunesmithError as e:
-        raise RequestError(str(e), param="locale") from None
+    locale = body.get("locale") or (None if backend.auto_locale else backend.locale)
+    if locale is not None:
+        try:
+            locale = backend.crisis.resources.resolve(str(locale)).code
+        except TunesmithError as e:
+            raise RequestError(str(e), param="locale") from None
     return ChatRequest(
         history=convo[:-1], user_text=convo[-1]["content"],
         system_prompt="\n\n".join(system_parts) if system_parts else None, stream=stream,

@@ -3,7 +3,9 @@ endpoint (`tunesmith serve`) and the red-team run.
 
 One turn (`ChatSession.respond`):
 
-1. the crisis layer screens the user's message (before anything is generated);
+1. the crisis layer screens the user's message with the earlier user turns as context (before
+   anything is generated); once a turn is flagged, the session stays flagged (`crisis_category`)
+   and every later reply carries the resources in its metadata (`session_banner`);
 2. the history is cut from the oldest exchanges until the prompt fits the model's context
    (max_position_embeddings minus max_new_tokens);
 3. when the adapter has emotion/strategy heads, one forward pass of the decoder gives the hidden
@@ -92,7 +94,11 @@ class ChatSession:
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
         self.locale = self.crisis.resources.resolve(locale).code
+        # no locale given: the resources follow each message's language
+        self.auto_locale = not locale
         self.history: list[dict] = [dict(m) for m in history or []]
+        # category of the first flagged turn; sticky for the rest of the conversation
+        self.crisis_category: str | None = self.crisis.earlier_crisis(self.history) if self.history else None
         self.context_tokens = context_tokens or context_limit(model, tokenizer)
         self.temperature, self.top_p = temperature, top_p
         # a mild penalty: greedy decoding of small models otherwise loops on a phrase
@@ -109,10 +115,12 @@ class ChatSession:
 
     def set_locale(self, locale: str) -> str:
         self.locale = self.crisis.resources.resolve(locale).code
+        self.auto_locale = False
         return self.locale
 
     def reset(self) -> None:
         self.history.clear()
+        self.crisis_category = None
 
     def respond(self, user_text: str, locale: str | None = None, max_new_tokens: int | None = None,
                 temperature: float | None = None, top_p: float | None = None) -> Reply:
@@ -120,7 +128,10 @@ class ChatSession:
         if not isinstance(user_text, str) or not user_text.strip():
             raise ChatError("empty message")
         max_new = max_new_tokens or self.max_new_tokens
-        screening = self.crisis.screen(user_text, locale or self.locale)
+        chosen = locale or (None if self.auto_locale else self.locale)
+        screening = self.crisis.screen(user_text, chosen, history=self.history, earlier_crisis=self.crisis_category)
+        if screening.result.flagged and self.crisis_category is None:
+            self.crisis_category = screening.result.category
         system = self.system_prompt
         if screening.result.flagged:
             note = CRISIS_GUIDANCE.format(category=screening.result.category.replace("_", " "))

@@ -1,7 +1,8 @@
 """The single self-contained chat page served at `/` by `tunesmith serve` (inline CSS and JS, no
 external requests). It talks to the same `POST /v1/chat/completions` endpoint as any OpenAI client,
 with `stream: true`, and reads the `tunesmith` extension field of the first chunk for the crisis
-banner and the emotion/strategy badges.
+banner and the emotion/strategy badges. Once a reply is flagged, a "Crisis support" bar stays pinned
+above the conversation until "New chat" (the server reports `session_flagged` on every later reply).
 
 Kept as a Python string rather than a package-data file so that it ships with the code in every
 install mode. `__CONFIG__` is replaced with JSON (model name, locales, default locale).
@@ -43,6 +44,10 @@ form { display:flex; gap:.5rem; padding:.75rem 1rem; width:100%; max-width:820px
 textarea { flex:1; resize:none; padding:.55rem .7rem; border-radius:8px; border:1px solid #d0d5dd; font:inherit; height:3rem; }
 button.primary { padding:.5rem 1.1rem; border-radius:8px; border:0; background:#2563eb; color:#fff; font:inherit; cursor:pointer; }
 button:disabled { opacity:.5; cursor:default; }
+#sticky { max-width:820px; width:100%; margin:.5rem auto 0; border:2px solid var(--warn); background:var(--warnbg);
+          color:#7a271a; border-radius:8px; padding:.35rem .7rem; font-size:.85rem; }
+#sticky summary { cursor:pointer; color:var(--warn); font-weight:700; }
+#sticky div { white-space:pre-wrap; margin-top:.3rem; }
 footer { font-size:.75rem; color:var(--muted); text-align:center; padding:0 1rem .6rem; }
 </style>
 </head>
@@ -52,6 +57,7 @@ footer { font-size:.75rem; color:var(--muted); text-align:center; padding:0 1rem
   <label>Crisis resources for <select id="locale" aria-label="Crisis resources locale"></select></label>
   <button type="button" id="reset">New chat</button>
 </header>
+<details id="sticky" hidden><summary>Crisis support: resources stay here for this conversation</summary><div id="sticky-text"></div></details>
 <main id="log" role="log" aria-live="polite"></main>
 <form id="form">
   <textarea id="input" placeholder="Type a message. Enter sends, Shift+Enter adds a line." aria-label="Message"></textarea>
@@ -65,12 +71,14 @@ const cfg = JSON.parse(document.getElementById("cfg").textContent);
 const log = document.getElementById("log"), form = document.getElementById("form");
 const input = document.getElementById("input"), send = document.getElementById("send");
 const localeSel = document.getElementById("locale");
+const sticky = document.getElementById("sticky"), stickyText = document.getElementById("sticky-text");
+{ const o = document.createElement("option"); o.value = ""; o.textContent = "the message's language"; localeSel.appendChild(o); }
 document.getElementById("model").textContent = cfg.model + (cfg.heads ? " · emotion/strategy heads" : "");
 for (const [code, name] of cfg.locales) {
   const o = document.createElement("option"); o.value = code; o.textContent = name + " (" + code + ")"; localeSel.appendChild(o);
 }
 const saved = localStorage.getItem("tunesmith.locale");
-localeSel.value = cfg.locales.some(l => l[0] === saved) ? saved : cfg.locale;
+localeSel.value = saved !== null && (saved === "" || cfg.locales.some(l => l[0] === saved)) ? saved : cfg.locale;
 localeSel.addEventListener("change", () => localStorage.setItem("tunesmith.locale", localeSel.value));
 let history = [];
 let busy = false;
@@ -106,6 +114,10 @@ function showMeta(meta, view) {
     view.badges.appendChild(node("span", "badge crisis", "crisis: " + String(c.category).replace(/_/g, " ")));
     view.msg.dataset.crisis = c.category;
   }
+  if (c.session_flagged && c.session_banner) {  // pinned until "New chat"
+    linkify(stickyText, c.session_banner);
+    sticky.hidden = false;
+  }
   if (meta.emotion) view.badges.appendChild(node("span", "badge emotion", "emotion: " + meta.emotion.label + " " + Math.round(meta.emotion.prob * 100) + "%"));
   if (meta.strategy) view.badges.appendChild(node("span", "badge strategy", "strategy: " + meta.strategy.label + " " + Math.round(meta.strategy.prob * 100) + "%"));
 }
@@ -132,7 +144,7 @@ async function sendMessage(text) {
   try {
     const resp = await fetch("/v1/chat/completions", {
       method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({model: cfg.model, messages: history, stream: true, locale: localeSel.value}),
+      body: JSON.stringify({model: cfg.model, messages: history, stream: true, locale: localeSel.value || null}),
     });
     if (!resp.ok) {
       const e = await resp.json().catch(() => ({}));
@@ -190,7 +202,7 @@ form.addEventListener("submit", ev => {
 input.addEventListener("keydown", ev => {
   if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); form.requestSubmit(); }
 });
-document.getElementById("reset").addEventListener("click", () => { if (!busy) { history = []; log.textContent = ""; input.focus(); } });
+document.getElementById("reset").addEventListener("click", () => { if (!busy) { history = []; log.textContent = ""; sticky.hidden = true; stickyText.textContent = ""; input.focus(); } });
 input.focus();
 </script>
 </body>

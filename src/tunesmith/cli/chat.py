@@ -14,7 +14,7 @@ from tunesmith.ui import quiet_libraries
 
 ModelArg = Annotated[str, typer.Argument(help="model reference: builtin:<name>, a .gguf file, a local HF folder or org/name")]
 AdapterOpt = Annotated[Optional[Path], typer.Option("--adapter", help="adapter folder (LoRA + optional emotion/strategy heads), e.g. runs/<run>/adapter")]
-LocaleOpt = Annotated[Optional[str], typer.Option("--locale", help="crisis resources locale, e.g. en_US, en_GB (default: international)")]
+LocaleOpt = Annotated[Optional[str], typer.Option("--locale", help="crisis resources locale, e.g. en_US, en_GB (default: the message's language, else international)")]
 SystemOpt = Annotated[Optional[str], typer.Option("--system", help="system prompt (default: the adapter's run config, else the model's own)")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | bf16 | fp16 | fp32")]
 
@@ -40,7 +40,8 @@ def _check_locale(locale: str | None):
 # ------------------------------------------------------------------------------------------ chat
 
 
-HELP = "/locale [CODE] show or change the crisis-resources locale · /reset new conversation · /quit"
+HELP = ("/locale [CODE] show or change the crisis-resources locale · /resources show the crisis resources · "
+        "/reset new conversation · /quit")
 
 
 def _print_reply(console, reply) -> None:
@@ -50,6 +51,10 @@ def _print_reply(console, reply) -> None:
     if reply.banner:
         console.print(Panel(reply.banner, title="crisis support", border_style="red", expand=False))
         console.print(f"[dim]flagged: {reply.crisis.category} ({reply.crisis.reason})[/]", highlight=False)
+    elif reply.screening.session_flagged:
+        # a crisis earlier in this chat: keep the way to help one line away
+        first = reply.screening.session_banner.splitlines()[1].lstrip("• ")
+        console.print(f"[red]crisis support:[/] {first} [dim](/resources shows the helplines)[/]", highlight=False)
     tags = []
     if reply.emotion:
         tags.append(f"emotion: {reply.emotion.label} {reply.emotion.prob:.0%}")
@@ -116,7 +121,13 @@ def chat(model: ModelArg, adapter: AdapterOpt = None, locale: LocaleOpt = None,
             cmd, _, arg = text.partition(" ")
             if cmd in ("/quit", "/exit"):
                 return
-            if cmd == "/reset":
+            if cmd == "/resources":
+                from rich.panel import Panel
+
+                cat = session.crisis_category or "self_harm"
+                console.print(Panel(layer.resources.banner(cat, session.locale), title="crisis support",
+                                    border_style="red", expand=False))
+            elif cmd == "/reset":
                 session.reset()
                 console.print("[dim]new conversation[/]")
             elif cmd == "/locale":

@@ -1,0 +1,95 @@
+"""The crisis detector on the held-out evaluation set (benchmarks/data/crisis_heldout.jsonl).
+
+    python benchmarks/crisis_eval.py [--data FILE] [--boot 2000] [--json OUT] [--misses]
+
+The set was written in a separate pass from the training data and is never used for training or
+for choosing the threshold. Single statements go through `CrisisDetector.check`, multi-turn rows
+(`messages`) through `check_conversation`. Reports crisis recall and benign false-positive rate
+overall, per language, per category and per kind, with bootstrap 95% intervals (rows resampled
+with replacement), the category agreement on flagged crisis rows, and how often the resources
+shown (no locale set) are the ones for the message's language. Targets: recall ≥ 0.98 and FPR
+≤ 0.05, overall and for each language.
+"""
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from tunesmith.chat.crisis import CrisisLayer
+from tunesmith.chat.crisis_model import load_statements
+
+DEFAULT = Path(__file__).resolve().parent / "data" / "crisis_heldout.jsonl"
+RECALL_TARGET, FPR_TARGET = 0.98, 0.05
+
+
+def rate_ci(hits: np.ndarray, boot: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    if len(hits) == 0:
+        return float("nan"), float("nan"), float("nan")
+    samples = rng.choice(hits, size=(boot, len(hits)), replace=True).mean(axis=1)
+    return float(hits.mean()), float(np.quantile(samples, 0.025)), float(np.quantile(samples, 0.975))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(DEFAULT))
+    ap.add_argument("--boot", type=int, default=2000)
+    ap.add_argument("--json")
+    # the text of held-out rows is never printed: reading misses invites tuning to them
+    ap.add_argument("--misses", action="store_true", help="also print the per-kind table and each error's lang, kind, reason")
+    args = ap.parse_args()
+    rows = load_statements(args.data)
+    layer = CrisisLayer()
+    det = layer.detector
+    t = time.perf_counter()
+    results = [det.check_conversation(list(r.messages)) if r.messages else det.check(r.text) for r in rows]
+    secs = time.perf_counter() - t
+    rng = np.random.default_rng(0)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        groups["all"].append(i)
+        groups[f"lang={r.lang}"].append(i)
+        groups["multi_turn" if r.messages else "single"].append(i)
+        if r.crisis:
+            groups[f"category={r.category}"].append(i)
+        groups[f"kind={r.kind}"].append(i)
+    flagged = np.asarray([res.flagged for res in results])
+    crisis = np.asarray([r.crisis for r in rows])
+    out: dict[str, dict] = {}
+    lines = ["| group | crisis n | recall [95% CI] | benign n | FPR [95% CI] |", "|---|---:|---|---:|---|"]
+    for name, idx in groups.items():
+        idx = np.asarray(idx)
+        c, b = idx[crisis[idx]], idx[~crisis[idx]]
+        rec, fpr = rate_ci(flagged[c].astype(float), args.boot, rng), rate_ci(flagged[b].astype(float), args.boot, rng)
+        out[name] = {"crisis": len(c), "recall": rec, "benign": len(b), "fpr": fpr}
+        if name.startswith("kind=") and not args.misses:
+            continue
+        fmt = lambda v: "–" if np.isnan(v[0]) else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
+        lines.append(f"| {name} | {len(c)} | {fmt(rec)} | {len(b)} | {fmt(fpr)} |")
+    agree = [res.category == r.category for r, res in zip(rows, results) if r.crisis and res.flagged]
+    lang_ok = [layer.locale_for(r.messages[-1] if r.messages else r.text, None).code
+               == layer.resources.by_language.get(r.lang, layer.resources.default) for r in rows]
+    print(f"held-out set: {args.data} ({len(rows)} rows, {int(crisis.sum())} crisis); "
+          f"threshold {det.threshold:.3f}; {1000 * secs / len(rows):.1f} ms/row")
+    print("\n".join(lines))
+    print(f"category agreement on flagged crisis rows: {np.mean(agree):.3f} ({sum(agree)}/{len(agree)})")
+    print(f"resources in the message's language (no locale set): {np.mean(lang_ok):.3f} ({sum(lang_ok)}/{len(lang_ok)})")
+    by_lang = [k for k in out if k.startswith("lang=")]
+    met = all(out[k]["recall"][0] >= RECALL_TARGET and (out[k]["benign"] == 0 or out[k]["fpr"][0] <= FPR_TARGET)
+              for k in ["all", *by_lang])
+    print(f"targets recall ≥ {RECALL_TARGET} and FPR ≤ {FPR_TARGET}, overall and per language: {'met' if met else 'NOT met'}")
+    if args.misses:
+        for r, res in zip(rows, results):
+            if r.crisis != res.flagged:
+                print(f"{'MISS' if r.crisis else 'FP  '} [{r.lang} {r.kind}] ({res.reason})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"data": args.data, "rows": len(rows), "threshold": det.threshold, "groups": out,
+                       "category_agreement": float(np.mean(agree)), "resources_language": float(np.mean(lang_ok))},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
