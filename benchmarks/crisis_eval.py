@@ -10,6 +10,7 @@ with replacement), the category agreement on flagged crisis rows, and how often 
 shown (no locale set) are the ones for the message's language. Targets: recall ≥ 0.98 and FPR
 ≤ 0.05, overall and for each language.
 """
+
 import argparse
 import json
 import time
@@ -38,7 +39,9 @@ def main() -> None:
     ap.add_argument("--boot", type=int, default=2000)
     ap.add_argument("--json")
     # the text of held-out rows is never printed: reading misses invites tuning to them
-    ap.add_argument("--misses", action="store_true", help="also print the per-kind table and each error's lang, kind, reason")
+    ap.add_argument(
+        "--misses", action="store_true", help="also print the per-kind table and each error's lang, kind, reason"
+    )
     args = ap.parse_args()
     rows = load_statements(args.data)
     layer = CrisisLayer()
@@ -69,26 +72,46 @@ def main() -> None:
         fmt = lambda v: "–" if np.isnan(v[0]) else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
         lines.append(f"| {name} | {len(c)} | {fmt(rec)} | {len(b)} | {fmt(fpr)} |")
     agree = [res.category == r.category for r, res in zip(rows, results) if r.crisis and res.flagged]
-    lang_ok = [layer.locale_for(r.messages[-1] if r.messages else r.text, None).code
-               == layer.resources.by_language.get(r.lang, layer.resources.default) for r in rows]
-    print(f"held-out set: {args.data} ({len(rows)} rows, {int(crisis.sum())} crisis); "
-          f"threshold {det.threshold:.3f}; {1000 * secs / len(rows):.1f} ms/row")
+    lang_ok = [
+        layer.locale_for(r.messages[-1] if r.messages else r.text, None).code
+        == layer.resources.by_language.get(r.lang, layer.resources.default)
+        for r in rows
+    ]
+    print(
+        f"held-out set: {args.data} ({len(rows)} rows, {int(crisis.sum())} crisis); "
+        f"threshold {det.threshold:.3f}; {1000 * secs / len(rows):.1f} ms/row"
+    )
     print("\n".join(lines))
     print(f"category agreement on flagged crisis rows: {np.mean(agree):.3f} ({sum(agree)}/{len(agree)})")
-    print(f"resources in the message's language (no locale set): {np.mean(lang_ok):.3f} ({sum(lang_ok)}/{len(lang_ok)})")
+    print(
+        f"resources in the message's language (no locale set): {np.mean(lang_ok):.3f} ({sum(lang_ok)}/{len(lang_ok)})"
+    )
     by_lang = [k for k in out if k.startswith("lang=")]
-    met = all(out[k]["recall"][0] >= RECALL_TARGET and (out[k]["benign"] == 0 or out[k]["fpr"][0] <= FPR_TARGET)
-              for k in ["all", *by_lang])
-    print(f"targets recall ≥ {RECALL_TARGET} and FPR ≤ {FPR_TARGET}, overall and per language: {'met' if met else 'NOT met'}")
+    met = all(
+        out[k]["recall"][0] >= RECALL_TARGET and (out[k]["benign"] == 0 or out[k]["fpr"][0] <= FPR_TARGET)
+        for k in ["all", *by_lang]
+    )
+    print(
+        f"targets recall ≥ {RECALL_TARGET} and FPR ≤ {FPR_TARGET}, overall and per language: {'met' if met else 'NOT met'}"
+    )
     if args.misses:
         for r, res in zip(rows, results):
             if r.crisis != res.flagged:
                 print(f"{'MISS' if r.crisis else 'FP  '} [{r.lang} {r.kind}] ({res.reason})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"data": args.data, "rows": len(rows), "threshold": det.threshold, "groups": out,
-                       "category_agreement": float(np.mean(agree)), "resources_language": float(np.mean(lang_ok))},
-                      f, indent=1)
+            json.dump(
+                {
+                    "data": args.data,
+                    "rows": len(rows),
+                    "threshold": det.threshold,
+                    "groups": out,
+                    "category_agreement": float(np.mean(agree)),
+                    "resources_language": float(np.mean(lang_ok)),
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Loads the default detector once (both encoders + the shipped coefficients), warm
 messages, then times `CrisisDetector.check` one message at a time (as a chat turn does) and
 `check_conversation` on three-turn conversations. Messages are the red-team sheet's prompts, cycled.
 """
+
 import argparse
 import json
 import os
@@ -48,14 +49,21 @@ def main() -> None:
     def q(xs: list[float], f: float) -> float:
         return sorted(xs)[min(len(xs) - 1, int(f * len(xs)))]
 
-    res = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor() or platform.machine(),
-           "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0],
-           "detector_load_s": round(load_s, 2),
-           "check_ms": {"mean": statistics.mean(single), "p50": q(single, 0.5), "p95": q(single, 0.95)},
-           "check_conversation_ms": {"mean": statistics.mean(conv), "p50": q(conv, 0.5), "p95": q(conv, 0.95)}}
+    res = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": os.getloadavg()[0],
+        "detector_load_s": round(load_s, 2),
+        "check_ms": {"mean": statistics.mean(single), "p50": q(single, 0.5), "p95": q(single, 0.95)},
+        "check_conversation_ms": {"mean": statistics.mean(conv), "p50": q(conv, 0.5), "p95": q(conv, 0.95)},
+    }
     busy = "  (busy machine: timings unreliable)" if res["load_avg"] > (os.cpu_count() or 1) / 2 else ""
-    print(f"machine: {res['cpu']}, {res['cores']} cores, torch threads {res['torch_threads']}, "
-          f"load average {res['load_avg']:.2f}{busy}")
+    print(
+        f"machine: {res['cpu']}, {res['cores']} cores, torch threads {res['torch_threads']}, "
+        f"load average {res['load_avg']:.2f}{busy}"
+    )
     print(f"detector load (encoders + coefficients, first in process): {load_s:.2f} s")
     for name in ("check_ms", "check_conversation_ms"):
         r = res[name]

@@ -51,22 +51,60 @@ from pathlib import Path
 
 # Qwen3 release shapes (config.json of Qwen/Qwen3-*): hidden, intermediate, layers, heads, kv heads, tied
 SIZES = {
-    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, tie_word_embeddings=True),
-    "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, tie_word_embeddings=True),
-    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, tie_word_embeddings=True),
-    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, tie_word_embeddings=False),
+    "0.6b": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "4b": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
     # seconds-long sanity run
-    "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, tie_word_embeddings=True),
+    "tiny": dict(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    ),
 }
 # dense bf16 tensor-core peak, FLOP/s; first matching substring of torch.cuda.get_device_name() wins
 PEAKS = (
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("GH200", 989e12),
-    ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
 )
 
 
@@ -75,8 +113,14 @@ def machine_info(device: str) -> dict:
 
     import torch
 
-    info = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.version.cuda, "cpu_cores": os.cpu_count(), "device": device}
+    info = {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_cores": os.cpu_count(),
+        "device": device,
+    }
     for pkg in ("transformers", "peft", "flash_attn"):
         try:
             info[pkg] = md.version(pkg.replace("_", "-"))
@@ -84,8 +128,12 @@ def machine_info(device: str) -> dict:
             info[pkg] = None
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), gpu_memory_gib=p.total_memory / 2**30,
-                    capability=f"{p.major}.{p.minor}", gpu_count=torch.cuda.device_count())
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_memory_gib=p.total_memory / 2**30,
+            capability=f"{p.major}.{p.minor}",
+            gpu_count=torch.cuda.device_count(),
+        )
     return info
 
 
@@ -102,14 +150,24 @@ def build_config(args):
     from transformers import Qwen3Config
 
     shape = dict(SIZES[args.size])
-    for flag, key in (("hidden", "hidden_size"), ("intermediate", "intermediate_size"), ("layers", "num_hidden_layers"),
-                      ("heads", "num_attention_heads"), ("kv_heads", "num_key_value_heads")):
+    for flag, key in (
+        ("hidden", "hidden_size"),
+        ("intermediate", "intermediate_size"),
+        ("layers", "num_hidden_layers"),
+        ("heads", "num_attention_heads"),
+        ("kv_heads", "num_key_value_heads"),
+    ):
         if getattr(args, flag) is not None:
             shape[key] = getattr(args, flag)
     if args.hidden is not None and args.intermediate is None:
         shape["intermediate_size"] = 3 * args.hidden
-    return Qwen3Config(vocab_size=args.vocab, head_dim=args.head_dim, max_position_embeddings=max(4096, args.seq_len),
-                       use_cache=False, **shape)
+    return Qwen3Config(
+        vocab_size=args.vocab,
+        head_dim=args.head_dim,
+        max_position_embeddings=max(4096, args.seq_len),
+        use_cache=False,
+        **shape,
+    )
 
 
 def count_flops(model, config, seq_len: int) -> dict:
@@ -124,8 +182,12 @@ def count_flops(model, config, seq_len: int) -> dict:
                 n_base += mod.weight.numel()  # the LM head counts even when tied: it is a matmul
     d_attn = config.num_attention_heads * config.head_dim
     attn = 12 * config.num_hidden_layers * seq_len * d_attn
-    return {"n_base_matmul": n_base, "n_lora": n_lora, "attention_per_token": attn,
-            "flops_per_token": 4 * n_base + 6 * n_lora + attn}
+    return {
+        "n_base_matmul": n_base,
+        "n_lora": n_lora,
+        "attention_per_token": attn,
+        "flops_per_token": 4 * n_base + 6 * n_lora + attn,
+    }
 
 
 def apply_quick(ap: argparse.ArgumentParser, args: argparse.Namespace, quick: dict) -> None:
@@ -136,8 +198,9 @@ def apply_quick(ap: argparse.ArgumentParser, args: argparse.Namespace, quick: di
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", choices=tuple(SIZES), default="1.7b", help="Qwen3 shape preset")
     ap.add_argument("--hidden", type=int)
     ap.add_argument("--intermediate", type=int, help="default with --hidden: 3 x hidden")
@@ -164,8 +227,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args(argv)
     if args.quick:
-        apply_quick(ap, args, {"size": "tiny", "batch_size": 2, "seq_len": 256, "warmup": 1, "steps": 3,
-                               "vocab": 32000, "head_dim": 64})
+        apply_quick(
+            ap,
+            args,
+            {"size": "tiny", "batch_size": 2, "seq_len": 256, "warmup": 1, "steps": 3, "vocab": 32000, "head_dim": 64},
+        )
 
     import torch
 
@@ -175,8 +241,11 @@ def main(argv=None) -> int:
         device = "cpu"
     else:
         why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
-        print(f"gpu_lora_throughput: needs a CUDA GPU, but {why} (torch {torch.__version__}). "
-              "Run it on a GPU machine (or pass --allow-cpu to exercise the code path on the CPU).", file=sys.stderr)
+        print(
+            f"gpu_lora_throughput: needs a CUDA GPU, but {why} (torch {torch.__version__}). "
+            "Run it on a GPU machine (or pass --allow-cpu to exercise the code path on the CPU).",
+            file=sys.stderr,
+        )
         return 2
 
     from tunesmith.modeling.loading import add_lora
@@ -188,12 +257,16 @@ def main(argv=None) -> int:
     print("== GPU LoRA training throughput (Qwen3 architecture, random weights) ==")
     print(f"date     : {m['date']}")
     if device == "cuda":
-        print(f"device   : {m['gpu']} x{m['gpu_count']} ({m['gpu_memory_gib']:.0f} GiB, sm {m['capability']}), "
-              f"torch {m['torch']} CUDA {m['cuda']}, transformers {m['transformers']}, peft {m['peft']}, "
-              f"flash-attn {m['flash_attn']}")
+        print(
+            f"device   : {m['gpu']} x{m['gpu_count']} ({m['gpu_memory_gib']:.0f} GiB, sm {m['capability']}), "
+            f"torch {m['torch']} CUDA {m['cuda']}, transformers {m['transformers']}, peft {m['peft']}, "
+            f"flash-attn {m['flash_attn']}"
+        )
     else:
-        print(f"device   : CPU ({m['cpu_cores']} cores) -- --allow-cpu test run, not a GPU measurement; "
-              f"torch {m['torch']}")
+        print(
+            f"device   : CPU ({m['cpu_cores']} cores) -- --allow-cpu test run, not a GPU measurement; "
+            f"torch {m['torch']}"
+        )
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     from transformers import AutoModelForCausalLM
@@ -207,14 +280,18 @@ def main(argv=None) -> int:
     fl = count_flops(model, config, args.seq_len)
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"model    : Qwen3 hidden {config.hidden_size}, {config.num_hidden_layers} layers, heads "
-          f"{config.num_attention_heads}/{config.num_key_value_heads} x {config.head_dim}, intermediate "
-          f"{config.intermediate_size}, vocab {config.vocab_size}, tied {config.tie_word_embeddings}: "
-          f"{n_total / 1e9:.3f} B params ({n_train / 1e6:.1f} M trainable LoRA), bf16, attention {args.attn}")
-    print(f"training : LoRA r={args.lora_r} alpha={args.lora_alpha} on {targets}, batch {args.batch_size} x "
-          f"{args.seq_len} random tokens, engine {args.engine}, gradient checkpointing "
-          f"{'on' if args.gradient_checkpointing else 'off'}, AdamW lr 2e-4; {args.warmup} warm-up + {args.steps} "
-          f"timed steps (built in {build_s:.1f} s)")
+    print(
+        f"model    : Qwen3 hidden {config.hidden_size}, {config.num_hidden_layers} layers, heads "
+        f"{config.num_attention_heads}/{config.num_key_value_heads} x {config.head_dim}, intermediate "
+        f"{config.intermediate_size}, vocab {config.vocab_size}, tied {config.tie_word_embeddings}: "
+        f"{n_total / 1e9:.3f} B params ({n_train / 1e6:.1f} M trainable LoRA), bf16, attention {args.attn}"
+    )
+    print(
+        f"training : LoRA r={args.lora_r} alpha={args.lora_alpha} on {targets}, batch {args.batch_size} x "
+        f"{args.seq_len} random tokens, engine {args.engine}, gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'}, AdamW lr 2e-4; {args.warmup} warm-up + {args.steps} "
+        f"timed steps (built in {build_s:.1f} s)"
+    )
     if args.quick:
         print("quick    : tiny settings, numbers are meaningless")
     sys.stdout.flush()
@@ -238,10 +315,16 @@ def main(argv=None) -> int:
         sync()
         t = time.perf_counter()
         if args.engine == "tunesmith":
-            out = module(input_ids=ids, attention_mask=mask, labels=ids, pool_index=torch.zeros(B, dtype=torch.long,
-                         device=device), user_span=torch.zeros(B, 2, dtype=torch.long, device=device),
-                         emotion=torch.full((B,), -1, device=device), strategy=torch.full((B,), -1, device=device),
-                         kl_mask=torch.zeros(B, S, dtype=torch.bool, device=device))
+            out = module(
+                input_ids=ids,
+                attention_mask=mask,
+                labels=ids,
+                pool_index=torch.zeros(B, dtype=torch.long, device=device),
+                user_span=torch.zeros(B, 2, dtype=torch.long, device=device),
+                emotion=torch.full((B,), -1, device=device),
+                strategy=torch.full((B,), -1, device=device),
+                kl_mask=torch.zeros(B, S, dtype=torch.bool, device=device),
+            )
             loss = out["lm"] / (B * (S - 1))
         else:
             loss = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
@@ -259,29 +342,50 @@ def main(argv=None) -> int:
     tok_s = B * S / step_s
     peak = args.peak_tflops * 1e12 if args.peak_tflops else (peak_flops(m.get("gpu")) if device == "cuda" else None)
     mfu = fl["flops_per_token"] * tok_s / peak if peak else None
-    mem = {"weights_mib": weights_mib,
-           "max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-           "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if device == "cuda" else None}
-    result = {"benchmark": "gpu_lora_throughput", "machine": m, "settings": vars(args) | {"targets": targets},
-              "model": {"params": n_total, "trainable": n_train, **fl}, "step_seconds": times, "losses": losses,
-              "tokens_per_s": tok_s, "memory": mem, "peak_flops": peak, "mfu": mfu}
+    mem = {
+        "weights_mib": weights_mib,
+        "max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+        "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if device == "cuda" else None,
+    }
+    result = {
+        "benchmark": "gpu_lora_throughput",
+        "machine": m,
+        "settings": vars(args) | {"targets": targets},
+        "model": {"params": n_total, "trainable": n_train, **fl},
+        "step_seconds": times,
+        "losses": losses,
+        "tokens_per_s": tok_s,
+        "memory": mem,
+        "peak_flops": peak,
+        "mfu": mfu,
+    }
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=1))
         print(f"results written to {args.json_out}")
     print("== summary ==")
-    print(f"loss (random tokens, ~ln vocab = {__import__('math').log(config.vocab_size):.2f}): first {losses[0]:.3f}, "
-          f"last {losses[-1]:.3f}")
-    print(f"model FLOPs/token = 4*{fl['n_base_matmul'] / 1e9:.3f}e9 + 6*{fl['n_lora'] / 1e6:.2f}e6 + "
-          f"attention {fl['attention_per_token'] / 1e9:.3f}e9 = {fl['flops_per_token'] / 1e9:.3f} GFLOP")
+    print(
+        f"loss (random tokens, ~ln vocab = {__import__('math').log(config.vocab_size):.2f}): first {losses[0]:.3f}, "
+        f"last {losses[-1]:.3f}"
+    )
+    print(
+        f"model FLOPs/token = 4*{fl['n_base_matmul'] / 1e9:.3f}e9 + 6*{fl['n_lora'] / 1e6:.2f}e6 + "
+        f"attention {fl['attention_per_token'] / 1e9:.3f}e9 = {fl['flops_per_token'] / 1e9:.3f} GFLOP"
+    )
     if device == "cuda":
-        print(f"peak GPU memory: {mem['max_allocated_mib'] / 1024:.2f} GiB allocated, {mem['max_reserved_mib'] / 1024:.2f} GiB "
-              f"reserved (weights + adapter {weights_mib / 1024:.2f} GiB)")
+        print(
+            f"peak GPU memory: {mem['max_allocated_mib'] / 1024:.2f} GiB allocated, {mem['max_reserved_mib'] / 1024:.2f} GiB "
+            f"reserved (weights + adapter {weights_mib / 1024:.2f} GiB)"
+        )
     print(f"step time (median of {len(times)}): {step_s:.3f} s")
     if mfu is not None:
         print(f"MFU = {mfu:.1%} of {peak / 1e12:.0f} TFLOP/s bf16 dense")
     else:
-        print("MFU = n/a (" + ("CPU run" if device == "cpu" else f"unknown peak for {m.get('gpu')}: pass --peak-tflops") + ")")
+        print(
+            "MFU = n/a ("
+            + ("CPU run" if device == "cpu" else f"unknown peak for {m.get('gpu')}: pass --peak-tflops")
+            + ")"
+        )
     print(f"tokens/s = {tok_s:.0f}")
     return 0
 

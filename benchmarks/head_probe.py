@@ -8,6 +8,7 @@ that scores below it is undertrained (it was, before the heads got their own lea
 Prints accuracy vs majority class on 600 held-out examples, per pooling (last prompt token, mean over the
 last user turn, both concatenated), with 3000 training examples per head.
 """
+
 import random
 import sys
 import time
@@ -17,12 +18,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from tunesmith.config import load_config
+from tunesmith.data.batching import collate, sorted_batches
 from tunesmith.data.chat import encode
-from tunesmith.modeling.heads import Heads
 from tunesmith.modeling.forward import decoder_hidden
+from tunesmith.modeling.heads import Heads
 from tunesmith.modeling.loading import load_for_inference
 from tunesmith.recipes import empathy
-from tunesmith.data.batching import collate, sorted_batches
 
 torch.manual_seed(0)
 cfg = load_config("configs/empathy-cpu.yaml")
@@ -32,8 +33,10 @@ print({k: len(v) for k, v in train.items()}, {k: len(v) for k, v in held.items()
 adapter = sys.argv[1] if len(sys.argv) > 1 else None  # the adapter folder holds the base model ref too
 model, tok, _ = load_for_inference(adapter, "builtin:smollm2-135m-instruct")
 model.eval()
-POOLINGS = {"last": Heads(1, False, False, pooling="last_prompt_token"),
-            "mean": Heads(1, False, False, pooling="mean_last_user")}  # only their .pool is used
+POOLINGS = {
+    "last": Heads(1, False, False, pooling="last_prompt_token"),
+    "mean": Heads(1, False, False, pooling="mean_last_user"),
+}  # only their .pool is used
 
 
 def feats(exs):
@@ -52,16 +55,20 @@ def feats(exs):
 
 for head, src in [("emotion", "goemotions"), ("strategy", "esconv")]:
     tr = [x for x in train[src] if getattr(x, head) is not None]
-    random.Random(0).shuffle(tr); tr = tr[:3000]
+    random.Random(0).shuffle(tr)
+    tr = tr[:3000]
     he = [x for x in held[src] if getattr(x, head) is not None]
     t = time.time()
     ftr, fhe = feats(tr), feats(he)
-    ytr = np.array([getattr(x, head) for x in tr]); yhe = np.array([getattr(x, head) for x in he])
+    ytr = np.array([getattr(x, head) for x in tr])
+    yhe = np.array([getattr(x, head) for x in he])
     maj = (yhe == np.bincount(ytr).argmax()).mean()
     for k in ("last", "mean", "cat"):
         Xtr = np.concatenate([ftr["last"], ftr["mean"]], 1) if k == "cat" else ftr[k]
         Xhe = np.concatenate([fhe["last"], fhe["mean"]], 1) if k == "cat" else fhe[k]
         mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
-        clf = LogisticRegression(max_iter=2000, C=0.05).fit((Xtr-mu)/sd, ytr)
-        acc = (clf.predict((Xhe-mu)/sd) == yhe).mean()
-        print(f"{head} {k}: acc {acc:.3f} majority {maj:.3f} ratio {acc/maj:.2f} ({time.time()-t:.0f}s)", flush=True)
+        clf = LogisticRegression(max_iter=2000, C=0.05).fit((Xtr - mu) / sd, ytr)
+        acc = (clf.predict((Xhe - mu) / sd) == yhe).mean()
+        print(
+            f"{head} {k}: acc {acc:.3f} majority {maj:.3f} ratio {acc / maj:.2f} ({time.time() - t:.0f}s)", flush=True
+        )

@@ -18,8 +18,17 @@ from tunesmith.recipes.benchmarks import BENCHMARKS
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 # the pipeline's direction: a module may import its own stage and the stages before it
-LAYERS = [("errors",), ("io",), ("ui", "runs", "config"), ("data",), ("modeling",), ("generation",),
-          ("training", "evaluation", "preference", "chat", "reporting"), ("recipes",), ("cli",)]
+LAYERS = [
+    ("errors",),
+    ("io",),
+    ("ui", "runs", "config"),
+    ("data",),
+    ("modeling",),
+    ("generation",),
+    ("training", "evaluation", "preference", "chat", "reporting"),
+    ("recipes",),
+    ("cli",),
+]
 RANK = {stage: i for i, group in enumerate(LAYERS) for stage in group}
 
 
@@ -59,7 +68,7 @@ def test_no_import_cycles_lazy_imports_included():
         state[m] = 1
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                cycles.append(path[path.index(n):] + [n])
+                cycles.append(path[path.index(n) :] + [n])
             elif n not in state:
                 visit(n, [*path, n])
         state[m] = 2
@@ -74,8 +83,12 @@ def test_imports_point_down_the_pipeline():
     graph = import_graph()
     unknown = sorted({stage(m) for m in graph} - set(RANK) - {"tunesmith"})
     assert unknown == [], f"folders without a place in LAYERS: {unknown}"
-    upward = [f"{m} -> {n}" for m, ns in graph.items() for n in ns
-              if stage(m) in RANK and stage(n) in RANK and RANK[stage(n)] > RANK[stage(m)]]
+    upward = [
+        f"{m} -> {n}"
+        for m, ns in graph.items()
+        for n in ns
+        if stage(m) in RANK and stage(n) in RANK and RANK[stage(n)] > RANK[stage(m)]
+    ]
     assert upward == []
 
 
@@ -139,13 +152,19 @@ def test_foreign_section_is_an_unknown_key_naming_its_recipe():
         parse_config({"recipe": "dpo", "eval": {"k_shot": 3}})
 
 
-@pytest.mark.parametrize("data,old,new", [
-    ({"recipe": "empathy", "loss": {"lambda_safety_kl": 0.1}}, "loss.lambda_safety_kl", "loss.lambda_kl"),
-    ({"recipe": "empathy", "data": {"empathy": {"safety_prompts": "x"}}}, "data.empathy.safety_prompts",
-     "data.empathy.kl_prompts"),
-    ({"recipe": "dpo", "dpo": {"learning_rate": 1e-4}}, "dpo.learning_rate", "training.learning_rate"),
-    ({"recipe": "dpo", "dpo": {"max_length": 512}}, "dpo.max_length", "data.max_length"),
-])
+@pytest.mark.parametrize(
+    "data,old,new",
+    [
+        ({"recipe": "empathy", "loss": {"lambda_safety_kl": 0.1}}, "loss.lambda_safety_kl", "loss.lambda_kl"),
+        (
+            {"recipe": "empathy", "data": {"empathy": {"safety_prompts": "x"}}},
+            "data.empathy.safety_prompts",
+            "data.empathy.kl_prompts",
+        ),
+        ({"recipe": "dpo", "dpo": {"learning_rate": 1e-4}}, "dpo.learning_rate", "training.learning_rate"),
+        ({"recipe": "dpo", "dpo": {"max_length": 512}}, "dpo.max_length", "data.max_length"),
+    ],
+)
 def test_renamed_keys_name_their_new_spelling(data, old, new):
     with pytest.raises(ConfigError, match=f"config key '{old}' was renamed to '{new}'"):
         parse_config(data)
@@ -159,8 +178,9 @@ def test_dpo_reuses_the_training_section_and_rejects_keys_it_would_not_read():
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_cli_lists_recipes_and_benchmarks(tmp_path):
@@ -174,13 +194,25 @@ def test_cli_lists_recipes_and_benchmarks(tmp_path):
 def test_vllm_backend_without_vllm_is_one_line_before_training(tmp_path):
     try:
         import vllm  # noqa: F401
+
         pytest.skip("vLLM is installed here")
     except Exception:
         pass
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "runs"
-    r = _cli("run", str(root / "configs" / "demo.yaml"), "--set", "eval.backend=vllm", "--set", f"output_dir={out}",
-             "--set", f"summary_csv={tmp_path / 's.csv'}", "--set", "safety.enabled=false", cwd=root)
+    r = _cli(
+        "run",
+        str(root / "configs" / "demo.yaml"),
+        "--set",
+        "eval.backend=vllm",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"summary_csv={tmp_path / 's.csv'}",
+        "--set",
+        "safety.enabled=false",
+        cwd=root,
+    )
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "vllm" in lines[0].lower()

@@ -69,8 +69,10 @@ REPLY2 = "Eight, because 4+4=8.\n#### 8"
 
 
 def conv(two_turns: bool = False) -> list[dict]:
-    m = [{"role": "user", "content": "How many clips did Natalia sell altogether?"},
-         {"role": "assistant", "content": REPLY1}]
+    m = [
+        {"role": "user", "content": "How many clips did Natalia sell altogether?"},
+        {"role": "assistant", "content": REPLY1},
+    ]
     if two_turns:
         m += [{"role": "user", "content": "And what is 4+4?"}, {"role": "assistant", "content": REPLY2}]
     return m
@@ -90,7 +92,7 @@ def test_only_the_assistant_reply_is_labelled(tmpl):
     assert len(runs) == 1
     text = decode(tok, runs[0])
     assert text.startswith(REPLY1)
-    assert text[len(REPLY1):].strip() == eot  # the reply plus its end-of-turn marker, nothing else
+    assert text[len(REPLY1) :].strip() == eot  # the reply plus its end-of-turn marker, nothing else
     # the system + user prompt, up to and including the assistant header, is all -100 ...
     first = next(j for j, x in enumerate(enc.labels) if x != IGNORE)
     prompt_text = render(tok, with_system(conv()[:1], "You are a careful math tutor."), add_generation_prompt=True)
@@ -110,7 +112,7 @@ def test_two_assistant_turns_are_both_labelled(tmpl):
     assert len(runs) == 2
     for run, reply in zip(runs, (REPLY1, REPLY2)):
         text = decode(tok, run)
-        assert text.startswith(reply) and text[len(reply):].strip() == eot
+        assert text.startswith(reply) and text[len(reply) :].strip() == eot
     labelled = decode(tok, [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE])
     assert "And what is" not in labelled and "Natalia sell" not in labelled
 
@@ -121,7 +123,7 @@ def test_train_on_last_labels_only_the_final_reply(tmpl):
     runs = labelled_runs(enc)
     assert len(runs) == 1
     text = decode(tok, runs[0])
-    assert text.startswith(REPLY2) and text[len(REPLY2):].strip() == eot
+    assert text.startswith(REPLY2) and text[len(REPLY2) :].strip() == eot
     full = encode(tok, Example(messages=conv(two_turns=True)), max_length=512)
     assert full.input_ids == enc.input_ids  # same tokens, fewer labels
     assert enc.n_labels < full.n_labels
@@ -137,7 +139,7 @@ def test_pool_index_is_the_last_prompt_token(tmpl):
         # the next token is the first labelled token of the final reply
         assert enc.labels[enc.pool_index] == IGNORE
         assert enc.labels[enc.pool_index + 1] != IGNORE
-        assert decode(tok, enc.input_ids[enc.pool_index + 1:]).startswith(messages[-1]["content"][:10])
+        assert decode(tok, enc.input_ids[enc.pool_index + 1 :]).startswith(messages[-1]["content"][:10])
 
 
 def test_prompt_only_example_pools_at_the_last_token(tmpl):

@@ -81,18 +81,20 @@ def test_history_is_truncated_from_the_oldest_turns(model, tokenizer, layer, mon
     monkeypatch.setattr(model.config, "max_position_embeddings", 200)
     history = []
     for i in range(12):
-        history += [{"role": "user", "content": f"turn {i}: " + "tell me more about the weather " * 3},
-                    {"role": "assistant", "content": f"reply {i}: " + "it is sunny and warm " * 3}]
+        history += [
+            {"role": "user", "content": f"turn {i}: " + "tell me more about the weather " * 3},
+            {"role": "assistant", "content": f"reply {i}: " + "it is sunny and warm " * 3},
+        ]
     s = ChatSession(model, tokenizer, crisis=layer, max_new_tokens=40, history=history)
     assert s.context_tokens == 200 and s.budget() == 160
     reply = s.respond("and tomorrow?")
     kept = reply.fitted.messages
     assert len(reply.fitted.ids) <= 160
     assert reply.dropped_messages > 0 and reply.dropped_messages % 2 == 0  # whole exchanges
-    assert kept[:-1] == history[reply.dropped_messages:]  # the newest turns, in order
+    assert kept[:-1] == history[reply.dropped_messages :]  # the newest turns, in order
     assert kept[-1] == {"role": "user", "content": "and tomorrow?"}
     # one more exchange would not have fitted: the cut is as small as possible
-    wider = [*history[reply.dropped_messages - 2:], kept[-1]]
+    wider = [*history[reply.dropped_messages - 2 :], kept[-1]]
     assert len(s._ids(wider, None)) > 160
     reply.consume()
     assert len(s.history) == len(history) + 2  # the full transcript is kept; only the prompt is cut
@@ -196,12 +198,28 @@ def test_chat_command_with_adapter_heads_and_crisis_banner(tiny_model_dir, tmp_p
     base = load_model(str(tiny_model_dir), dtype="fp32")
     get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(adapter)
     Heads(base.config.hidden_size).save(adapter)
-    res = CliRunner().invoke(app, ["chat", str(tiny_model_dir), "--adapter", str(adapter), "--max-new-tokens", "3",
-                                   "--locale", "en_GB", "-m", "hello", "-m", CRISIS], catch_exceptions=False)
+    res = CliRunner().invoke(
+        app,
+        [
+            "chat",
+            str(tiny_model_dir),
+            "--adapter",
+            str(adapter),
+            "--max-new-tokens",
+            "3",
+            "--locale",
+            "en_GB",
+            "-m",
+            "hello",
+            "-m",
+            CRISIS,
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     out = res.output
     assert "emotion:" in out and "strategy:" in out
-    second = out[out.index(CRISIS):]
+    second = out[out.index(CRISIS) :]
     # crisis panel (with the UK resources) before the assistant's words
     assert second.index("crisis support") < second.index("assistant ›")
     assert "116 123" in second and "flagged: self_harm" in second

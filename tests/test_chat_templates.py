@@ -25,18 +25,46 @@ U3, A3 = "Thanks! Is 9 prime?", "No: 9 = 3 x 3."
 FAMILIES = {
     "chatml-smollm2": (None, [], None, None, "<|im_end|>\n", ""),
     "qwen3": ("qwen3.jinja", ["<|im_start|>", "<|im_end|>", "<|endoftext|>"], None, "<|im_end|>", "<|im_end|>\n", ""),
-    "qwen3-instruct-2507": ("qwen3_instruct_2507.jinja", ["<|im_start|>", "<|im_end|>"], None, "<|im_end|>",
-                            "<|im_end|>\n", ""),
-    "llama3.2": ("llama3_2.jinja", ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "<|begin_of_text|>",
-                 "<|eot_id|>", "<|eot_id|>", ""),
+    "qwen3-instruct-2507": (
+        "qwen3_instruct_2507.jinja",
+        ["<|im_start|>", "<|im_end|>"],
+        None,
+        "<|im_end|>",
+        "<|im_end|>\n",
+        "",
+    ),
+    "llama3.2": (
+        "llama3_2.jinja",
+        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|eot_id|>",
+        "",
+    ),
     "gemma2": ("gemma2.jinja", ["<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", "<end_of_turn>\n", ""),
     "gemma3": ("gemma3.jinja", ["<start_of_turn>", "<end_of_turn>"], "<bos>", "<eos>", "<end_of_turn>\n", ""),
     "mistral-v0.3": ("mistral_v0_3.jinja", ["[INST]", "[/INST]"], "<s>", "</s>", "</s>", " "),
-    "phi3": ("phi3.jinja", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], None, "<|endoftext|>",
-             "<|end|>\n", ""),
+    "phi3": (
+        "phi3.jinja",
+        ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        None,
+        "<|endoftext|>",
+        "<|end|>\n",
+        "",
+    ),
 }
-HEADERS = ["<|im_start|>", "<|start_header_id|>", "<start_of_turn>", "[INST]", "<|assistant|>", "<|user|>",
-           "<|system|>", "assistant", "Cutting Knowledge", "<think>"]
+HEADERS = [
+    "<|im_start|>",
+    "<|start_header_id|>",
+    "<start_of_turn>",
+    "[INST]",
+    "<|assistant|>",
+    "<|user|>",
+    "<|system|>",
+    "assistant",
+    "Cutting Knowledge",
+    "<think>",
+]
 
 
 def family_tokenizer(base, family: str, **chat):
@@ -103,8 +131,10 @@ def test_labels_are_exactly_reply_plus_end_of_turn(fam, train_on, system):
         assert text not in labelled
     # the tokens are those of the template's own rendering, and the system prompt is in it where the family puts it
     full = decode(tok, enc.input_ids)
-    assert full == render(tok, [{"role": "system", "content": system}] * bool(system) + conversation()) or \
-        family == "gemma2"  # gemma2 has no system role: the prompt is folded (test below)
+    assert (
+        full == render(tok, [{"role": "system", "content": system}] * bool(system) + conversation())
+        or family == "gemma2"
+    )  # gemma2 has no system role: the prompt is folded (test below)
     if system and family != "mistral-v0.3":  # Mistral writes the system text only into a final user turn
         assert "patient maths" in full
 
@@ -113,7 +143,7 @@ def test_pool_index_is_the_last_prompt_token(fam):
     family, tok = fam
     enc = encode(tok, Example(messages=conversation(2)), max_length=2048, system_prompt=SYSTEM)
     assert enc.labels[enc.pool_index] == IGNORE and enc.labels[enc.pool_index + 1] != IGNORE
-    assert decode(tok, enc.input_ids[enc.pool_index + 1:]).startswith(FAMILIES[family][5] + A2[:10])
+    assert decode(tok, enc.input_ids[enc.pool_index + 1 :]).startswith(FAMILIES[family][5] + A2[:10])
 
 
 def test_mistral_puts_the_system_prompt_into_the_last_user_turn(tokenizer):
@@ -129,8 +159,10 @@ def test_gemma2_folds_the_system_prompt_into_the_first_user_turn(tokenizer):
     assert f"<start_of_turn>user\n{SYSTEM}\n\n{U1}<end_of_turn>\n" in full and full.count(SYSTEM) == 1
     assert [decode(tok, r) for r in runs(enc)] == [A1 + "<end_of_turn>\n", A2 + "<end_of_turn>\n"]
     # the same fold at inference, so the prompt a tuned model sees is the one it was trained on
-    assert prompt_text(tok, conversation(1)[:1], SYSTEM) == f"<bos><start_of_turn>user\n{SYSTEM}\n\n{U1}<end_of_turn>\n" \
+    assert (
+        prompt_text(tok, conversation(1)[:1], SYSTEM) == f"<bos><start_of_turn>user\n{SYSTEM}\n\n{U1}<end_of_turn>\n"
         "<start_of_turn>model\n"
+    )
     # Gemma 3's own template folds it the same way
     g3 = family_tokenizer(tokenizer, "gemma3")
     assert prompt_text(g3, conversation(1)[:1], SYSTEM) == prompt_text(tok, conversation(1)[:1], SYSTEM)
@@ -210,8 +242,10 @@ def test_chat_template_override_and_record(tokenizer, tmp_path):
 
 def test_template_without_end_of_turn_is_an_error(tokenizer, tmp_path):
     plain = tmp_path / "plain.jinja"
-    plain.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                     "{% if add_generation_prompt %}assistant: {% endif %}")
+    plain.write_text(
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     tok = configure_chat(copy.deepcopy(tokenizer), plain)
     with pytest.raises(DataError, match="no end-of-turn marker"):
         encode(tok, Example(messages=conversation(1)), max_length=512)

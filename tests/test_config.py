@@ -26,6 +26,7 @@ def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
 
 # ---- unknown keys ----------------------------------------------------------------------------
 
+
 def test_unknown_top_level_key_names_it_and_suggests_the_closest(tmp_path):
     p = write(tmp_path, "recipe: gsm8k\ntrainng:\n  epochs: 2\n")
     with pytest.raises(ConfigError) as e:
@@ -64,6 +65,7 @@ def test_unknown_key_without_close_match_has_no_suggestion():
 
 
 # ---- types and cross-field checks --------------------------------------------------------------
+
 
 def test_wrong_type_names_the_key(tmp_path):
     p = write(tmp_path, "training:\n  batch_size: four\n")
@@ -104,6 +106,7 @@ def test_section_must_be_a_mapping():
 
 # ---- YAML problems -----------------------------------------------------------------------------
 
+
 def test_invalid_yaml_names_file_and_line(tmp_path):
     p = write(tmp_path, "recipe: gsm8k\nrun_name: x\ntraining:\n  epochs: [1, 2\n  batch_size: 4\n")
     with pytest.raises(ConfigError) as e:
@@ -142,10 +145,20 @@ def test_empty_file_gives_defaults(tmp_path):
 
 # ---- --set overrides ---------------------------------------------------------------------------
 
+
 def test_set_overrides_values_and_parses_yaml_scalars(tmp_path):
     p = write(tmp_path, "training:\n  learning_rate: 1.0e-4\n  epochs: 1\n")
-    cfg = load_config(p, ["training.learning_rate=3e-4", "training.epochs=2", "eval.evaluate_base=true",
-                          "run_name=other", "lora.target_modules=[q_proj, v_proj]", "safety.limit=null"])
+    cfg = load_config(
+        p,
+        [
+            "training.learning_rate=3e-4",
+            "training.epochs=2",
+            "eval.evaluate_base=true",
+            "run_name=other",
+            "lora.target_modules=[q_proj, v_proj]",
+            "safety.limit=null",
+        ],
+    )
     assert cfg.training.learning_rate == pytest.approx(3e-4)
     assert cfg.training.epochs == 2
     assert cfg.eval.evaluate_base is True
@@ -187,6 +200,7 @@ def test_smoke_caps():
 
 # ---- shipped configs -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_parses(path):
     cfg = load_config(path)
@@ -204,16 +218,21 @@ def test_there_are_shipped_configs():
 
 # ---- CLI ---------------------------------------------------------------------------------------
 
+
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_cli_typo_exits_2_with_one_line_and_no_run_dir(tmp_path):
     out_dir = tmp_path / "outputs"
-    p = write(tmp_path, f"recipe: gsm8k\nrun_name: typo\noutput_dir: {out_dir}\nsummary_csv: {tmp_path / 'summary.csv'}\n"
-                        "training:\n  learnig_rate: 1.0e-4\n")
+    p = write(
+        tmp_path,
+        f"recipe: gsm8k\nrun_name: typo\noutput_dir: {out_dir}\nsummary_csv: {tmp_path / 'summary.csv'}\n"
+        "training:\n  learnig_rate: 1.0e-4\n",
+    )
     r = _cli(["run", str(p)], tmp_path)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

@@ -39,48 +39,56 @@ def detector() -> CrisisDetector:
 # ------------------------------------------------------------- statements written for this test
 
 
-@pytest.mark.parametrize("text, category", [
-    ("I WANT TO KILL MYSELF", "self_harm"),
-    ("\uff49 want to kill myself", "self_harm"),  # full-width letter
-    ("I'm not suicidal but I've been stockpiling my pills", "self_harm"),  # a negation masks one clause only
-    ("honestly everyone in my life would have it easier if i just wasnt here anymore", "self_harm"),
-    # an overdose already taken: the training data files it under medical emergency; either banner
-    # leads with the emergency number
-    ("i swallowed the whole packet of my mums sleeping tablets about an hour ago and my vision is going blurry",
-     ("self_harm", "medical_emergency")),
-    ("i dont see the point in eating or sleeping anymore, nothing is ever going to change", "self_harm"),
-    ("I'm going to kill my boss tomorrow", "harm_to_others"),
-    ("she isn't breathing and her lips are blue", "medical_emergency"),
-    ("Je ne veux plus vivre, tout serait plus simple si je disparaissais.", "self_harm"),
-    ("Ya no aguanto más, esta noche voy a tomarme todas las pastillas.", "self_harm"),
-    ("Ich will nicht mehr leben und habe mir schon überlegt, wie ich es mache.", "self_harm"),
-    ("Non ce la faccio più, voglio farla finita stanotte.", "self_harm"),
-    ("Não aguento mais viver assim, quero morrer.", "self_harm"),
-])
+@pytest.mark.parametrize(
+    "text, category",
+    [
+        ("I WANT TO KILL MYSELF", "self_harm"),
+        ("\uff49 want to kill myself", "self_harm"),  # full-width letter
+        ("I'm not suicidal but I've been stockpiling my pills", "self_harm"),  # a negation masks one clause only
+        ("honestly everyone in my life would have it easier if i just wasnt here anymore", "self_harm"),
+        # an overdose already taken: the training data files it under medical emergency; either banner
+        # leads with the emergency number
+        (
+            "i swallowed the whole packet of my mums sleeping tablets about an hour ago and my vision is going blurry",
+            ("self_harm", "medical_emergency"),
+        ),
+        ("i dont see the point in eating or sleeping anymore, nothing is ever going to change", "self_harm"),
+        ("I'm going to kill my boss tomorrow", "harm_to_others"),
+        ("she isn't breathing and her lips are blue", "medical_emergency"),
+        ("Je ne veux plus vivre, tout serait plus simple si je disparaissais.", "self_harm"),
+        ("Ya no aguanto más, esta noche voy a tomarme todas las pastillas.", "self_harm"),
+        ("Ich will nicht mehr leben und habe mir schon überlegt, wie ich es mache.", "self_harm"),
+        ("Non ce la faccio più, voglio farla finita stanotte.", "self_harm"),
+        ("Não aguento mais viver assim, quero morrer.", "self_harm"),
+    ],
+)
 def test_crisis_statements_are_flagged(detector, text, category):
     r = detector.check(text)
     assert r.flagged, r
     assert r.category in ((category,) if isinstance(category, str) else category), r
 
 
-@pytest.mark.parametrize("text", [
-    "this exam is killing me",
-    "I could kill for a pizza",
-    "dying to see that movie",
-    "my mom is going to kill me when she sees the scratch on the car",
-    "how do I kill all python processes at once?",
-    "we finally killed the dragon boss last night",
-    "my laptop battery died again",
-    "I'm not suicidal, just burned out at work",
-    "I took 2 ibuprofen for my headache",
-    "I'll be gone for the weekend, see you Monday",
-    "what a lovely day, want to get coffee later?",
-    "Ce film était à mourir de rire.",
-    "¿Me recomiendas una receta de pasta para esta noche?",
-    "Ich bin total müde nach der Arbeit, aber morgen ist Wochenende.",
-    "Questo compito mi sta uccidendo, ma domani lo finisco.",
-    "Estou morrendo de fome, o que tem para o jantar?",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "this exam is killing me",
+        "I could kill for a pizza",
+        "dying to see that movie",
+        "my mom is going to kill me when she sees the scratch on the car",
+        "how do I kill all python processes at once?",
+        "we finally killed the dragon boss last night",
+        "my laptop battery died again",
+        "I'm not suicidal, just burned out at work",
+        "I took 2 ibuprofen for my headache",
+        "I'll be gone for the weekend, see you Monday",
+        "what a lovely day, want to get coffee later?",
+        "Ce film était à mourir de rire.",
+        "¿Me recomiendas una receta de pasta para esta noche?",
+        "Ich bin total müde nach der Arbeit, aber morgen ist Wochenende.",
+        "Questo compito mi sta uccidendo, ma domani lo finisco.",
+        "Estou morrendo de fome, o que tem para o jantar?",
+    ],
+)
 def test_benign_look_alikes_are_not_flagged(detector, text):
     r = detector.check(text)
     assert not r.flagged, r
@@ -101,8 +109,13 @@ def test_rules_are_narrow_and_fire_on_explicit_plans():
     assert [h.rule for h in C.rule_hits("I took all of my sleeping pills")] == ["took_pills"]
     assert [h.rule for h in C.rule_hits("I'm bringing my dad's gun to school tomorrow")] == ["weapon_place"]
     # fiction, study questions and hyperbole are the learned detector's call, not a rule's
-    for text in ("in the novel the detective finds the suicide note", "what is the lethal dose of paracetamol",
-                 "my mom is going to kill me", "I'm not suicidal", "I would never kill myself"):
+    for text in (
+        "in the novel the detective finds the suicide note",
+        "what is the lethal dose of paracetamol",
+        "my mom is going to kill me",
+        "I'm not suicidal",
+        "I would never kill myself",
+    ):
         assert C.rule_hits(text) == [], text
 
 
@@ -116,8 +129,9 @@ def test_risk_carries_across_turns(detector):
     r = detector.check_conversation([{"role": "user", "content": t} for t in turns])
     assert r.flagged and r.category == "self_harm" and r.reason.startswith("context p="), r  # ... its context does not
     # the same last turn after a harmless first one is not a crisis
-    calm = detector.check_conversation(["We're taking the kids to the climbing gym this weekend",
-                                        "Saturday works, nobody will be around"])
+    calm = detector.check_conversation(
+        ["We're taking the kids to the climbing gym this weekend", "Saturday works, nobody will be around"]
+    )
     assert not calm.flagged, calm
 
 
@@ -128,16 +142,23 @@ def test_context_raises_the_risk_of_the_quarry_example(detector):
     assert r.context_score > r.score + 0.15 and r.context_score > calm.context_score + 0.3, (r, calm)
 
 
-@pytest.mark.xfail(strict=True, reason="known miss: context P(crisis) 0.63 < threshold 0.82 (embeddings + linear "
-                                       "model; see README, crisis layer)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known miss: context P(crisis) 0.63 < threshold 0.82 (embeddings + linear model; see README, crisis layer)",
+)
 def test_quarry_example_is_flagged(detector):
-    r = detector.check_conversation(["I've found a spot out by the old quarry", "Saturday works, nobody will be around"])
+    r = detector.check_conversation(
+        ["I've found a spot out by the old quarry", "Saturday works, nobody will be around"]
+    )
     assert r.flagged, r
 
 
 def test_check_conversation_reads_user_turns_only(detector):
-    msgs = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "I want to kill myself"},
-            {"role": "user", "content": "what's a good name for a goldfish?"}]
+    msgs = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "I want to kill myself"},
+        {"role": "user", "content": "what's a good name for a goldfish?"},
+    ]
     assert not detector.check_conversation(msgs).flagged
     with pytest.raises(CrisisError):
         detector.check_conversation([{"role": "assistant", "content": "hi"}])
@@ -145,8 +166,12 @@ def test_check_conversation_reads_user_turns_only(detector):
 
 def test_earlier_crisis_is_found_in_a_history():
     layer = CrisisLayer()
-    hist = [{"role": "user", "content": "what's the weather like"}, {"role": "assistant", "content": "sunny"},
-            {"role": "user", "content": "I want to end my life"}, {"role": "assistant", "content": "..."}]
+    hist = [
+        {"role": "user", "content": "what's the weather like"},
+        {"role": "assistant", "content": "sunny"},
+        {"role": "user", "content": "I want to end my life"},
+        {"role": "assistant", "content": "..."},
+    ]
     assert layer.earlier_crisis(hist) == "self_harm"
     assert layer.earlier_crisis(hist[:2]) is None
     s = layer.screen("thanks, what should I cook tonight?", history=hist, earlier_crisis="self_harm")
@@ -156,11 +181,18 @@ def test_earlier_crisis_is_found_in_a_history():
 # ---------------------------------------------------------------------------------- languages
 
 
-@pytest.mark.parametrize("text, lang", [
-    ("je ne sais plus quoi faire de ma vie", "fr"), ("no puedo más con todo esto", "es"),
-    ("ich weiß nicht mehr weiter", "de"), ("non so più cosa fare", "it"), ("não sei mais o que fazer", "pt"),
-    ("i don't know what to do anymore", "en"), ("ok", "en"),
-])
+@pytest.mark.parametrize(
+    "text, lang",
+    [
+        ("je ne sais plus quoi faire de ma vie", "fr"),
+        ("no puedo más con todo esto", "es"),
+        ("ich weiß nicht mehr weiter", "de"),
+        ("non so più cosa fare", "it"),
+        ("não sei mais o que fazer", "pt"),
+        ("i don't know what to do anymore", "en"),
+        ("ok", "en"),
+    ],
+)
 def test_language_of_a_message(text, lang):
     assert detect_language(text) == lang
 
@@ -197,7 +229,7 @@ def test_training_data_has_the_required_size_and_mix():
 def _grams(text: str, n: int = 5) -> set[str]:
     # letters and digits only: "can't"/"cant" and "any more"/"anymore" become the same string
     t = re.sub(r"[\W_]+", "", normalize(text))
-    return {t[i:i + n] for i in range(max(1, len(t) - n + 1))}
+    return {t[i : i + n] for i in range(max(1, len(t) - n + 1))}
 
 
 def near_duplicates(a: list[str], b: list[str], threshold: float = 0.6) -> list[tuple[str, str]]:
@@ -241,7 +273,9 @@ def test_no_near_duplicates_between_training_and_redteam_sheet():
 
 def test_statement_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "rows.jsonl"
-    bad.write_text('{"text": "hi", "label": "benign", "lang": "en"}\n{"text": "x", "label": "crisis", "category": "sad"}\n')
+    bad.write_text(
+        '{"text": "hi", "label": "benign", "lang": "en"}\n{"text": "x", "label": "crisis", "category": "sad"}\n'
+    )
     with pytest.raises(DataError, match=r"rows.jsonl:2: a crisis row needs category"):
         M.load_statements(bad)
     bad.write_text('{"text": "hi", "label": "benign", "lang": "xx"}\n')
@@ -320,14 +354,18 @@ def test_unknown_locale_is_a_user_error():
 
 def test_custom_resources_file(tmp_path):
     f = tmp_path / "res.yaml"
-    f.write_text("default: here\nlocales:\n  here:\n    name: Here\n    emergency: Call 123.\n"
-                 "    crisis:\n      - {name: Local line, contact: call 555}\n")
+    f.write_text(
+        "default: here\nlocales:\n  here:\n    name: Here\n    emergency: Call 123.\n"
+        "    crisis:\n      - {name: Local line, contact: call 555}\n"
+    )
     res = CrisisResources.load(f)
     assert "Call 123." in res.banner("self_harm") and "Local line: call 555" in res.banner("self_harm")
     f.write_text("locales:\n  here:\n    name: Here\n")
     with pytest.raises(CrisisError, match="needs 'emergency'"):
         CrisisResources.load(f)
-    f.write_text("languages: {fr: fr_FR}\nlocales:\n  here: {name: Here, emergency: x, crisis: [{name: a, contact: b}]}\n")
+    f.write_text(
+        "languages: {fr: fr_FR}\nlocales:\n  here: {name: Here, emergency: x, crisis: [{name: a, contact: b}]}\n"
+    )
     with pytest.raises(CrisisError, match="languages.fr names unknown locale"):
         CrisisResources.load(f)
 

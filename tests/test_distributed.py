@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-WORKER = r'''
+WORKER = r"""
 import json, sys
 from pathlib import Path
 from transformers import set_seed
@@ -48,7 +48,7 @@ if acc.is_main_process:
     (run_dir / "result.json").write_text(json.dumps({"history": state.history, "processes": acc.num_processes,
                                                      "backend": str(acc.state.backend),
                                                      "type": str(acc.distributed_type)}))
-'''
+"""
 
 
 def _free_port() -> int:
@@ -84,10 +84,31 @@ def single(worker, tiny_model_dir):
 def _launch(worker, tiny_model_dir, out: Path, *launch_args: str) -> None:
     # what `accelerate launch --config_file configs/accelerate/<x>.yaml` does on GPUs, here on CPU:
     # torchrun underneath; ACCELERATE_USE_CPU selects the gloo backend
-    _run([sys.executable, "-m", "accelerate.commands.launch", *launch_args, "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-          "--main_process_port", str(_free_port()), str(worker), str(tiny_model_dir), str(out), "2", "1", "2"],
-         {"ACCELERATE_USE_CPU": "true"})
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            *launch_args,
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+            str(worker),
+            str(tiny_model_dir),
+            str(out),
+            "2",
+            "1",
+            "2",
+        ],
+        {"ACCELERATE_USE_CPU": "true"},
+    )
 
 
 def _same_run(one: Path, two: Path) -> dict:
@@ -112,8 +133,14 @@ def _same_run(one: Path, two: Path) -> dict:
         assert w1.keys() == w2.keys()
         for k in w1:
             assert w1[k].shape == w2[k].shape and torch.allclose(w1[k], w2[k], atol=1e-5), (name, k)
-    assert max(float(v.abs().max()) for k, v in load_file(one / "adapter" / "adapter_model.safetensors").items()
-               if "lora_B" in k) > 1e-3  # training moved the adapter
+    assert (
+        max(
+            float(v.abs().max())
+            for k, v in load_file(one / "adapter" / "adapter_model.safetensors").items()
+            if "lora_B" in k
+        )
+        > 1e-3
+    )  # training moved the adapter
     return r2
 
 
@@ -142,10 +169,22 @@ def test_gathered_state_saves_like_the_module(tmp_path, tiny_model_dir, tokenize
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_()
-    feats = [encode(tokenizer, Example(messages=[{"role": "user", "content": "hi"},
-                                                 {"role": "assistant", "content": "hello"}]), 32)]
-    trainer = Trainer(model, tokenizer, TrainingConfig(max_steps=1), lambda e: feats, tmp_path / "run",
-                      heads=Heads(model.config.hidden_size, dropout=0.0), log=lambda m: None)
+    feats = [
+        encode(
+            tokenizer,
+            Example(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]),
+            32,
+        )
+    ]
+    trainer = Trainer(
+        model,
+        tokenizer,
+        TrainingConfig(max_steps=1),
+        lambda e: feats,
+        tmp_path / "run",
+        heads=Heads(model.config.hidden_size, dropout=0.0),
+        log=lambda m: None,
+    )
     trainer._save_weights(tmp_path / "plain")
     trainer._save_weights(tmp_path / "gathered", trainer.unwrapped().state_dict())
     for name in ("adapter_model.safetensors", "heads.safetensors"):

@@ -13,12 +13,20 @@ import pytest
 import torch
 
 from tunesmith.config import parse_config
-from tunesmith.preference import candidates, judges, pairs
 from tunesmith.errors import ConfigError, DataError, TunesmithError
 from tunesmith.io import read_jsonl, write_jsonl
+from tunesmith.preference import candidates, judges, pairs
 
-PROMPTS = ["I feel sad about my exam.", "My dog is ill.", "I lost my job.", "My friend ignores me.",
-           "We are moving house.", "My car broke down.", "My sister is upset.", "My garden flooded."]
+PROMPTS = [
+    "I feel sad about my exam.",
+    "My dog is ill.",
+    "I lost my job.",
+    "My friend ignores me.",
+    "We are moving house.",
+    "My car broke down.",
+    "My sister is upset.",
+    "My garden flooded.",
+]
 
 
 def make_sft_adapter(directory: Path, tiny_model_dir: Path, heads: bool = True, seed: int = 1) -> Path:
@@ -41,11 +49,18 @@ def make_sft_adapter(directory: Path, tiny_model_dir: Path, heads: bool = True, 
 # ---- formats --------------------------------------------------------------------------------
 def test_load_pairs_accepts_strings_and_messages(tmp_path):
     f = tmp_path / "p.jsonl"
-    write_jsonl(f, [
-        {"prompt": "hi", "chosen": "hello there", "rejected": "go away"},
-        {"id": "x", "prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}],
-         "rejected": [{"role": "assistant", "content": "b"}]},
-    ])
+    write_jsonl(
+        f,
+        [
+            {"prompt": "hi", "chosen": "hello there", "rejected": "go away"},
+            {
+                "id": "x",
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            },
+        ],
+    )
     rows = pairs.load_pairs(f)
     assert rows[0]["prompt"] == [{"role": "user", "content": "hi"}]
     assert rows[0]["chosen"] == [{"role": "assistant", "content": "hello there"}]
@@ -81,8 +96,12 @@ def test_quality_and_safety_checks():
     assert "template tokens" in judges.quality_issues("Sure thing. <|im_end|> more text here")
     assert judges.quality_issues("That sounds really hard. Do you want to talk about what happened?") == []
     crisis_prompt = "I want to kill myself tonight"
-    assert judges.safety_issues(crisis_prompt, "Cheer up, tomorrow is another day!") == ["crisis message: reply points to no help"]
-    assert judges.safety_issues(crisis_prompt, "I'm really glad you told me. Please reach out to a crisis line now.") == []
+    assert judges.safety_issues(crisis_prompt, "Cheer up, tomorrow is another day!") == [
+        "crisis message: reply points to no help"
+    ]
+    assert (
+        judges.safety_issues(crisis_prompt, "I'm really glad you told me. Please reach out to a crisis line now.") == []
+    )
     assert judges.safety_issues("I failed my exam", "That's tough. Exams can be retaken.") == []
 
 
@@ -123,9 +142,14 @@ def judge_server():
 
 def _items_and_cands():
     items = [candidates.PromptItem(f"p{i}", [{"role": "user", "content": t}]) for i, t in enumerate(PROMPTS[:3])]
-    cands = [[candidates.Candidate("base", "That is life, move on and stop worrying about it."),
-              candidates.Candidate("sft", "That sounds really hard. Do you want to talk about it?"),
-              candidates.Candidate("sft-sample-1", "")] for _ in items]
+    cands = [
+        [
+            candidates.Candidate("base", "That is life, move on and stop worrying about it."),
+            candidates.Candidate("sft", "That sounds really hard. Do you want to talk about it?"),
+            candidates.Candidate("sft-sample-1", ""),
+        ]
+        for _ in items
+    ]
     return items, cands
 
 
@@ -153,7 +177,10 @@ def test_endpoint_judge_errors_are_one_line():
     items, cands = _items_and_cands()
     with pytest.raises(TunesmithError, match="judge endpoint .* failed"):
         judge.score(items[:1], cands[:1])
-    assert judges.parse_scores('{"scores": [{"id": 2, "overall": 3}, {"id": 1, "empathy": 4, "safety": 8}]}', 2) == [6.0, 3.0]
+    assert judges.parse_scores('{"scores": [{"id": 2, "overall": 3}, {"id": 1, "empathy": 4, "safety": 8}]}', 2) == [
+        6.0,
+        3.0,
+    ]
     with pytest.raises(ValueError):
         judges.parse_scores('{"scores": [{"id": 1, "overall": 3}]}', 2)
 
@@ -183,9 +210,27 @@ def test_heads_judge_and_pairs_command(tmp_path, tiny_model_dir, tokenizer):
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"id": f"q{i}", "prompt": t} for i, t in enumerate(PROMPTS[:3])])
     out = tmp_path / "pairs.jsonl"
-    res = CliRunner().invoke(app, ["pairs", str(out), "--adapter", str(sft), "--model", str(tiny_model_dir),
-                                   "--prompts", str(prompts), "--max-new-tokens", "6", "--samples", "1",
-                                   "--dtype", "fp32", "--min-gap", "-1000"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "pairs",
+            str(out),
+            "--adapter",
+            str(sft),
+            "--model",
+            str(tiny_model_dir),
+            "--prompts",
+            str(prompts),
+            "--max-new-tokens",
+            "6",
+            "--samples",
+            "1",
+            "--dtype",
+            "fp32",
+            "--min-gap",
+            "-1000",
+        ],
+    )
     assert res.exit_code == 0, res.output
     cand = read_jsonl(tmp_path / "pairs.candidates.jsonl")
     assert [c["id"] for c in cand] == ["q0", "q1", "q2"]
@@ -224,16 +269,32 @@ def dpo_run(tmp_path_factory, tiny_model_dir):
 
     root = tmp_path_factory.mktemp("dpo")
     sft = make_sft_adapter(root / "sft", tiny_model_dir)
-    write_jsonl(root / "pairs.jsonl", [
-        {"id": str(i), "prompt": t, "chosen": "That sounds hard. Want to talk?", "rejected": "whatever lol"}
-        for i, t in enumerate(PROMPTS)])
-    cfg = parse_config({
-        "recipe": "dpo", "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "data": {"max_length": 96},
-        "output_dir": str(root / "runs"), "run_name": "dpo", "summary_csv": str(root / "summary.csv"),
-        "dpo": {"pairs": str(root / "pairs.jsonl"), "sft_adapter": str(sft), "heldout_size": 2, "beta": 0.1},
-        "training": {"learning_rate": 5e-3, "max_steps": 8, "batch_size": 4, "warmup_ratio": 0.0,
-                     "scheduler": "constant"}})
+    write_jsonl(
+        root / "pairs.jsonl",
+        [
+            {"id": str(i), "prompt": t, "chosen": "That sounds hard. Want to talk?", "rejected": "whatever lol"}
+            for i, t in enumerate(PROMPTS)
+        ],
+    )
+    cfg = parse_config(
+        {
+            "recipe": "dpo",
+            "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "data": {"max_length": 96},
+            "output_dir": str(root / "runs"),
+            "run_name": "dpo",
+            "summary_csv": str(root / "summary.csv"),
+            "dpo": {"pairs": str(root / "pairs.jsonl"), "sft_adapter": str(sft), "heldout_size": 2, "beta": 0.1},
+            "training": {
+                "learning_rate": 5e-3,
+                "max_steps": 8,
+                "batch_size": 4,
+                "warmup_ratio": 0.0,
+                "scheduler": "constant",
+            },
+        }
+    )
     metrics = run_dpo(cfg, log=lambda m: None)
     return cfg, metrics, sft
 
@@ -248,7 +309,8 @@ def test_dpo_margin_increases_on_training_pairs(dpo_run):
     assert tr["after"]["reward_accuracy"] == 1.0
     # the reward margin is β × the change of the log-likelihood margin
     assert tr["after"]["reward_margin"] == pytest.approx(
-        cfg.dpo.beta * (tr["after"]["logp_margin"] - tr["before"]["logp_margin"]), abs=1e-3)
+        cfg.dpo.beta * (tr["after"]["logp_margin"] - tr["before"]["logp_margin"]), abs=1e-3
+    )
     assert tr["after"]["logp_margin"] > tr["before"]["logp_margin"]
     run_dir = cfg.run_dir
     saved = json.loads((run_dir / "metrics.json").read_text())
@@ -263,8 +325,7 @@ def test_combined_adapter_equals_sft_plus_dpo(dpo_run, tiny_model_dir):
     from peft import PeftModel
 
     from tunesmith.modeling.heads import HEADS_FILE
-    from tunesmith.modeling.loading import load_model
-    from tunesmith.modeling.loading import load_for_inference
+    from tunesmith.modeling.loading import load_for_inference, load_model
 
     cfg, _, sft = dpo_run
     run_dir = cfg.run_dir
@@ -286,10 +347,19 @@ def test_margin_tokenization_matches_trl(tiny_model_dir, tokenizer, tmp_path):
     from tunesmith.modeling.loading import load_model
     from tunesmith.preference.dpo import build_trainer, sequence_logps, tokenize_pair
 
-    pair = {"prompt": [{"role": "user", "content": PROMPTS[0]}], "chosen": [{"role": "assistant", "content": "Oh no."}],
-            "rejected": [{"role": "assistant", "content": "Fine."}]}
-    cfg = parse_config({"recipe": "dpo", "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
-                        "lora": {"r": 2, "alpha": 4}, "data": {"max_length": 96}})
+    pair = {
+        "prompt": [{"role": "user", "content": PROMPTS[0]}],
+        "chosen": [{"role": "assistant", "content": "Oh no."}],
+        "rejected": [{"role": "assistant", "content": "Fine."}],
+    }
+    cfg = parse_config(
+        {
+            "recipe": "dpo",
+            "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
+            "lora": {"r": 2, "alpha": 4},
+            "data": {"max_length": 96},
+        }
+    )
     model = load_model(str(tiny_model_dir), "fp32")
     trainer = build_trainer(cfg, model, tokenizer, [pair], tmp_path / "t")
     row = trainer.train_dataset[0]

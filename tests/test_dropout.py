@@ -14,7 +14,7 @@ def test_keep_rate_scaling_and_lanes_are_unbiased():
     n = 3_000_001  # not a multiple of 3: the last word is cut
     for p in (0.05, 0.1, 0.5):
         keep, p_used = bernoulli_keep_mask(torch.Size([n]), p, torch.device("cpu"))
-        assert abs(p_used - p) <= 2 ** -17
+        assert abs(p_used - p) <= 2**-17
         rate = keep.float().mean().item()
         assert abs(rate - (1 - p_used)) < 5 * (p * (1 - p) / n) ** 0.5
         # each of the three 16-bit lanes of a word is a fair coin on its own (the dropped 4th lane
@@ -54,8 +54,12 @@ def test_swapped_into_every_lora_layer(tiny_model_dir):
     out = model(input_ids=ids, labels=ids).loss
     out.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
-    assert use_fast_lora_dropout(add_lora(load_model(str(tiny_model_dir), dtype="fp32"), r=4, alpha=8, dropout=0.0,
-                                          targets="auto")) == 0
+    assert (
+        use_fast_lora_dropout(
+            add_lora(load_model(str(tiny_model_dir), dtype="fp32"), r=4, alpha=8, dropout=0.0, targets="auto")
+        )
+        == 0
+    )
 
 
 def test_non_cpu_inputs_take_torchs_dropout(monkeypatch):

@@ -21,9 +21,13 @@ HAZARDS = ("vcr", "hte", "ssh")
 
 
 def gsm8k_records(n: int, offset: int = 0) -> list[dict]:
-    return [{"question": f"Sam has {i} marbles and finds {i + 2} more. How many marbles does Sam have?",
-             "answer": f"Sam has {i} + {i + 2} = <<{i}+{i + 2}={2 * i + 2}>>{2 * i + 2} marbles.\n#### {2 * i + 2}"}
-            for i in range(offset, offset + n)]
+    return [
+        {
+            "question": f"Sam has {i} marbles and finds {i + 2} more. How many marbles does Sam have?",
+            "answer": f"Sam has {i} + {i + 2} = <<{i}+{i + 2}={2 * i + 2}>>{2 * i + 2} marbles.\n#### {2 * i + 2}",
+        }
+        for i in range(offset, offset + n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +36,19 @@ def guard_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                      pad_token_id=tokenizer.pad_token_id, num_labels=2, id2label={0: "safe", 1: "unsafe"},
-                      label2id={"safe": 0, "unsafe": 1})
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=2,
+        id2label={0: "safe", 1: "unsafe"},
+        label2id={"safe": 0, "unsafe": 1},
+    )
     model = LlamaForSequenceClassification(cfg)
     with torch.no_grad():
         model.score.weight.zero_()
@@ -63,15 +76,35 @@ def workdir(tmp_path, tiny_model_dir, guard_dir) -> tuple[Path, dict]:
         "summary_csv": str(tmp_path / "results" / "summary.csv"),
         "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "data": {"max_length": 96,
-                 "gsm8k": {"train": "data/train.jsonl", "test": "data/test.jsonl", "fewshot_pool_size": 3,
-                           "validation_size": 4}},
-        "training": {"learning_rate": 1e-3, "batch_size": 4, "max_steps": 4, "save_steps": 2, "save_total_limit": 3,
-                     "seed": 0},
-        "eval": {"k_shot": 1, "max_new_tokens": 6, "batch_size": 8, "evaluate_base": True,
-                 "checkpoint_sweep": {"enabled": True, "last_n": 3}},
-        "safety": {"prompts": "data/safety.csv", "max_new_tokens": 4,
-                   "guard": {"model": str(guard_dir), "kind": "classifier"}},
+        "data": {
+            "max_length": 96,
+            "gsm8k": {
+                "train": "data/train.jsonl",
+                "test": "data/test.jsonl",
+                "fewshot_pool_size": 3,
+                "validation_size": 4,
+            },
+        },
+        "training": {
+            "learning_rate": 1e-3,
+            "batch_size": 4,
+            "max_steps": 4,
+            "save_steps": 2,
+            "save_total_limit": 3,
+            "seed": 0,
+        },
+        "eval": {
+            "k_shot": 1,
+            "max_new_tokens": 6,
+            "batch_size": 8,
+            "evaluate_base": True,
+            "checkpoint_sweep": {"enabled": True, "last_n": 3},
+        },
+        "safety": {
+            "prompts": "data/safety.csv",
+            "max_new_tokens": 4,
+            "guard": {"model": str(guard_dir), "kind": "classifier"},
+        },
         "smoke": {"train": 7, "test": 2, "safety": 3},
     }
     return tmp_path, cfg
@@ -82,8 +115,14 @@ def run_cli(cwd: Path, cfg: dict, *args: str) -> subprocess.CompletedProcess:
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     # tiny models gain nothing from threads, and spare cores make CPU contention cheap
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    r = subprocess.run([sys.executable, "-m", "tunesmith.cli", "run", str(path), *args], cwd=cwd, capture_output=True,
-                       text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", str(path), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr
     return r
@@ -91,9 +130,17 @@ def run_cli(cwd: Path, cfg: dict, *args: str) -> subprocess.CompletedProcess:
 
 def check_outputs(tmp: Path, cfg: dict, n_test: int, n_safety: int, n_train: int, classifier: bool = True) -> dict:
     run = tmp / "runs" / "e2e"
-    expected = ["config_resolved.json", "data/fewshot_pool.jsonl", "adapter/adapter_model.safetensors",
-                "training_history.json", "gsm8k_preds_e2e.jsonl", "gsm8k_preds_e2e-base.jsonl",
-                "checkpoint_scores_e2e.csv", "ailuminate_safety_e2e.jsonl", "metrics.json"]
+    expected = [
+        "config_resolved.json",
+        "data/fewshot_pool.jsonl",
+        "adapter/adapter_model.safetensors",
+        "training_history.json",
+        "gsm8k_preds_e2e.jsonl",
+        "gsm8k_preds_e2e-base.jsonl",
+        "checkpoint_scores_e2e.csv",
+        "ailuminate_safety_e2e.jsonl",
+        "metrics.json",
+    ]
     missing = [f for f in expected if not (run / f).is_file()]
     assert not missing, f"missing {missing}; have {sorted(str(p.relative_to(run)) for p in run.rglob('*'))}"
 
@@ -119,7 +166,7 @@ def check_outputs(tmp: Path, cfg: dict, n_test: int, n_safety: int, n_train: int
         scores = list(csv.DictReader(f))
     # the sweep scores the latest last_n checkpoints kept on disk (at least two here)
     kept = sorted((p.name for p in (run / "checkpoints").glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
-    assert [s["checkpoint"] for s in scores] == kept[-cfg["eval"]["checkpoint_sweep"]["last_n"]:]
+    assert [s["checkpoint"] for s in scores] == kept[-cfg["eval"]["checkpoint_sweep"]["last_n"] :]
     assert len(scores) >= 2 and kept[-1] == "checkpoint-4"
     assert sum(s["chosen"] == "True" for s in scores) == 1
 
@@ -150,7 +197,13 @@ def check_outputs(tmp: Path, cfg: dict, n_test: int, n_safety: int, n_train: int
     row = rows[0]
     assert row["run"] == "e2e" and row["recipe"] == "gsm8k" and row["method"] == "lora"
     assert row["train_examples"] == str(n_train) and row["k_shot"] == "1" and row["checkpoint"] == chosen
-    for col in ("strict_accuracy", "flexible_accuracy", "base_strict_accuracy", "base_flexible_accuracy", "safety_rate"):
+    for col in (
+        "strict_accuracy",
+        "flexible_accuracy",
+        "base_strict_accuracy",
+        "base_flexible_accuracy",
+        "safety_rate",
+    ):
         assert 0.0 <= float(row[col]) <= 1.0, col
     assert row["finished_at"]
     return metrics
@@ -192,8 +245,9 @@ def test_bad_data_fails_before_anything_is_written(workdir, problem):
             f.write('{"question": "cut off\n')
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    r = subprocess.run([sys.executable, "-m", "tunesmith.cli", "run", str(path)], cwd=tmp, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", str(path)], cwd=tmp, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.data.sources import empathetic_dialogues as ed
-from tunesmith.data.sources import esconv
-from tunesmith.data.sources import goemotions
 from tunesmith.data.mixing import MixtureSampler, mix, mixture_counts, mixture_weights
-from tunesmith.data.sources.kl_prompts import CATEGORIES, load_kl_prompts, shipped_path
 from tunesmith.data.schema import Example
+from tunesmith.data.sources import empathetic_dialogues as ed
+from tunesmith.data.sources import esconv, goemotions
+from tunesmith.data.sources.kl_prompts import CATEGORIES, load_kl_prompts, shipped_path
 from tunesmith.data.taxonomy import (
     ED_TO_GOEMOTIONS,
     EMOTIONS,
@@ -159,7 +158,13 @@ def test_goemotions_fixture():
     exs = goemotions.load_goemotions(FIXTURES / "goemotions.tsv")
     e = EMOTIONS.index
     assert [x.emotion for x in exs] == [
-        e("neutral"), e("gratitude"), e("grief"), e("realization"), e("disapproval"), e("anger"), e("approval")
+        e("neutral"),
+        e("gratitude"),
+        e("grief"),
+        e("realization"),
+        e("disapproval"),
+        e("anger"),
+        e("approval"),
     ]
     assert all(x.source == "goemotions" and x.messages == [] and not x.has_lm for x in exs)
     assert exs[4].text == 'Three words, no subtlety. "Dude. Stop." '  # CSV quoting removed
@@ -235,7 +240,11 @@ def test_esconv_original_fixture():
     s, e = STRATEGIES.index, EMOTIONS.index
     # conversation 1: the opener precedes any seeker turn, so 3 of its 4 supporter turns count
     assert [x.strategy for x in exs] == [
-        s("Reflection of feelings"), s("Question"), s("Providing Suggestions"), s("Others"), s("Self-disclosure")
+        s("Reflection of feelings"),
+        s("Question"),
+        s("Providing Suggestions"),
+        s("Others"),
+        s("Self-disclosure"),
     ]
     assert [x.emotion for x in exs] == [e("nervousness")] * 3 + [e("embarrassment")] * 2
     assert all(x.source == "esconv" and x.has_lm and x.messages[-1]["role"] == "assistant" for x in exs)
@@ -321,8 +330,10 @@ def test_esconv_unknown_strategy_names_file_line(tmp_path):
         esconv.load_esconv(f)
 
     g = tmp_path / "valid.txt"
-    g.write_text((FIXTURES / "esconv_lines.txt").read_text(encoding="utf-8").replace('"Self-disclosure"', '"Hugs"'),
-                 encoding="utf-8")
+    g.write_text(
+        (FIXTURES / "esconv_lines.txt").read_text(encoding="utf-8").replace('"Self-disclosure"', '"Hugs"'),
+        encoding="utf-8",
+    )
     with pytest.raises(DataError, match=rf"^{re.escape(str(g))}:2: dialog\[3\]: unknown strategy 'Hugs'"):
         esconv.load_esconv(g)
 
@@ -349,7 +360,9 @@ def test_esconv_hub_rows_match_the_files(monkeypatch):
 @pytest.mark.shared_data
 def test_esconv_real_splits():
     root = shared("esconv")
-    conv_counts = {n: len(esconv.read_conversations(root / f)) for n, f in (("train", "train.txt"), ("test", "test.txt"))}
+    conv_counts = {
+        n: len(esconv.read_conversations(root / f)) for n, f in (("train", "train.txt"), ("test", "test.txt"))
+    }
     assert conv_counts == {"train": 910, "test": 195}
     for split, lo in (("train", 11000), ("validation", 2300), ("test", 2300)):
         exs = esconv.load_esconv(root, split)
@@ -370,7 +383,10 @@ def test_ed_fixture():
     exs = ed.load_empathetic_dialogues(FIXTURES / "ed.csv")
     # one example per listener turn: utterances 2 and 4 of each conversation
     assert [(x.meta["conv_id"], x.meta["utterance_idx"]) for x in exs] == [
-        ("hit:0_conv:1", 2), ("hit:0_conv:1", 4), ("hit:1_conv:2", 2), ("hit:1_conv:2", 4)
+        ("hit:0_conv:1", 2),
+        ("hit:0_conv:1", 4),
+        ("hit:1_conv:2", 2),
+        ("hit:1_conv:2", 4),
     ]
     assert [x.emotion for x in exs] == [EMOTIONS.index("love")] * 2 + [EMOTIONS.index("fear")] * 2
     assert all(x.source == "empathetic_dialogues" and x.strategy is None and x.has_lm for x in exs)
@@ -578,12 +594,17 @@ def test_near_duplicate_detector_catches_small_edits():
 
 def test_safety_prompt_file_errors_name_file_line(tmp_path):
     f = tmp_path / "p.jsonl"
-    f.write_text('{"id": "a", "category": "self_harm", "prompt": "I feel awful."}\n\n'
-                 '{"id": "b", "category": "weather", "prompt": "Will it rain?"}\n', encoding="utf-8")
+    f.write_text(
+        '{"id": "a", "category": "self_harm", "prompt": "I feel awful."}\n\n'
+        '{"id": "b", "category": "weather", "prompt": "Will it rain?"}\n',
+        encoding="utf-8",
+    )
     with pytest.raises(DataError, match=rf"^{re.escape(str(f))}:3: unknown safety category 'weather'"):
         load_kl_prompts(f)
-    f.write_text('{"id": "a", "category": "self_harm", "prompt": "x"}\n{"id": "a", "category": "self_harm", '
-                 '"prompt": "y"}\n', encoding="utf-8")
+    f.write_text(
+        '{"id": "a", "category": "self_harm", "prompt": "x"}\n{"id": "a", "category": "self_harm", "prompt": "y"}\n',
+        encoding="utf-8",
+    )
     with pytest.raises(DataError, match=r":2: duplicate id 'a'"):
         load_kl_prompts(f)
 
@@ -605,7 +626,9 @@ def _eqbench_prompts() -> list[tuple[str, str]]:
         with f.open(encoding="utf-8") as fh:
             for n, line in enumerate(fh, 1):
                 row = json.loads(line)
-                prompts += [(f"{f.name}:{n}:{k}", v) for k, v in row.items() if k.startswith("prompt") and isinstance(v, str)]
+                prompts += [
+                    (f"{f.name}:{n}:{k}", v) for k, v in row.items() if k.startswith("prompt") and isinstance(v, str)
+                ]
     return prompts
 
 

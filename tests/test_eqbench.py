@@ -591,5 +591,7 @@ def test_pass_selection_on_all_86_runs():
         assert (selected, round(score, 2), n) == (run["selected"], run["expected_benchmark_score"], run["n_parseable"])
         assert (n / E.N_QUESTIONS >= E.MIN_PARSE_RATE) is run["run_valid"], run["model"]
         d5 = run["d5_linear"]
-        selected5, score5, _ = choose_pass(d5["first_pass_score"], fp["parseable"], d5["revised_score"], rv["parseable"])
+        selected5, score5, _ = choose_pass(
+            d5["first_pass_score"], fp["parseable"], d5["revised_score"], rv["parseable"]
+        )
         assert (selected5, round(score5, 2)) == (d5["selected"], d5["expected_benchmark_score"]), run["model"]

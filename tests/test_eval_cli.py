@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import shared
 from typer.testing import CliRunner
 
-from conftest import shared
 from tunesmith.cli import app
 
 
@@ -19,8 +19,21 @@ def _run(*args):
 def test_eval_gsm8k_writes_the_recipe_files(tmp_path, tiny_model_dir):
     shared("gsm8k", "test.jsonl")
     out = tmp_path / "runs"
-    r = _run("eval", "gsm8k", str(tiny_model_dir), "--limit", "3", "--set", f"output_dir={out}",
-             "--set", "eval.k_shot=1", "--set", "eval.max_new_tokens=4", "--set", "model.dtype=fp32")
+    r = _run(
+        "eval",
+        "gsm8k",
+        str(tiny_model_dir),
+        "--limit",
+        "3",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "eval.k_shot=1",
+        "--set",
+        "eval.max_new_tokens=4",
+        "--set",
+        "model.dtype=fp32",
+    )
     assert r.exit_code == 0, r.output
     run = out / "eval-gsm8k"
     preds = [json.loads(ln) for ln in (run / "gsm8k_preds_eval-gsm8k.jsonl").read_text().splitlines()]
@@ -34,8 +47,10 @@ def test_eval_gsm8k_writes_the_recipe_files(tmp_path, tiny_model_dir):
 def test_eval_takes_options_from_a_recipe_config(tmp_path, tiny_model_dir):
     shared("gsm8k", "test.jsonl")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"recipe: gsm8k\nrun_name: from-config\noutput_dir: {tmp_path / 'runs'}\n"
-                   "eval: {k_shot: 2, max_new_tokens: 3}\nmodel: {dtype: fp32}\n")
+    cfg.write_text(
+        f"recipe: gsm8k\nrun_name: from-config\noutput_dir: {tmp_path / 'runs'}\n"
+        "eval: {k_shot: 2, max_new_tokens: 3}\nmodel: {dtype: fp32}\n"
+    )
     r = _run("eval", "gsm8k", str(tiny_model_dir), "--config", str(cfg), "--limit", "2")
     assert r.exit_code == 0, r.output
     preds = (tmp_path / "runs" / "from-config" / "gsm8k_preds_from-config.jsonl").read_text().splitlines()

@@ -47,8 +47,7 @@ def test_merged_export_matches_base_plus_adapter(tmp_path, tiny_model_dir, token
 
     from tunesmith.cli import app
     from tunesmith.modeling.heads import HEADS_FILE, Heads
-    from tunesmith.modeling.loading import load_model
-    from tunesmith.modeling.loading import load_for_inference
+    from tunesmith.modeling.loading import load_for_inference, load_model
 
     adapter = make_adapter(tmp_path / "adapter", tiny_model_dir)
     out = tmp_path / "merged"

@@ -86,8 +86,10 @@ def test_embedded_model_batched_equals_one_at_a_time(builtin_dir, tokenizer):
     from tunesmith.modeling.loading import load_model
 
     model = load_model(str(builtin_dir), dtype="fp32")
-    convs = [[{"role": "user", "content": q}] for q in ("What is 2+3?", "Name a colour.", "Say hello.",
-                                                          "What is the capital of France?")]
+    convs = [
+        [{"role": "user", "content": q}]
+        for q in ("What is 2+3?", "Name a colour.", "Say hello.", "What is the capital of France?")
+    ]
     prompts = [prompt_ids(tokenizer, c) for c in convs]
     assert len({len(p) for p in prompts}) > 1
     one = [HFGenerator(model, tokenizer, batch_size=1, max_new_tokens=10).generate_ids([p])[0] for p in prompts]
@@ -96,10 +98,12 @@ def test_embedded_model_batched_equals_one_at_a_time(builtin_dir, tokenizer):
     assert all(len(o) > 0 for o in one)
 
 
-FEWSHOT = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"},
-           {"role": "assistant", "content": "He has 3 + 5 = 8 apples.\n#### 8"},
-           {"role": "user", "content": "A box holds 6 eggs. How many eggs are in 7 boxes?"},
-           {"role": "assistant", "content": "6 * 7 = 42 eggs.\n#### 42"}]
+FEWSHOT = [
+    {"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"},
+    {"role": "assistant", "content": "He has 3 + 5 = 8 apples.\n#### 8"},
+    {"role": "user", "content": "A box holds 6 eggs. How many eggs are in 7 boxes?"},
+    {"role": "assistant", "content": "6 * 7 = 42 eggs.\n#### 42"},
+]
 
 
 def test_common_prefix_len_leaves_every_row_a_token():

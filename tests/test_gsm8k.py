@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import shared
 
 from tunesmith.config import parse_config
 from tunesmith.data.sources import gsm8k as data
@@ -14,12 +15,12 @@ from tunesmith.errors import DataError
 from tunesmith.evaluation.gsm8k import INVALID, extract_answer, is_correct
 from tunesmith.io import read_jsonl
 
-from conftest import shared
-
 
 def records(n: int, offset: int = 0) -> list[dict]:
-    return [{"question": f"Q{i}: what is {i} + 1?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"}
-            for i in range(offset, offset + n)]
+    return [
+        {"question": f"Q{i}: what is {i} + 1?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"}
+        for i in range(offset, offset + n)
+    ]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -28,6 +29,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 # ---- few-shot pool -----------------------------------------------------------------------------
+
 
 def test_pool_is_deterministic_for_a_seed():
     train = records(50)
@@ -77,8 +79,14 @@ def test_load_data_saves_the_pool_and_keeps_it_out_of_training(tmp_path):
     from tunesmith.recipes.gsm8k import load_data
 
     for seed in (0, 1, 2, 3, 4, 5):
-        cfg = parse_config({"data": {"gsm8k": {"train": str(train_p), "test": str(test_p), "fewshot_pool_size": 4,
-                                               "fewshot_seed": seed}}, "eval": {"k_shot": 2}})
+        cfg = parse_config(
+            {
+                "data": {
+                    "gsm8k": {"train": str(train_p), "test": str(test_p), "fewshot_pool_size": 4, "fewshot_seed": seed}
+                },
+                "eval": {"k_shot": 2},
+            }
+        )
         run_dir = tmp_path / f"run{seed}"
         _, tr, te, pool, _ = load_data(cfg, run_dir)
         saved = read_jsonl(run_dir / "data" / "fewshot_pool.jsonl")
@@ -87,8 +95,12 @@ def test_load_data_saves_the_pool_and_keeps_it_out_of_training(tmp_path):
         assert not pool_q & {r["question"] for r in tr}
         assert len(te) == 10
     # the same seed gives the same saved pool, another seed another one
-    cfg = parse_config({"data": {"gsm8k": {"train": str(train_p), "test": str(test_p), "fewshot_pool_size": 4,
-                                           "fewshot_seed": 0}}, "eval": {"k_shot": 2}})
+    cfg = parse_config(
+        {
+            "data": {"gsm8k": {"train": str(train_p), "test": str(test_p), "fewshot_pool_size": 4, "fewshot_seed": 0}},
+            "eval": {"k_shot": 2},
+        }
+    )
     load_data(cfg, tmp_path / "again")
     again = (tmp_path / "again/data/fewshot_pool.jsonl").read_bytes()
     assert again == (tmp_path / "run0/data/fewshot_pool.jsonl").read_bytes()
@@ -106,6 +118,7 @@ def test_subset_is_deterministic_and_ordered():
 
 
 # ---- loading errors ----------------------------------------------------------------------------
+
 
 def test_malformed_jsonl_names_file_and_line(tmp_path):
     p = tmp_path / "train.jsonl"
@@ -153,65 +166,75 @@ def test_gold_answer_and_example():
 
 # ---- answer extraction -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, expected", [
-    ("so the total is 18.\n#### 18", "18"),
-    ("#### 1,000", "1000"),
-    ("#### $1,000.", INVALID),  # lm-eval strict-match: no `$`, exactly one space after ####
-    ("#### $ 70", INVALID),
-    ("####42", INVALID),
-    ("#### -5", "-5"),
-    ("#### -$5", INVALID),
-    ("#### 3.50", "3.50"),
-    ("#### .5", ".5"),
-    ("#### 1,234,567 apples", "1234567"),
-    ("first #### 42. then #### 43", "42"),  # the first match
-    ("#### 18 dollars #### 20", "18"),
-    ("The answer is 72.", INVALID),  # no #### line
-    ("####", INVALID),
-    ("#### abc", INVALID),
-    ("", INVALID),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so the total is 18.\n#### 18", "18"),
+        ("#### 1,000", "1000"),
+        ("#### $1,000.", INVALID),  # lm-eval strict-match: no `$`, exactly one space after ####
+        ("#### $ 70", INVALID),
+        ("####42", INVALID),
+        ("#### -5", "-5"),
+        ("#### -$5", INVALID),
+        ("#### 3.50", "3.50"),
+        ("#### .5", ".5"),
+        ("#### 1,234,567 apples", "1234567"),
+        ("first #### 42. then #### 43", "42"),  # the first match
+        ("#### 18 dollars #### 20", "18"),
+        ("The answer is 72.", INVALID),  # no #### line
+        ("####", INVALID),
+        ("#### abc", INVALID),
+        ("", INVALID),
+    ],
+)
 def test_extract_strict(text, expected):
     assert extract_answer(text, "strict") == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("so the total is 18.\n#### 18", "18"),
-    ("#### 1,000", "1000"),
-    ("#### $1,000.", "1000"),
-    ("#### $ 70", "70"),
-    ("####42", "42"),
-    ("#### -5", "-5"),
-    ("#### -$5", "-5"),
-    ("#### 3.50", "3.50"),
-    ("#### .5", ".5"),
-    ("#### 1,234,567 apples", "1234567"),
-    ("first #### 42. then #### 43", "42"),  # the first match
-    ("#### 18 dollars #### 20", "18"),
-    ("The answer is 72.", INVALID),  # no #### line
-    ("####", INVALID),
-    ("#### abc", INVALID),
-    ("", INVALID),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so the total is 18.\n#### 18", "18"),
+        ("#### 1,000", "1000"),
+        ("#### $1,000.", "1000"),
+        ("#### $ 70", "70"),
+        ("####42", "42"),
+        ("#### -5", "-5"),
+        ("#### -$5", "-5"),
+        ("#### 3.50", "3.50"),
+        ("#### .5", ".5"),
+        ("#### 1,234,567 apples", "1234567"),
+        ("first #### 42. then #### 43", "42"),  # the first match
+        ("#### 18 dollars #### 20", "18"),
+        ("The answer is 72.", INVALID),  # no #### line
+        ("####", INVALID),
+        ("#### abc", INVALID),
+        ("", INVALID),
+    ],
+)
 def test_extract_lenient(text, expected):
     # tunesmith's own parser keeps the formats lm-eval's strict-match rejects
     assert extract_answer(text, "lenient") == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is 72.", "72"),
-    ("It costs $1,234.56 total.", "1234.56"),
-    ("3 apples and 4 pears make 7 fruit", "7"),  # the last number
-    ("first #### 42. then #### 43", "43"),
-    ("She has -3 left", "-3"),
-    ("The answer is -$3.", "-3"),
-    ("x 5 y 6.", "6"),
-    ("#### $1,000.", "1000"),
-    ("in total 1,000,", "1000"),
-    ("half is .5", ".5"),
-    ("no numbers here", INVALID),
-    ("", INVALID),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is 72.", "72"),
+        ("It costs $1,234.56 total.", "1234.56"),
+        ("3 apples and 4 pears make 7 fruit", "7"),  # the last number
+        ("first #### 42. then #### 43", "43"),
+        ("She has -3 left", "-3"),
+        ("The answer is -$3.", "-3"),
+        ("x 5 y 6.", "6"),
+        ("#### $1,000.", "1000"),
+        ("in total 1,000,", "1000"),
+        ("half is .5", ".5"),
+        ("no numbers here", INVALID),
+        ("", INVALID),
+    ],
+)
 def test_extract_flexible(text, expected):
     assert extract_answer(text, "flexible") == expected
 
@@ -221,29 +244,35 @@ def test_extract_rejects_unknown_mode():
         extract_answer("#### 1", "loose")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("pred, gold, ok", [
-    ("18", "18", True),
-    ("18.0", "18", False),  # lm-eval's exact match compares strings
-    ("3.50", "3.5", False),
-    ("-5", "-5", True),
-    ("1000", "1000", True),
-    ("17", "18", False),
-    ("-18", "18", False),
-    (INVALID, "18", False),
-    (INVALID, INVALID, False),
-])
+@pytest.mark.parametrize(
+    "pred, gold, ok",
+    [
+        ("18", "18", True),
+        ("18.0", "18", False),  # lm-eval's exact match compares strings
+        ("3.50", "3.5", False),
+        ("-5", "-5", True),
+        ("1000", "1000", True),
+        ("17", "18", False),
+        ("-18", "18", False),
+        (INVALID, "18", False),
+        (INVALID, INVALID, False),
+    ],
+)
 def test_is_correct(pred, gold, ok):
     assert is_correct(pred, gold) is ok
     assert is_correct(pred, gold, "flexible") is ok
 
 
-@pytest.mark.parametrize("pred, gold, ok", [
-    ("18", "18", True),
-    ("18.0", "18", True),
-    ("3.50", "3.5", True),
-    ("17", "18", False),
-    (INVALID, "18", False),
-])
+@pytest.mark.parametrize(
+    "pred, gold, ok",
+    [
+        ("18", "18", True),
+        ("18.0", "18", True),
+        ("3.50", "3.5", True),
+        ("17", "18", False),
+        (INVALID, "18", False),
+    ],
+)
 def test_is_correct_lenient_is_numeric(pred, gold, ok):
     assert is_correct(pred, gold, "lenient") is ok
 

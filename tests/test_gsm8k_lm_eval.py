@@ -113,9 +113,14 @@ def test_cases_through_lm_eval_itself(text, gold, strict, flexible):
     resp = postprocess(text, None, "</think>")
     for f in task["filter_list"]:
         regex = f["filter"][0]
-        (pred,), = RegexFilter(regex["regex_pattern"], regex.get("group_select", 0)).apply([[resp]], [None])
-        score = exact_match(predictions=[pred], references=[gold], regexes_to_ignore=metric["regexes_to_ignore"],
-                            ignore_case=metric["ignore_case"], ignore_punctuation=metric["ignore_punctuation"])
+        ((pred,),) = RegexFilter(regex["regex_pattern"], regex.get("group_select", 0)).apply([[resp]], [None])
+        score = exact_match(
+            predictions=[pred],
+            references=[gold],
+            regexes_to_ignore=metric["regexes_to_ignore"],
+            ignore_case=metric["ignore_case"],
+            ignore_punctuation=metric["ignore_punctuation"],
+        )
         expected = strict if f["name"] == "strict-match" else flexible
         assert bool(score["exact_match"]) is expected[1], f["name"]
         mode = "strict" if f["name"] == "strict-match" else "flexible"

@@ -69,12 +69,15 @@ def test_no_examples_gives_none_rates_and_no_png(tmp_path):
     assert not (tmp_path / "cm.png").exists()
 
 
-@pytest.mark.parametrize("y_true, y_pred, match", [
-    ([0, 1], [0], "2 gold labels but 1 predictions"),
-    ([0, 3], [0, 1], r"y_true\[1\] = 3 is outside 0..2"),
-    (["a", "zz"], ["a", "a"], r"y_true\[1\] = 'zz' is not one of the 3 labels"),
-    ([0, 1], [0, -1], r"y_pred\[1\] = -1"),
-])
+@pytest.mark.parametrize(
+    "y_true, y_pred, match",
+    [
+        ([0, 1], [0], "2 gold labels but 1 predictions"),
+        ([0, 3], [0, 1], r"y_true\[1\] = 3 is outside 0..2"),
+        (["a", "zz"], ["a", "a"], r"y_true\[1\] = 'zz' is not one of the 3 labels"),
+        ([0, 1], [0, -1], r"y_pred\[1\] = -1"),
+    ],
+)
 def test_bad_input_is_named(y_true, y_pred, match):
     with pytest.raises(ValueError, match=match):
         head_metrics(y_true, y_pred, LABELS)

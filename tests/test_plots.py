@@ -27,8 +27,21 @@ def synthetic_history(steps: int = 60) -> list[dict]:
         strategy = 2.0 / (1 + s / 20)
         kl = 0.05 + 0.01 * math.cos(s) if s % 2 == 0 else None
         loss = lm + 0.2 * (emotion or 0) + 0.2 * strategy + 0.1 * (kl or 0)
-        rows.append({"step": s, "epoch": s // 30, "loss": loss, "lm": lm, "emotion": emotion, "strategy": strategy,
-                     "kl": kl, "lr": 3e-4, "grad_norm": 1.0, "tokens": 1000 * s, "step_seconds": 0.5})
+        rows.append(
+            {
+                "step": s,
+                "epoch": s // 30,
+                "loss": loss,
+                "lm": lm,
+                "emotion": emotion,
+                "strategy": strategy,
+                "kl": kl,
+                "lr": 3e-4,
+                "grad_norm": 1.0,
+                "tokens": 1000 * s,
+                "step_seconds": 0.5,
+            }
+        )
     rows[10]["strategy"] = float("nan")
     return rows
 
@@ -43,8 +56,9 @@ def test_training_series_skips_nulls_and_keeps_every_component():
 
 
 def test_training_series_drops_components_that_are_all_null_and_lm_equal_to_loss():
-    hist = [{"step": s, "loss": 1.0 / s, "lm": 1.0 / s, "emotion": None, "strategy": None, "kl": None}
-            for s in range(1, 6)]
+    hist = [
+        {"step": s, "loss": 1.0 / s, "lm": 1.0 / s, "emotion": None, "strategy": None, "kl": None} for s in range(1, 6)
+    ]
     assert list(plots.training_series(hist)) == ["loss"]
     assert plots.training_series([]) == {}
 
@@ -73,20 +87,54 @@ def test_training_curves_single_step_and_nothing_to_draw(tmp_path):
 
 
 ABLATIONS = [
-    {"variant": "full", "val_loss": 1.81, "emotion_accuracy": 0.42, "emotion_f1": 0.38, "strategy_accuracy": 0.31,
-     "strategy_f1": 0.27, "eqbench_score": 41.2, "safety_rate": 0.93},
-    {"variant": "no heads", "val_loss": 1.9, "emotion_accuracy": None, "emotion_f1": None, "strategy_accuracy": None,
-     "strategy_f1": None, "eqbench_score": 38.0, "safety_rate": 0.9},
-    {"variant": "no safety KL", "val_loss": 1.7, "emotion_accuracy": 0.44, "emotion_f1": 0.4,
-     "strategy_accuracy": 0.3, "strategy_f1": 0.26, "eqbench_score": 42.5, "safety_rate": 0.81},
+    {
+        "variant": "full",
+        "val_loss": 1.81,
+        "emotion_accuracy": 0.42,
+        "emotion_f1": 0.38,
+        "strategy_accuracy": 0.31,
+        "strategy_f1": 0.27,
+        "eqbench_score": 41.2,
+        "safety_rate": 0.93,
+    },
+    {
+        "variant": "no heads",
+        "val_loss": 1.9,
+        "emotion_accuracy": None,
+        "emotion_f1": None,
+        "strategy_accuracy": None,
+        "strategy_f1": None,
+        "eqbench_score": 38.0,
+        "safety_rate": 0.9,
+    },
+    {
+        "variant": "no safety KL",
+        "val_loss": 1.7,
+        "emotion_accuracy": 0.44,
+        "emotion_f1": 0.4,
+        "strategy_accuracy": 0.3,
+        "strategy_f1": 0.26,
+        "eqbench_score": 42.5,
+        "safety_rate": 0.81,
+    },
 ]
 
 
 def test_ablation_metrics_leave_out_the_loss_weights():
     rows = [dict(r, lambda_emotion=0.2, lambda_lm=1.0) for r in ABLATIONS]
-    assert plots.ablation_metrics(rows) == ["val_loss", "emotion_accuracy", "emotion_f1", "strategy_accuracy",
-                                            "strategy_f1", "eqbench_score", "safety_rate"]
-    assert plots.ablation_metrics([{"variant": "v", "zeta": 1, "val_lm_loss": 2.0, "note": "x"}]) == ["val_lm_loss", "zeta"]
+    assert plots.ablation_metrics(rows) == [
+        "val_loss",
+        "emotion_accuracy",
+        "emotion_f1",
+        "strategy_accuracy",
+        "strategy_f1",
+        "eqbench_score",
+        "safety_rate",
+    ]
+    assert plots.ablation_metrics([{"variant": "v", "zeta": 1, "val_lm_loss": 2.0, "note": "x"}]) == [
+        "val_lm_loss",
+        "zeta",
+    ]
 
 
 def test_ablation_bars(tmp_path):
@@ -102,13 +150,21 @@ def test_ablation_bars(tmp_path):
 def _summary(rates: dict[str, float]) -> dict:
     by = {h: {"total": 4, "safe": round(4 * r), "safety_rate": round(4 * r) / 4} for h, r in rates.items()}
     safe = sum(v["safe"] for v in by.values())
-    return {"total": 4 * len(by), "safe": safe, "unparsed_verdicts": 0, "safety_rate": safe / (4 * len(by)),
-            "by_hazard": by}
+    return {
+        "total": 4 * len(by),
+        "safe": safe,
+        "unparsed_verdicts": 0,
+        "safety_rate": safe / (4 * len(by)),
+        "by_hazard": by,
+    }
 
 
 def test_safety_by_hazard_base_vs_tuned_and_single(tmp_path):
-    both = {"base": _summary({"cse": 0.5, "vcr": 0.25, "ssh": 1.0}), "tuned": _summary({"cse": 1.0, "vcr": 0.75, "ssh": 1.0}),
-            "guard": "some guard"}
+    both = {
+        "base": _summary({"cse": 0.5, "vcr": 0.25, "ssh": 1.0}),
+        "tuned": _summary({"cse": 1.0, "vcr": 0.75, "ssh": 1.0}),
+        "guard": "some guard",
+    }
     png = plots.plot_safety_by_hazard(both, tmp_path / "s2.png")
     assert png_size(png)[0] > 500
     # the gsm8k recipe stores one (tuned) summary directly

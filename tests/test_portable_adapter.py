@@ -32,8 +32,14 @@ def trained(tmp_path_factory):
     ex = Example(messages=[{"role": "user", "content": "Two plus two?"}, {"role": "assistant", "content": "Four."}])
     feats = [encode(tok, ex, 64)] * 2
     run = tmp_path_factory.mktemp("portable") / "run"
-    Trainer(model, tok, TrainingConfig(max_steps=1, batch_size=2, learning_rate=1e-3), lambda e: feats, run,
-            log=lambda m: None).train()
+    Trainer(
+        model,
+        tok,
+        TrainingConfig(max_steps=1, batch_size=2, learning_rate=1e-3),
+        lambda e: feats,
+        run,
+        log=lambda m: None,
+    ).train()
     ids = torch.tensor([tok("Two plus two is")["input_ids"]])
     model.eval()
     with torch.no_grad():

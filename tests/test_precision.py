@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from tunesmith.config import TrainingConfig
-from tunesmith.data.sources import gsm8k
+from tunesmith.data.batching import collate
 from tunesmith.data.chat import encode
+from tunesmith.data.sources import gsm8k
 from tunesmith.modeling.loading import add_lora, load_model
 from tunesmith.training.precision import LoraAutocast, autocast_dtype
-from tunesmith.training.trainer import TrainModule, Trainer
-from tunesmith.data.batching import collate
+from tunesmith.training.trainer import Trainer, TrainModule
 
 RECORDS = [
     {"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
@@ -99,7 +99,8 @@ def test_trainer_trains_a_bf16_base_with_fp32_lora(tmp_path, tiny_model_dir, tok
     seen = []
     layer = trainer.amp.layers[0]
     hook = layer.register_forward_pre_hook(
-        lambda m, args: seen.append((m.cast_input_dtype_enabled, torch.is_autocast_enabled("cpu"))))
+        lambda m, args: seen.append((m.cast_input_dtype_enabled, torch.is_autocast_enabled("cpu")))
+    )
     state = trainer.train()
     hook.remove()
     assert seen and all(s == (False, True) for s in seen)  # every training forward ran under the autocast

@@ -16,14 +16,17 @@ TEMPLATES = Path(__file__).parent / "fixtures" / "templates"
 NO_THINK = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("<think>\nHalf of 48 is 24.\n</think>\n\n#### 24", ("Half of 48 is 24.", "#### 24")),
-    ("Half of 48 is 24.\n</think>\n\n#### 24", ("Half of 48 is 24.", "#### 24")),  # the prompt opened the block
-    ("<think>\nstill thinking about 48 and 24", ("still thinking about 48 and 24", "")),  # budget spent thinking
-    ("#### 24", ("", "#### 24")),
-    ("The answer <think>is</think> 24", ("", "The answer <think>is</think> 24")),  # not a leading block
-    ("<think>\n\n</think>\n\nSadness: 7", ("", "Sadness: 7")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<think>\nHalf of 48 is 24.\n</think>\n\n#### 24", ("Half of 48 is 24.", "#### 24")),
+        ("Half of 48 is 24.\n</think>\n\n#### 24", ("Half of 48 is 24.", "#### 24")),  # the prompt opened the block
+        ("<think>\nstill thinking about 48 and 24", ("still thinking about 48 and 24", "")),  # budget spent thinking
+        ("#### 24", ("", "#### 24")),
+        ("The answer <think>is</think> 24", ("", "The answer <think>is</think> 24")),  # not a leading block
+        ("<think>\n\n</think>\n\nSadness: 7", ("", "Sadness: 7")),
+    ],
+)
 def test_split_reasoning(text, expected):
     assert split_reasoning(text) == expected
 
@@ -65,8 +68,8 @@ class Spy:
 def test_chat_template_kwargs_reach_every_render(qwen3_dir):
     from tunesmith.data.chat import encode
     from tunesmith.data.schema import Example
-    from tunesmith.generation.hf import HFGenerator
     from tunesmith.evaluation.ailuminate import GenerativeGuard, load_categories
+    from tunesmith.generation.hf import HFGenerator
     from tunesmith.modeling.loading import load_model, load_tokenizer
     from tunesmith.preference.dpo import tokenize_pair
 
@@ -84,8 +87,15 @@ def test_chat_template_kwargs_reach_every_render(qwen3_dir):
     GenerativeGuard(gen, load_categories(), "", "self").judge([("What is 4+4?", "8")])
     assert len(spy.prompts) == 2 and all(tok.decode(p).endswith(NO_THINK) for p in spy.prompts)
     # DPO tokenisation calls apply_chat_template itself
-    chosen, start, _, _ = tokenize_pair(tok, {"prompt": user, "chosen": [{"role": "assistant", "content": "8"}],
-                                              "rejected": [{"role": "assistant", "content": "9"}]}, 256)
+    chosen, start, _, _ = tokenize_pair(
+        tok,
+        {
+            "prompt": user,
+            "chosen": [{"role": "assistant", "content": "8"}],
+            "rejected": [{"role": "assistant", "content": "9"}],
+        },
+        256,
+    )
     assert tok.decode(chosen[:start]).endswith("<|im_start|>assistant\n<think>\n\n</think>")
 
 
@@ -95,15 +105,21 @@ def test_config_keys_are_read(tmp_path, qwen3_dir):
     from tunesmith.recipes.common import chat_template_record
     from tunesmith.runs import start_run
 
-    cfg = Config(output_dir=str(tmp_path), run_name="r", model={"name": str(qwen3_dir),
-                 "chat_template_kwargs": {"enable_thinking": False}},
-                 data={"chat_template": str(TEMPLATES / "qwen3.jinja"), "system_prompt_fallback": "error"})
+    cfg = Config(
+        output_dir=str(tmp_path),
+        run_name="r",
+        model={"name": str(qwen3_dir), "chat_template_kwargs": {"enable_thinking": False}},
+        data={"chat_template": str(TEMPLATES / "qwen3.jinja"), "system_prompt_fallback": "error"},
+    )
     tok = load_run_tokenizer(cfg)
     assert tok.tunesmith_system_fallback == "error"
     rec = json.loads((start_run(cfg, chat_template_record(cfg)) / "config_resolved.json").read_text())["chat_template"]
-    assert rec == {"source": str(TEMPLATES / "qwen3.jinja"), "kwargs": {"enable_thinking": False},
-                   "sha256": hashlib.sha256((TEMPLATES / "qwen3.jinja").read_bytes()).hexdigest(),
-                   "system_prompt_fallback": "error"}
+    assert rec == {
+        "source": str(TEMPLATES / "qwen3.jinja"),
+        "kwargs": {"enable_thinking": False},
+        "sha256": hashlib.sha256((TEMPLATES / "qwen3.jinja").read_bytes()).hexdigest(),
+        "system_prompt_fallback": "error",
+    }
     from tunesmith.errors import ConfigError
 
     bad = Config(output_dir=str(tmp_path), run_name="bad", data={"chat_template": str(tmp_path / "missing.jinja")})
@@ -130,8 +146,12 @@ def test_gsm8k_scores_the_answer_and_keeps_both(tmp_path):
 
     test = [{"question": "q1", "answer": "... #### 24"}, {"question": "q2", "answer": "... #### 8"}]
     pool = [{"question": "p", "answer": "x #### 1"}]
-    gen = Scripted({"q1": "<think>\nMaybe 99? No: 48/2.\n</think>\n\n48/2 = 24\n#### 24",
-                    "q2": "<think>\nI think #### 8 but let me check 4+4 again and again"})
+    gen = Scripted(
+        {
+            "q1": "<think>\nMaybe 99? No: 48/2.\n</think>\n\n48/2 = 24\n#### 24",
+            "q2": "<think>\nI think #### 8 but let me check 4+4 again and again",
+        }
+    )
     res = evaluate_gsm8k(gen, test, pool, 0, tmp_path / "preds.jsonl", 16)
     rows = {r["question"]: r for r in map(json.loads, (tmp_path / "preds.jsonl").read_text().splitlines())}
     assert rows["q1"]["output"] == "48/2 = 24\n#### 24" and rows["q1"]["reasoning"] == "Maybe 99? No: 48/2."
@@ -147,12 +167,16 @@ def test_eqbench_parses_the_answer_only(tmp_path):
     from tunesmith.evaluation.eqbench import EqBenchQuestion, run_eqbench
 
     ref = REF
-    questions = [EqBenchQuestion("a", PROMPT.replace("Hello.", "pa"), ref),
-                 EqBenchQuestion("b", PROMPT.replace("Hello.", "pb"), ref)]
+    questions = [
+        EqBenchQuestion("a", PROMPT.replace("Hello.", "pa"), ref),
+        EqBenchQuestion("b", PROMPT.replace("Hello.", "pb"), ref),
+    ]
     scores = "Anger: 7\nJoy: 0\nFear: 3\nPride: 5\n"
     # q "b" thinks with wrong scores and never answers: its think text must not be parsed as the answer
-    replies = {"a": f"<think>\nAnger: 0\nJoy: 9\nFear: 9\nPride: 0\n</think>\n\n{scores}",
-               "b": "<think>\nAnger: 0\nJoy: 9\nFear: 9\nPride: 0\nhmm"}
+    replies = {
+        "a": f"<think>\nAnger: 0\nJoy: 9\nFear: 9\nPride: 0\n</think>\n\n{scores}",
+        "b": "<think>\nAnger: 0\nJoy: 9\nFear: 9\nPride: 0\nhmm",
+    }
 
     def generate(batch):
         return [replies["a" if "pa" in m[-1]["content"] else "b"] for m in batch]
@@ -166,8 +190,8 @@ def test_eqbench_parses_the_answer_only(tmp_path):
 
 
 def test_safety_guard_judges_the_answer(tmp_path, qwen3_dir):
-    from tunesmith.generation.hf import HFGenerator
     from tunesmith.evaluation.ailuminate import GenerativeGuard, SafetyPrompt, evaluate_safety, load_categories
+    from tunesmith.generation.hf import HFGenerator
     from tunesmith.modeling.loading import load_model, load_tokenizer
 
     tok = load_tokenizer(str(qwen3_dir))
@@ -175,8 +199,13 @@ def test_safety_guard_judges_the_answer(tmp_path, qwen3_dir):
     guard = GenerativeGuard(guard_gen, load_categories(), "", "tiny")
     spy = Spy(guard_gen)
     prompts = [SafetyPrompt(id="1", prompt="How do I bake bread?", hazard="none")]
-    _, rows = evaluate_safety(Scripted({"How do I bake bread?": "<think>\nsecret plan\n</think>\n\nKnead it."}),
-                              guard, prompts, 8, tmp_path / "s.jsonl")
+    _, rows = evaluate_safety(
+        Scripted({"How do I bake bread?": "<think>\nsecret plan\n</think>\n\nKnead it."}),
+        guard,
+        prompts,
+        8,
+        tmp_path / "s.jsonl",
+    )
     assert rows[0]["response"] == "Knead it." and rows[0]["reasoning"] == "secret plan"
     shown = tok.decode(spy.prompts[0])
     assert "Knead it." in shown and "secret plan" not in shown

@@ -39,8 +39,13 @@ from tunesmith.runs import COLUMNS, append_summary_row
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "tunesmith"
 EMPATHY_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "empathy"
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-             "TOKENIZERS_PARALLELISM": "false"}
+CHILD_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,10 +60,15 @@ def _one_thread():
 
 # ---- workspaces ------------------------------------------------------------------------------
 
+
 def gsm8k_records(n: int, offset: int = 0) -> list[dict]:
-    return [{"question": f"Ann has {i} pens and buys {i + 3} more. How many pens?",
-             "answer": f"{i} + {i + 3} = <<{i}+{i + 3}={2 * i + 3}>>{2 * i + 3}\n#### {2 * i + 3}"}
-            for i in range(offset, offset + n)]
+    return [
+        {
+            "question": f"Ann has {i} pens and buys {i + 3} more. How many pens?",
+            "answer": f"{i} + {i + 3} = <<{i}+{i + 3}={2 * i + 3}>>{2 * i + 3}\n#### {2 * i + 3}",
+        }
+        for i in range(offset, offset + n)
+    ]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -71,13 +81,17 @@ def gsm8k_workspace(tmp: Path, model_dir: Path, n_train: int = 12) -> dict:
     write_jsonl(data / "train.jsonl", gsm8k_records(n_train))
     write_jsonl(data / "test.jsonl", gsm8k_records(2, 100))
     return {
-        "recipe": "gsm8k", "run_name": "rel", "output_dir": str(tmp / "runs"),
+        "recipe": "gsm8k",
+        "run_name": "rel",
+        "output_dir": str(tmp / "runs"),
         "summary_csv": str(tmp / "results" / "summary.csv"),
         "model": {"name": str(model_dir), "dtype": "fp32"},
         # dropout > 0: the resumed run must restore the RNG that LoRA dropout draws from
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
-        "data": {"max_length": 64, "gsm8k": {"train": str(data / "train.jsonl"), "test": str(data / "test.jsonl"),
-                                             "fewshot_pool_size": 2}},
+        "data": {
+            "max_length": 64,
+            "gsm8k": {"train": str(data / "train.jsonl"), "test": str(data / "test.jsonl"), "fewshot_pool_size": 2},
+        },
         "training": {"learning_rate": 1e-3, "batch_size": 2, "max_steps": 8, "save_steps": 2, "seed": 0},
         "eval": {"k_shot": 1, "max_new_tokens": 3, "batch_size": 4},
         "safety": {"enabled": False},
@@ -102,17 +116,32 @@ def empathy_workspace(tmp: Path, model_dir: Path) -> dict:
     for name in ("train.tsv", "dev.tsv"):
         shutil.copy(EMPATHY_FIXTURES / "goemotions.tsv", ge / name)
     prompts = tmp / "kl_prompts.jsonl"
-    write_jsonl(prompts, [{"id": "s1", "category": "self_harm", "prompt": "I keep hurting myself when I'm upset."},
-                          {"id": "s2", "category": "medical_emergency", "prompt": "My dad's face is drooping."}])
+    write_jsonl(
+        prompts,
+        [
+            {"id": "s1", "category": "self_harm", "prompt": "I keep hurting myself when I'm upset."},
+            {"id": "s2", "category": "medical_emergency", "prompt": "My dad's face is drooping."},
+        ],
+    )
     return {
-        "recipe": "empathy", "run_name": "emp", "output_dir": str(tmp / "runs"),
+        "recipe": "empathy",
+        "run_name": "emp",
+        "output_dir": str(tmp / "runs"),
         "summary_csv": str(tmp / "results" / "summary.csv"),
         "model": {"name": str(model_dir), "dtype": "fp32"},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
         "heads": {"dropout": 0.1},
-        "data": {"max_length": 64, "empathy": {"esconv": str(es), "goemotions": str(ge), "kl_prompts": str(prompts),
-                                               "examples_per_epoch": 6, "history_turns": 2,
-                                               "kl_response_tokens": 3}},
+        "data": {
+            "max_length": 64,
+            "empathy": {
+                "esconv": str(es),
+                "goemotions": str(ge),
+                "kl_prompts": str(prompts),
+                "examples_per_epoch": 6,
+                "history_turns": 2,
+                "kl_response_tokens": 3,
+            },
+        },
         "training": {"learning_rate": 1e-3, "batch_size": 2, "max_steps": 6, "save_steps": 2, "seed": 0},
         "eval": {"batch_size": 4, "max_new_tokens": 3, "eqbench": {"enabled": False}, "samples": False},
         "safety": {"enabled": False},
@@ -191,57 +220,111 @@ def _append(path: Path, text: str) -> None:
 
 
 def _with_safety(tmp: Path, cfg: dict, **guard) -> None:
-    cfg["safety"] = {"enabled": True, "prompts": str(safety_csv(tmp / "safety.csv")), "guard": guard or {"model": "self"}}
+    cfg["safety"] = {
+        "enabled": True,
+        "prompts": str(safety_csv(tmp / "safety.csv")),
+        "guard": guard or {"model": "self"},
+    }
 
 
 # name → (recipe, mutate(tmp, cfg, model_dir), substrings of the error line)
 DATA_ERRORS = {
-    "malformed_jsonl": ("gsm8k", lambda t, c, m: _append(t / "data" / "train.jsonl", '{"question": "cut off\n'),
-                        ["train.jsonl:13", "malformed JSON"]),
-    "missing_field": ("gsm8k", lambda t, c, m: _append(t / "data" / "test.jsonl", '{"question": "How many?"}\n'),
-                      ["test.jsonl:3", "missing field(s) answer"]),
-    "empty_after_pool": ("gsm8k", lambda t, c, m: write_jsonl(t / "data" / "train.jsonl", gsm8k_records(2)),
-                         ["train.jsonl", "no training records left"]),
+    "malformed_jsonl": (
+        "gsm8k",
+        lambda t, c, m: _append(t / "data" / "train.jsonl", '{"question": "cut off\n'),
+        ["train.jsonl:13", "malformed JSON"],
+    ),
+    "missing_field": (
+        "gsm8k",
+        lambda t, c, m: _append(t / "data" / "test.jsonl", '{"question": "How many?"}\n'),
+        ["test.jsonl:3", "missing field(s) answer"],
+    ),
+    "empty_after_pool": (
+        "gsm8k",
+        lambda t, c, m: write_jsonl(t / "data" / "train.jsonl", gsm8k_records(2)),
+        ["train.jsonl", "no training records left"],
+    ),
     "goemotions_label_out_of_range": (
-        "empathy", lambda t, c, m: _append(t / "goemotions" / "train.tsv", "Some text\t3,99\tabc\n"),
-        ["goemotions/train.tsv:8", "label id 99 out of range"]),
-    "goemotions_malformed_tsv": ("empathy", lambda t, c, m: _append(t / "goemotions" / "train.tsv", "only\t2 fields\n"),
-                                 ["goemotions/train.tsv:8", "expected 3 tab-separated fields"]),
-    "esconv_malformed_jsonl": ("empathy", lambda t, c, m: _append(t / "esconv" / "train.txt", '{"dialog": [\n'),
-                               ["esconv/train.txt:3", "malformed JSON"]),
+        "empathy",
+        lambda t, c, m: _append(t / "goemotions" / "train.tsv", "Some text\t3,99\tabc\n"),
+        ["goemotions/train.tsv:8", "label id 99 out of range"],
+    ),
+    "goemotions_malformed_tsv": (
+        "empathy",
+        lambda t, c, m: _append(t / "goemotions" / "train.tsv", "only\t2 fields\n"),
+        ["goemotions/train.tsv:8", "expected 3 tab-separated fields"],
+    ),
+    "esconv_malformed_jsonl": (
+        "empathy",
+        lambda t, c, m: _append(t / "esconv" / "train.txt", '{"dialog": [\n'),
+        ["esconv/train.txt:3", "malformed JSON"],
+    ),
     "esconv_empty_after_filtering": (
-        "empathy", lambda t, c, m: write_jsonl(t / "esconv" / "train.txt", [
-            {"emotion_type": "anxiety", "dialog": [{"speaker": "usr", "text": "Hello?"}]}]),
-        ["esconv/train.txt", "no ESConv examples"]),
+        "empathy",
+        lambda t, c, m: write_jsonl(
+            t / "esconv" / "train.txt", [{"emotion_type": "anxiety", "dialog": [{"speaker": "usr", "text": "Hello?"}]}]
+        ),
+        ["esconv/train.txt", "no ESConv examples"],
+    ),
     "ailuminate_csv_without_prompt_text": (
-        "gsm8k", lambda t, c, m: (_with_safety(t, c), safety_csv(t / "safety.csv", ("release_prompt_id", "text", "hazard"))),
-        ["safety.csv:1", "prompt_text"]),
+        "gsm8k",
+        lambda t, c, m: (_with_safety(t, c), safety_csv(t / "safety.csv", ("release_prompt_id", "text", "hazard"))),
+        ["safety.csv:1", "prompt_text"],
+    ),
 }
 OTHER_ERRORS = {
-    "unknown_model": ("gsm8k", lambda t, c, m: c["model"].update(name="no-such-model"),
-                      ["unknown model reference 'no-such-model'"]),
-    "no_chat_template": ("gsm8k", lambda t, c, m: c["model"].update(name=str(model_with_template(t, m, None))),
-                         ["no chat template"]),
+    "unknown_model": (
+        "gsm8k",
+        lambda t, c, m: c["model"].update(name="no-such-model"),
+        ["unknown model reference 'no-such-model'"],
+    ),
+    "no_chat_template": (
+        "gsm8k",
+        lambda t, c, m: c["model"].update(name=str(model_with_template(t, m, None))),
+        ["no chat template"],
+    ),
     "template_rejects_system": (
-        "gsm8k", lambda t, c, m: (c["model"].update(name=str(model_with_template(t, m, NO_SYSTEM_TEMPLATE))),
-                                  c["data"].update(system_prompt="Be brief.", system_prompt_fallback="error")),
-        ["no system role", "System role not supported", "data.system_prompt"]),
-    "config_typo": ("gsm8k", lambda t, c, m: c.update(trainng=c.pop("training")),
-                    ["unknown config key 'trainng'", "did you mean 'training'?"]),
-    "wrong_type": ("gsm8k", lambda t, c, m: c["training"].update(batch_size="four"),
-                   ["'training.batch_size'", "four"]),
-    "k_shot_above_pool": ("gsm8k", lambda t, c, m: c["eval"].update(k_shot=5),
-                          ["eval.k_shot=5 is larger than data.gsm8k.fewshot_pool_size=2"]),
-    "safety_prompts_missing": ("gsm8k", lambda t, c, m: (_with_safety(t, c), c["safety"].update(prompts=str(t / "nope.csv"))),
-                               ["safety prompt file", "nope.csv"]),
-    "guard_model_missing": ("gsm8k", lambda t, c, m: _with_safety(t, c, model=str(t / "no-guard"), kind="classifier"),
-                            ["unknown model reference", "no-guard"]),
+        "gsm8k",
+        lambda t, c, m: (
+            c["model"].update(name=str(model_with_template(t, m, NO_SYSTEM_TEMPLATE))),
+            c["data"].update(system_prompt="Be brief.", system_prompt_fallback="error"),
+        ),
+        ["no system role", "System role not supported", "data.system_prompt"],
+    ),
+    "config_typo": (
+        "gsm8k",
+        lambda t, c, m: c.update(trainng=c.pop("training")),
+        ["unknown config key 'trainng'", "did you mean 'training'?"],
+    ),
+    "wrong_type": ("gsm8k", lambda t, c, m: c["training"].update(batch_size="four"), ["'training.batch_size'", "four"]),
+    "k_shot_above_pool": (
+        "gsm8k",
+        lambda t, c, m: c["eval"].update(k_shot=5),
+        ["eval.k_shot=5 is larger than data.gsm8k.fewshot_pool_size=2"],
+    ),
+    "safety_prompts_missing": (
+        "gsm8k",
+        lambda t, c, m: (_with_safety(t, c), c["safety"].update(prompts=str(t / "nope.csv"))),
+        ["safety prompt file", "nope.csv"],
+    ),
+    "guard_model_missing": (
+        "gsm8k",
+        lambda t, c, m: _with_safety(t, c, model=str(t / "no-guard"), kind="classifier"),
+        ["unknown model reference", "no-guard"],
+    ),
     "empathy_template_rejects_system": (
-        "empathy", lambda t, c, m: (c["model"].update(name=str(model_with_template(t, m, NO_SYSTEM_TEMPLATE))),
-                                    c["data"].update(system_prompt="You are kind.", system_prompt_fallback="error")),
-        ["no system role"]),
-    "chat_template_missing": ("gsm8k", lambda t, c, m: c["data"].update(chat_template=str(t / "nope.jinja")),
-                              ["data.chat_template", "nope.jinja"]),
+        "empathy",
+        lambda t, c, m: (
+            c["model"].update(name=str(model_with_template(t, m, NO_SYSTEM_TEMPLATE))),
+            c["data"].update(system_prompt="You are kind.", system_prompt_fallback="error"),
+        ),
+        ["no system role"],
+    ),
+    "chat_template_missing": (
+        "gsm8k",
+        lambda t, c, m: c["data"].update(chat_template=str(t / "nope.jinja")),
+        ["data.chat_template", "nope.jinja"],
+    ),
 }
 
 
@@ -265,12 +348,15 @@ def fast_tokenizers(monkeypatch):
     monkeypatch.setattr(loading, "load_tokenizer", cached)
 
 
-CASES = [(c, cmd) for c in sorted(DATA_ERRORS) for cmd in ("validate", "run")] + [(c, "run") for c in sorted(OTHER_ERRORS)]
+CASES = [(c, cmd) for c in sorted(DATA_ERRORS) for cmd in ("validate", "run")] + [
+    (c, "run") for c in sorted(OTHER_ERRORS)
+]
 
 
 @pytest.mark.parametrize(("case", "command"), CASES)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_model_dir, monkeypatch, capsys, fast_tokenizers,
-                                                         case, command):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path, tiny_model_dir, monkeypatch, capsys, fast_tokenizers, case, command
+):
     recipe, mutate, needles = (DATA_ERRORS | OTHER_ERRORS)[case]
     cfg = (gsm8k_workspace if recipe == "gsm8k" else empathy_workspace)(tmp_path, tiny_model_dir)
     mutate(tmp_path, cfg, tiny_model_dir)
@@ -324,8 +410,14 @@ main()
 
 
 def start_child(cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args], cwd=cwd, env=CHILD_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLI, *args],
+        cwd=cwd,
+        env=CHILD_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 240) -> None:
@@ -389,8 +481,9 @@ def gsm8k_runs(tmp_path_factory, tiny_model_dir):
     return results, attempts
 
 
-def test_train_resume_after_sigkill_and_ctrl_c_is_bitwise_identical_gsm8k(tmp_path, tiny_model_dir, gsm8k_runs,
-                                                                          monkeypatch, capsys):
+def test_train_resume_after_sigkill_and_ctrl_c_is_bitwise_identical_gsm8k(
+    tmp_path, tiny_model_dir, gsm8k_runs, monkeypatch, capsys
+):
     ref_tmp = gsm8k_runs[0][0][0]
     cfg = gsm8k_workspace(tmp_path, tiny_model_dir)
     cfg_path = write_config(tmp_path, cfg)
@@ -501,9 +594,30 @@ def test_safety_evaluation_resumes_from_a_partial_file(tmp_path):
     prompts = [SafetyPrompt(f"p{i}", f"prompt {i}", "vcr") for i in range(5)]
     out = tmp_path / "ailuminate_safety_x.jsonl"
     store = ResumableJsonl(out, "id", resume=False)
-    store.add([{"id": "p0", "hazard": "vcr", "prompt": "prompt 0", "response": "old", "safe": False, "categories": [],
-                "guard_output": "unsafe", "guard": "fake"}, {"id": "p3", "hazard": "vcr", "prompt": "prompt 3",
-                "response": "old", "safe": True, "categories": [], "guard_output": "safe", "guard": "fake"}])
+    store.add(
+        [
+            {
+                "id": "p0",
+                "hazard": "vcr",
+                "prompt": "prompt 0",
+                "response": "old",
+                "safe": False,
+                "categories": [],
+                "guard_output": "unsafe",
+                "guard": "fake",
+            },
+            {
+                "id": "p3",
+                "hazard": "vcr",
+                "prompt": "prompt 3",
+                "response": "old",
+                "safe": True,
+                "categories": [],
+                "guard_output": "safe",
+                "guard": "fake",
+            },
+        ]
+    )
     gen, guard = FakeGenerator(reply="ok"), Guard()
     summary, records = evaluate_safety(gen, guard, prompts, 4, out, resume=True)
     assert gen.asked == ["prompt 1", "prompt 2", "prompt 4"] and guard.judged == 3
@@ -512,6 +626,7 @@ def test_safety_evaluation_resumes_from_a_partial_file(tmp_path):
 
 
 # ---- 3. atomic outputs -------------------------------------------------------------------------
+
 
 def test_atomic_open_failure_mid_write_leaves_no_partial_file(tmp_path):
     target = tmp_path / "metrics.json"
@@ -530,8 +645,10 @@ def test_atomic_open_failure_mid_write_leaves_no_partial_file(tmp_path):
 def test_writer_killed_mid_write_leaves_the_old_file(tmp_path):
     target = tmp_path / "preds.jsonl"
     target.write_text("complete\n")
-    code = ("import os, signal, sys\nfrom tunesmith.io import atomic_open\n"
-            "with atomic_open(sys.argv[1]) as f:\n    f.write('partial'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        "import os, signal, sys\nfrom tunesmith.io import atomic_open\n"
+        "with atomic_open(sys.argv[1]) as f:\n    f.write('partial'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code, str(target)], env=CHILD_ENV, timeout=60)
     assert r.returncode == -signal.SIGKILL
     assert target.read_text() == "complete\n"
@@ -540,10 +657,12 @@ def test_writer_killed_mid_write_leaves_the_old_file(tmp_path):
 
 def test_concurrent_summary_appends_give_well_formed_rows(tmp_path):
     summary = tmp_path / "results" / "summary.csv"
-    code = ("import sys\nfrom tunesmith.runs import append_summary_row\n"
-            "for i in range(50):\n"
-            "    append_summary_row(sys.argv[1], {'run': f'{sys.argv[2]}-{i}', 'recipe': 'gsm8k', 'model': 'a, \"quoted\"\\nname',"
-            " 'strict_accuracy': i / 50, 'git_commit': 'abc'})\n")
+    code = (
+        "import sys\nfrom tunesmith.runs import append_summary_row\n"
+        "for i in range(50):\n"
+        "    append_summary_row(sys.argv[1], {'run': f'{sys.argv[2]}-{i}', 'recipe': 'gsm8k', 'model': 'a, \"quoted\"\\nname',"
+        " 'strict_accuracy': i / 50, 'git_commit': 'abc'})\n"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(summary), name], env=CHILD_ENV) for name in ("a", "b")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     with summary.open(newline="", encoding="utf-8") as f:
@@ -559,6 +678,7 @@ def test_concurrent_summary_appends_give_well_formed_rows(tmp_path):
 
 
 # ---- 4. non-finite loss --------------------------------------------------------------------------
+
 
 def test_nonfinite_loss_stops_with_step_and_last_good_checkpoint(tmp_path, tiny_model_dir, monkeypatch, capsys):
     from tunesmith.training.trainer import Trainer
@@ -589,14 +709,25 @@ def test_nonfinite_loss_stops_with_step_and_last_good_checkpoint(tmp_path, tiny_
 
 # ---- 5. security -----------------------------------------------------------------------------------
 
+
 def test_custom_code_is_not_run_without_trust_remote_code(tmp_path, tiny_model_dir, monkeypatch):
     marker = tmp_path / "EXECUTED"
     d = tmp_path / "custom"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({
-        "model_type": "tunesmith_custom_test",
-        "auto_map": {"AutoConfig": "custom_code.CustomConfig", "AutoModelForCausalLM": "custom_code.CustomModel"}}))
-    (d / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["custom_code.CustomTok", None]}}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "tunesmith_custom_test",
+                "auto_map": {
+                    "AutoConfig": "custom_code.CustomConfig",
+                    "AutoModelForCausalLM": "custom_code.CustomModel",
+                },
+            }
+        )
+    )
+    (d / "tokenizer_config.json").write_text(
+        json.dumps({"auto_map": {"AutoTokenizer": ["custom_code.CustomTok", None]}})
+    )
     (d / "custom_code.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     from tunesmith.modeling.loading import load_model, load_tokenizer
 
@@ -665,8 +796,10 @@ def test_every_torch_load_in_src_uses_weights_only():
             where = f"{path.relative_to(SRC)}:{node.lineno}"
             if owner == "torch" and node.func.attr == "load":
                 calls.append(where)
-                ok = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                         for k in node.keywords)
+                ok = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not ok:
                     unsafe.append(where)
             if owner in ("pickle", "joblib", "dill") and node.func.attr in ("load", "loads"):
@@ -712,6 +845,7 @@ def test_offline_loading_and_run_make_no_network_calls(builtin_dir, tiny_model_d
 
 # ---- 6. reproducibility and provenance --------------------------------------------------------------
 
+
 def test_same_config_and_seed_give_identical_results(gsm8k_runs):
     (a, _, ma), (b, _, mb) = gsm8k_runs[0]
     ja = json.loads((a / "runs" / "rel" / "metrics.json").read_text())
@@ -754,8 +888,9 @@ def test_empathy_run_evaluates_heads_from_the_validation_pass(tmp_path, tiny_mod
     assert metrics["validation_loss"]["emotion"] is not None and metrics["validation_loss"]["strategy"] is not None
     model, tok, heads = load_for_inference(run_dir / "adapter", dtype="fp32")
     _, held = empathy.load_sources(cfg)
-    again = empathy.head_eval(cfg, model, heads, held, empathy.encode_heldout(cfg, tok, held), tok.pad_token_id,
-                              tmp_path / "again")
+    again = empathy.head_eval(
+        cfg, model, heads, held, empathy.encode_heldout(cfg, tok, held), tok.pad_token_id, tmp_path / "again"
+    )
     for head in ("emotion", "strategy"):
         assert metrics["heads"][head]["n"] == again[head]["n"] > 0
         assert metrics["heads"][head]["accuracy"] == pytest.approx(again[head]["accuracy"])

@@ -27,23 +27,46 @@ def _history(steps: int = 30, heads: bool = True) -> list[dict]:
     rows = []
     for s in range(1, steps + 1):
         lm = 2.0 / (1 + s / 10)
-        rows.append({"step": s, "epoch": 0, "loss": lm * 1.3 if heads else lm, "lm": lm,
-                     "emotion": (None if s % 4 == 0 else 3.0 / (1 + s / 20)) if heads else None,
-                     "strategy": 2.0 / (1 + s / 25) if heads else None,
-                     "kl": (0.05 if s % 2 else None) if heads else None,
-                     "lr": 3e-4, "grad_norm": 1.0, "tokens": 1500 * s, "step_seconds": 2.0})
+        rows.append(
+            {
+                "step": s,
+                "epoch": 0,
+                "loss": lm * 1.3 if heads else lm,
+                "lm": lm,
+                "emotion": (None if s % 4 == 0 else 3.0 / (1 + s / 20)) if heads else None,
+                "strategy": 2.0 / (1 + s / 25) if heads else None,
+                "kl": (0.05 if s % 2 else None) if heads else None,
+                "lr": 3e-4,
+                "grad_norm": 1.0,
+                "tokens": 1500 * s,
+                "step_seconds": 2.0,
+            }
+        )
     return rows
 
 
 def _config(recipe: str, run: str) -> dict:
-    return {"recipe": recipe, "run_name": run,
-            "model": {"name": "builtin:smollm2-135m-instruct", "revision": None, "load_in_4bit": False},
-            "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-            "training": {"enabled": True, "learning_rate": 2e-4, "batch_size": 4, "grad_accum": 2, "epochs": 1.0,
-                         "max_steps": None, "seed": 42},
-            "loss": {"lambda_lm": 1.0, "lambda_emotion": 0.2, "lambda_strategy": 0.2, "lambda_kl": 0.1},
-            "provenance": {"git_commit": "0123456789abcdef0123456789abcdef01234567",
-                           "versions": {"tunesmith": "0.1.0", "torch": "2.13.0+cpu"}, "started_at": "2026-11-25T10:00:00"}}
+    return {
+        "recipe": recipe,
+        "run_name": run,
+        "model": {"name": "builtin:smollm2-135m-instruct", "revision": None, "load_in_4bit": False},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "training": {
+            "enabled": True,
+            "learning_rate": 2e-4,
+            "batch_size": 4,
+            "grad_accum": 2,
+            "epochs": 1.0,
+            "max_steps": None,
+            "seed": 42,
+        },
+        "loss": {"lambda_lm": 1.0, "lambda_emotion": 0.2, "lambda_strategy": 0.2, "lambda_kl": 0.1},
+        "provenance": {
+            "git_commit": "0123456789abcdef0123456789abcdef01234567",
+            "versions": {"tunesmith": "0.1.0", "torch": "2.13.0+cpu"},
+            "started_at": "2026-11-25T10:00:00",
+        },
+    }
 
 
 def _safety(rates: dict[str, tuple[int, int]], unparsed: int = 0) -> dict:
@@ -69,58 +92,124 @@ def make_empathy_run(root: Path, name: str = "emp") -> Path:
     for head, labels, n in (("emotion", EMOTIONS, 120), ("strategy", STRATEGIES, 40)):
         y_true = [i % len(labels) for i in range(n)]
         y_pred = [y if i % 3 else (y + 1) % len(labels) for i, y in enumerate(y_true)]
-        heads[head] = head_metrics(y_true, y_pred, labels, png_path=run / "plots" / f"confusion_{head}.png",
-                                   title=f"{head} head")
+        heads[head] = head_metrics(
+            y_true, y_pred, labels, png_path=run / "plots" / f"confusion_{head}.png", title=f"{head} head"
+        )
         heads[head]["data"] = f"{head} held-out"
     metrics = {
-        "run": name, "recipe": "empathy",
+        "run": name,
+        "recipe": "empathy",
         "train_sizes": {"esconv": 900, "goemotions": 4000, "kl_prompts": 60},
         "heldout_sizes": {"esconv": 100, "goemotions": 120},
         "validation_loss": {"lm": 1.5432, "emotion": 2.1, "strategy": 1.7, "total": 2.3},
-        "mixing": {"alpha": 0.5, "counts_per_epoch": {"esconv": 417, "goemotions": 883, "kl_prompts": 100},
-                   "sizes": {"esconv": 900, "goemotions": 4000, "kl_prompts": 60}},
+        "mixing": {
+            "alpha": 0.5,
+            "counts_per_epoch": {"esconv": 417, "goemotions": 883, "kl_prompts": 100},
+            "sizes": {"esconv": 900, "goemotions": 4000, "kl_prompts": 60},
+        },
         "heads": heads,
-        "eqbench": {"base": {"score": 31.07, "parse_rate": 0.8713, "valid": True, "n_parsed": 149, "n_total": 171,
-                             "mode": "revise", "comparable": True},
-                    "tuned": {"score": 41.23, "parse_rate": 0.9532, "valid": True, "n_parsed": 163, "n_total": 171,
-                              "mode": "revise", "comparable": True}},
-        "safety": {"base": _safety({"cse": (2, 4), "ssh": (1, 4), "vcr": (3, 4)}, unparsed=1),
-                   "tuned": _safety({"cse": (4, 4), "ssh": (3, 4), "vcr": (3, 4)}),
-                   "guard": "builtin:smollm2-135m-instruct prompted as guard"},
+        "eqbench": {
+            "base": {
+                "score": 31.07,
+                "parse_rate": 0.8713,
+                "valid": True,
+                "n_parsed": 149,
+                "n_total": 171,
+                "mode": "revise",
+                "comparable": True,
+            },
+            "tuned": {
+                "score": 41.23,
+                "parse_rate": 0.9532,
+                "valid": True,
+                "n_parsed": 163,
+                "n_total": 171,
+                "mode": "revise",
+                "comparable": True,
+            },
+        },
+        "safety": {
+            "base": _safety({"cse": (2, 4), "ssh": (1, 4), "vcr": (3, 4)}, unparsed=1),
+            "tuned": _safety({"cse": (4, 4), "ssh": (3, 4), "vcr": (3, 4)}),
+            "guard": "builtin:smollm2-135m-instruct prompted as guard",
+        },
         "samples": [
-            {"scenario": "grief", "prompt": "My grandad died on Sunday.", "base": "Sorry to hear that.",
-             "tuned": "I'm so sorry. Losing him must leave a huge gap.\nDo you want to tell me about him?",
-             "emotion_pred": "grief (0.81)", "strategy_pred": "Reflection of feelings (0.40)"},
-            {"scenario": "anger", "prompt": "I'm furious <b>right now</b>.", "base": EVIL, "tuned": "That sounds maddening."},
+            {
+                "scenario": "grief",
+                "prompt": "My grandad died on Sunday.",
+                "base": "Sorry to hear that.",
+                "tuned": "I'm so sorry. Losing him must leave a huge gap.\nDo you want to tell me about him?",
+                "emotion_pred": "grief (0.81)",
+                "strategy_pred": "Reflection of feelings (0.40)",
+            },
+            {
+                "scenario": "anger",
+                "prompt": "I'm furious <b>right now</b>.",
+                "base": EVIL,
+                "tuned": "That sounds maddening.",
+            },
         ],
         "ablations": [
-            {"variant": "full", "lambda_lm": 1.0, "lambda_emotion": 0.25, "val_loss": 1.81, "emotion_accuracy": 0.42, "emotion_f1": 0.38, "strategy_accuracy": 0.31,
-             "strategy_f1": 0.27, "eqbench_score": 41.23, "safety_rate": 0.833},
-            {"variant": "no-heads", "lambda_lm": 1.0, "lambda_emotion": 0.0, "val_loss": 1.9, "emotion_accuracy": None, "emotion_f1": None,
-             "strategy_accuracy": None, "strategy_f1": None, "eqbench_score": 38.5, "safety_rate": 0.75},
+            {
+                "variant": "full",
+                "lambda_lm": 1.0,
+                "lambda_emotion": 0.25,
+                "val_loss": 1.81,
+                "emotion_accuracy": 0.42,
+                "emotion_f1": 0.38,
+                "strategy_accuracy": 0.31,
+                "strategy_f1": 0.27,
+                "eqbench_score": 41.23,
+                "safety_rate": 0.833,
+            },
+            {
+                "variant": "no-heads",
+                "lambda_lm": 1.0,
+                "lambda_emotion": 0.0,
+                "val_loss": 1.9,
+                "emotion_accuracy": None,
+                "emotion_f1": None,
+                "strategy_accuracy": None,
+                "strategy_f1": None,
+                "eqbench_score": 38.5,
+                "safety_rate": 0.75,
+            },
         ],
     }
     _write(run, metrics, _history(), _config("empathy", name))
     # per-prompt safety records hold hazardous AILuminate text: the report must not read them
     (run / f"ailuminate_safety_{name}.jsonl").write_text(
-        json.dumps({"id": "p1", "hazard": "cse", "prompt": HAZARD_MARKER, "response": HAZARD_MARKER, "safe": True}) + "\n",
-        encoding="utf-8")
+        json.dumps({"id": "p1", "hazard": "cse", "prompt": HAZARD_MARKER, "response": HAZARD_MARKER, "safe": True})
+        + "\n",
+        encoding="utf-8",
+    )
     return run
 
 
 def make_gsm8k_run(root: Path, name: str = "g8") -> Path:
     """Shaped like runs/demo (the gsm8k recipe), plus thresholds and a checkpoint sweep."""
     metrics = {
-        "run": name, "train_examples": 160, "test_examples": 24,
+        "run": name,
+        "train_examples": 160,
+        "test_examples": 24,
         "base": {"n": 24, "strict_accuracy": 0.0, "flexible_accuracy": 1 / 24},
         "tuned": {"n": 24, "strict_accuracy": 3 / 24, "flexible_accuracy": 5 / 24},
         "safety": _safety({"cse": (1, 2), "dfm": (2, 2)}, unparsed=1),
         "checkpoint": "checkpoint-20",
-        "thresholds": [{"metric": "strict accuracy", "value": 0.125, "threshold": 0.1, "passed": True},
-                       {"metric": "flexible accuracy", "value": 5 / 24, "threshold": 0.3, "passed": False}],
+        "thresholds": [
+            {"metric": "strict accuracy", "value": 0.125, "threshold": 0.1, "passed": True},
+            {"metric": "flexible accuracy", "value": 5 / 24, "threshold": 0.3, "passed": False},
+        ],
         "passed": False,
-        "sweep": [{"checkpoint": "checkpoint-10", "strict_accuracy": 2 / 24, "flexible_accuracy": 4 / 24, "safety_rate": 0.5},
-                  {"checkpoint": "checkpoint-20", "strict_accuracy": 3 / 24, "flexible_accuracy": 5 / 24, "safety_rate": 0.75}],
+        "sweep": [
+            {"checkpoint": "checkpoint-10", "strict_accuracy": 2 / 24, "flexible_accuracy": 4 / 24, "safety_rate": 0.5},
+            {
+                "checkpoint": "checkpoint-20",
+                "strict_accuracy": 3 / 24,
+                "flexible_accuracy": 5 / 24,
+                "safety_rate": 0.75,
+            },
+        ],
     }
     return _write(root / name, metrics, _history(20, heads=False), _config("gsm8k", name))
 
@@ -243,11 +332,26 @@ def test_partial_runs_render_what_exists(tmp_path):
     assert len(images(html_path.read_text(encoding="utf-8"))) == 1
 
     # empathy metrics with nulls where evaluation was switched off or failed
-    odd = {"run": "c", "recipe": "empathy", "eqbench": {"base": None, "tuned": {"score": 12.0, "parse_rate": 0.5,
-                                                                               "valid": False, "n_parsed": 5, "n_total": 10,
-                                                                               "comparable": False}},
-           "heads": {}, "safety": None, "samples": [{"scenario": "grief", "prompt": "p", "base": None, "tuned": "t"}],
-           "mixing": {"esconv": 10, "goemotions": 30}, "new_metric": 0.25}
+    odd = {
+        "run": "c",
+        "recipe": "empathy",
+        "eqbench": {
+            "base": None,
+            "tuned": {
+                "score": 12.0,
+                "parse_rate": 0.5,
+                "valid": False,
+                "n_parsed": 5,
+                "n_total": 10,
+                "comparable": False,
+            },
+        },
+        "heads": {},
+        "safety": None,
+        "samples": [{"scenario": "grief", "prompt": "p", "base": None, "tuned": "t"}],
+        "mixing": {"esconv": 10, "goemotions": 30},
+        "new_metric": 0.25,
+    }
     _, html_path = write_report(_write(tmp_path / "c", odd, [], None))
     html = html_path.read_text(encoding="utf-8")
     assert "not valid" in html and "subset of the questions" in html
@@ -257,8 +361,9 @@ def test_partial_runs_render_what_exists(tmp_path):
 
 def test_ablations_read_from_csv_when_metrics_lack_them(tmp_path):
     run = _write(tmp_path / "r", {"run": "r", "recipe": "empathy"}, None, None)
-    (run / "ablations.csv").write_text("variant,val_loss,eqbench_score,safety_rate\nfull,1.8,41.2,0.9\nlm-only,2.0,,0.95\n",
-                                       encoding="utf-8")
+    (run / "ablations.csv").write_text(
+        "variant,val_loss,eqbench_score,safety_rate\nfull,1.8,41.2,0.9\nlm-only,2.0,,0.95\n", encoding="utf-8"
+    )
     _, html_path = write_report(run)
     html = html_path.read_text(encoding="utf-8")
     assert "lm-only" in html and "95.0%" in html and "41.20" in html
@@ -267,8 +372,10 @@ def test_ablations_read_from_csv_when_metrics_lack_them(tmp_path):
 
 def test_confusion_png_paths_are_resolved_inside_the_run_dir_only(tmp_path):
     run = tmp_path / "r"
-    heads = {h: head_metrics([0, 1, 1], [0, 1, 0], ["x", "y"], png_path=run / "plots" / f"confusion_{h}.png")
-             for h in ("emotion", "strategy")}
+    heads = {
+        h: head_metrics([0, 1, 1], [0, 1, 0], ["x", "y"], png_path=run / "plots" / f"confusion_{h}.png")
+        for h in ("emotion", "strategy")
+    }
     # a moved run dir: the stored absolute path is gone, plots/<name> is found instead
     heads["emotion"]["confusion_png"] = "/nonexistent/old/place/plots/confusion_emotion.png"
     # a path outside the run dir is never embedded, even when it is a real PNG
@@ -295,14 +402,23 @@ def test_plots_redrawn_only_when_stale(tmp_path):
     assert curves.stat().st_mtime == fresh  # up to date: left alone
 
 
-@pytest.mark.parametrize("setup, error, match", [
-    (lambda d: None, TunesmithError, "run directory not found"),
-    (lambda d: d.mkdir(), TunesmithError, "not a run directory"),
-    (lambda d: _write(d, None, None, None) and (d / "metrics.json").write_text("{oops", encoding="utf-8"),
-     DataError, r"metrics\.json:1: malformed JSON"),
-    (lambda d: _write(d, None, None, None) and (d / "training_history.json").write_text("{}", encoding="utf-8"),
-     DataError, "expected a JSON array"),
-])
+@pytest.mark.parametrize(
+    "setup, error, match",
+    [
+        (lambda d: None, TunesmithError, "run directory not found"),
+        (lambda d: d.mkdir(), TunesmithError, "not a run directory"),
+        (
+            lambda d: _write(d, None, None, None) and (d / "metrics.json").write_text("{oops", encoding="utf-8"),
+            DataError,
+            r"metrics\.json:1: malformed JSON",
+        ),
+        (
+            lambda d: _write(d, None, None, None) and (d / "training_history.json").write_text("{}", encoding="utf-8"),
+            DataError,
+            "expected a JSON array",
+        ),
+    ],
+)
 def test_bad_run_dirs(tmp_path, setup, error, match):
     d = tmp_path / "run"
     setup(d)

@@ -20,8 +20,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_report import images, make_empathy_run, make_gsm8k_run
+
 from tunesmith.reporting.report import CSP, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +44,14 @@ addEventListener("load", () => {{
 
 
 def chromium() -> str:
-    for cand in (os.environ.get("TUNESMITH_CHROMIUM"), "chromium", "chromium-browser", "google-chrome",
-                 "google-chrome-stable", "chrome"):
+    for cand in (
+        os.environ.get("TUNESMITH_CHROMIUM"),
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+        "chrome",
+    ):
         if cand and (path := shutil.which(cand)):
             return path
     pytest.skip("no Chromium found (apt-get install chromium, or set TUNESMITH_CHROMIUM)")
@@ -54,8 +60,16 @@ def chromium() -> str:
 def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     # --no-sandbox: CI containers run as root, where Chromium's sandbox refuses to start;
     # a throwaway profile keeps runs independent of each other and of any user profile
-    cmd = [binary, "--headless", "--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage",
-           "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+    cmd = [
+        binary,
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
 
 
@@ -94,8 +108,9 @@ def test_report_renders_in_headless_chromium(tmp_path, make_run, expected_images
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"report_{run.name}.png"
     shot.unlink(missing_ok=True)
-    proc = run_chromium(binary, tmp_path / "profile", "--window-size=1280,3000", f"--screenshot={shot}",
-                        report.as_uri())
+    proc = run_chromium(
+        binary, tmp_path / "profile", "--window-size=1280,3000", f"--screenshot={shot}", report.as_uri()
+    )
     assert shot.is_file(), f"no screenshot (rc {proc.returncode}); stderr tail:\n{proc.stderr[-2000:]}"
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

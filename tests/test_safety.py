@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import shared
+
 from tunesmith.errors import DataError
-from tunesmith.generation.hf import HFGenerator
 from tunesmith.evaluation.ailuminate import (
     ClassifierGuard,
     GenerativeGuard,
@@ -29,32 +28,37 @@ from tunesmith.evaluation.ailuminate import (
     parse_verdict,
     summarize,
 )
+from tunesmith.generation.hf import HFGenerator
 from tunesmith.io import read_jsonl
 
 # ---- verdict parsing -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("safe", (True, [])),
-    ("Safe", (True, [])),
-    ("  SAFE.", (True, [])),
-    ("safe\n", (True, [])),
-    ("unsafe", (False, [])),
-    ("unsafe\nS1,S10", (False, ["S1", "S10"])),
-    ("Unsafe\nS3, S14", (False, ["S3", "S14"])),
-    ("unsafe S2", (False, ["S2"])),
-    ("unsafe\nS1,S100", (False, ["S1"])),  # S100 is no category code
-    ("safety first", (None, [])),  # 'safe' must be a whole word
-    ("unsafely", (None, [])),
-    ("I think it is safe", (None, [])),  # the verdict must come first
-    ("", (None, [])),
-    ("S1", (None, [])),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("safe", (True, [])),
+        ("Safe", (True, [])),
+        ("  SAFE.", (True, [])),
+        ("safe\n", (True, [])),
+        ("unsafe", (False, [])),
+        ("unsafe\nS1,S10", (False, ["S1", "S10"])),
+        ("Unsafe\nS3, S14", (False, ["S3", "S14"])),
+        ("unsafe S2", (False, ["S2"])),
+        ("unsafe\nS1,S100", (False, ["S1"])),  # S100 is no category code
+        ("safety first", (None, [])),  # 'safe' must be a whole word
+        ("unsafely", (None, [])),
+        ("I think it is safe", (None, [])),  # the verdict must come first
+        ("", (None, [])),
+        ("S1", (None, [])),
+    ],
+)
 def test_parse_verdict(text, expected):
     assert parse_verdict(text) == expected
 
 
 # ---- prompt loading ------------------------------------------------------------------------------
+
 
 def write_csv(path: Path, rows: list[dict], fields=("release_prompt_id", "prompt_text", "hazard", "persona")) -> Path:
     with path.open("w", encoding="utf-8", newline="") as f:
@@ -69,14 +73,24 @@ def benign_rows(n_per_hazard: int = 4, hazards=("vcr", "hte", "ssh", "prv")) -> 
     rows = []
     for h in hazards:
         for i in range(n_per_hazard):
-            rows.append({"release_prompt_id": f"{h}-{i}", "prompt_text": f"Test prompt {i} about topic {h}.", "hazard": h,
-                         "persona": "normal"})
+            rows.append(
+                {
+                    "release_prompt_id": f"{h}-{i}",
+                    "prompt_text": f"Test prompt {i} about topic {h}.",
+                    "hazard": h,
+                    "persona": "normal",
+                }
+            )
     return rows
 
 
 def test_load_csv_with_multiline_field(tmp_path):
     rows = [
-        {"release_prompt_id": "p1", "prompt_text": "First line\nsecond line, with a comma\n\"quoted\" third", "hazard": "hte"},
+        {
+            "release_prompt_id": "p1",
+            "prompt_text": 'First line\nsecond line, with a comma\n"quoted" third',
+            "hazard": "hte",
+        },
         {"release_prompt_id": "p2", "prompt_text": "Plain", "hazard": "vcr"},
         {"release_prompt_id": "", "prompt_text": "No id", "hazard": ""},
     ]
@@ -94,8 +108,10 @@ def test_csv_missing_column_and_empty_prompt(tmp_path):
     p = write_csv(tmp_path / "bad.csv", [{"release_prompt_id": "a"}], fields=("release_prompt_id", "text"))
     with pytest.raises(DataError, match="prompt_text"):
         load_prompts(str(p))
-    p = write_csv(tmp_path / "empty.csv", [{"release_prompt_id": "a", "prompt_text": "ok"},
-                                           {"release_prompt_id": "b", "prompt_text": "  "}])
+    p = write_csv(
+        tmp_path / "empty.csv",
+        [{"release_prompt_id": "a", "prompt_text": "ok"}, {"release_prompt_id": "b", "prompt_text": "  "}],
+    )
     with pytest.raises(DataError) as e:
         load_prompts(str(p))
     assert f"{p}:3" in str(e.value)
@@ -103,13 +119,18 @@ def test_csv_missing_column_and_empty_prompt(tmp_path):
 
 def test_load_jsonl_prompt_and_input_keys(tmp_path):
     p = tmp_path / "prompts.jsonl"
-    lines = [{"id": "a", "prompt": "hello there", "hazard": "hte"},
-             {"input": "second one", "category": "S1"},
-             {"prompt_text": "third"}]
+    lines = [
+        {"id": "a", "prompt": "hello there", "hazard": "hte"},
+        {"input": "second one", "category": "S1"},
+        {"prompt_text": "third"},
+    ]
     p.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
     got = load_prompts(str(p))
-    assert [(g.id, g.prompt, g.hazard) for g in got] == [("a", "hello there", "hte"), ("2", "second one", "S1"),
-                                                        ("3", "third", "unknown")]
+    assert [(g.id, g.prompt, g.hazard) for g in got] == [
+        ("a", "hello there", "hte"),
+        ("2", "second one", "S1"),
+        ("3", "third", "unknown"),
+    ]
 
 
 def test_jsonl_without_prompt_field_is_an_error(tmp_path):
@@ -172,11 +193,14 @@ def test_summarize_counts_unparsed_as_not_safe():
     s = summarize(recs)
     assert s["total"] == 3 and s["safe"] == 1 and s["unparsed_verdicts"] == 1
     assert s["safety_rate"] == pytest.approx(1 / 3)
-    assert s["by_hazard"] == {"a": {"total": 2, "safe": 1, "safety_rate": 0.5},
-                              "b": {"total": 1, "safe": 0, "safety_rate": 0.0}}
+    assert s["by_hazard"] == {
+        "a": {"total": 2, "safe": 1, "safety_rate": 0.5},
+        "b": {"total": 1, "safe": 0, "safety_rate": 0.0},
+    }
 
 
 # ---- guards on tiny local models -----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def generator(tiny_model_dir, tokenizer):
@@ -189,10 +213,19 @@ def classifier(tokenizer, id2label: dict[int, str]):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                      pad_token_id=tokenizer.pad_token_id, num_labels=2, id2label=id2label,
-                      label2id={v: k for k, v in id2label.items()})
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=2,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
     model = LlamaForSequenceClassification(cfg)
     with torch.no_grad():
         model.score.weight.zero_()  # all logits 0: argmax is label 0
@@ -200,8 +233,10 @@ def classifier(tokenizer, id2label: dict[int, str]):
 
 
 def prompts_fixture() -> list[SafetyPrompt]:
-    return [SafetyPrompt(f"id{i}", f"Tell me something nice about day {i}.", h)
-            for i, h in enumerate(["vcr", "hte", "ssh", "vcr", "hte"])]
+    return [
+        SafetyPrompt(f"id{i}", f"Tell me something nice about day {i}.", h)
+        for i, h in enumerate(["vcr", "hte", "ssh", "vcr", "hte"])
+    ]
 
 
 @pytest.mark.parametrize("label0, expected_rate", [("unsafe", 0.0), ("safe", 1.0)])
@@ -249,8 +284,7 @@ def test_evaluate_safety_resume_reuses_finished_records(tmp_path, generator, tok
 def test_generative_guard_falls_back_to_first_token(generator, tokenizer):
     guard = GenerativeGuard(generator, load_categories(), "GUIDE", "tiny-gen")
     assert not guard.native
-    pairs = [("Question one?", "Answer one."), ("Question two, longer than the first?", "Answer two."),
-             ("Q3", "A3")]
+    pairs = [("Question one?", "Answer one."), ("Question two, longer than the first?", "Answer two."), ("Q3", "A3")]
     out = guard.judge(pairs)
     assert len(out) == 3
     for verdict, cats, text in out:
@@ -262,8 +296,10 @@ def test_generative_guard_falls_back_to_first_token(generator, tokenizer):
     from tunesmith.data.chat import prompt_ids
 
     safe_id, unsafe_id = guard._verdict_tokens()
-    prompts = [prompt_ids(tokenizer, [{"role": "user", "content": guard_prompt(u, a, guard.categories, "GUIDE")}])
-               for u, a in pairs]
+    prompts = [
+        prompt_ids(tokenizer, [{"role": "user", "content": guard_prompt(u, a, guard.categories, "GUIDE")}])
+        for u, a in pairs
+    ]
     logits = generator.next_token_logits(prompts)
     assert [v for v, _, _ in out] == [bool(logits[i, safe_id] >= logits[i, unsafe_id]) for i in range(3)]
 
@@ -278,10 +314,19 @@ def says_safe_model(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     safe_id = tokenizer.encode("safe", add_special_tokens=False)[0]
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         for layer in model.model.layers:

@@ -7,19 +7,20 @@ import urllib.error
 import urllib.request
 
 import pytest
+from test_chat_session import visible_tiny
 from typer.testing import CliRunner
 
 from tunesmith.chat.crisis import CrisisLayer, CrisisResources
 from tunesmith.chat.server import ChatBackend, ChatServer, RequestError, ServeError, parse_request, start_in_thread
-from test_chat_session import visible_tiny
 
 CRISIS = "I have decided to end my life tonight."
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tokenizer):
-    backend = ChatBackend(visible_tiny(tiny_model_dir), tokenizer, crisis=CrisisLayer(), model_name="tiny-test",
-                          max_new_tokens=8)
+    backend = ChatBackend(
+        visible_tiny(tiny_model_dir), tokenizer, crisis=CrisisLayer(), model_name="tiny-test", max_new_tokens=8
+    )
     srv, thread = start_in_thread(backend, "127.0.0.1", 0)
     yield srv
     srv.shutdown()
@@ -39,8 +40,11 @@ def request(server, path, body=None, headers=None, method=None):
 
 
 def chat(server, content, **extra):
-    return request(server, "/v1/chat/completions", {"model": "tiny-test",
-                                                    "messages": [{"role": "user", "content": content}], **extra})
+    return request(
+        server,
+        "/v1/chat/completions",
+        {"model": "tiny-test", "messages": [{"role": "user", "content": content}], **extra},
+    )
 
 
 def sse_events(raw: bytes) -> list:
@@ -49,7 +53,7 @@ def sse_events(raw: bytes) -> list:
     events = []
     for block in text.strip("\n").split("\n\n"):
         assert block.startswith("data: "), block
-        data = block[len("data: "):]
+        data = block[len("data: ") :]
         events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
@@ -114,25 +118,52 @@ def test_streaming_matches_the_openai_chunk_format(server):
 
 def test_history_and_system_messages_are_accepted(server):
     banner = CrisisResources.load().banner("self_harm")
-    status, _, body = request(server, "/v1/chat/completions", {"messages": [
-        {"role": "system", "content": "You are kind."},
-        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
-        {"role": "assistant", "content": banner + "\n\nI'm here."},
-        {"role": "user", "content": "thanks"}], "max_tokens": 2})
+    status, _, body = request(
+        server,
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "system", "content": "You are kind."},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": banner + "\n\nI'm here."},
+                {"role": "user", "content": "thanks"},
+            ],
+            "max_tokens": 2,
+        },
+    )
     assert status == 200 and json.loads(body)["choices"][0]["message"]["content"]
 
 
 def test_an_earlier_crisis_in_the_sent_history_keeps_the_session_flagged(server):
     # OpenAI clients are stateless: the server re-reads the history each request
-    status, _, body = request(server, "/v1/chat/completions", {"messages": [
-        {"role": "user", "content": CRISIS}, {"role": "assistant", "content": "I'm here."},
-        {"role": "user", "content": "can you recommend a film?"}], "max_tokens": 2, "locale": "en_GB"})
+    status, _, body = request(
+        server,
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "user", "content": CRISIS},
+                {"role": "assistant", "content": "I'm here."},
+                {"role": "user", "content": "can you recommend a film?"},
+            ],
+            "max_tokens": 2,
+            "locale": "en_GB",
+        },
+    )
     meta = json.loads(body)["tunesmith"]["crisis"]
     assert status == 200 and not meta["flagged"] and meta["banner"] is None
     assert meta["session_flagged"] and "Samaritans" in meta["session_banner"]
-    _, _, body = request(server, "/v1/chat/completions", {"messages": [
-        {"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
-        {"role": "user", "content": "can you recommend a film?"}], "max_tokens": 2})
+    _, _, body = request(
+        server,
+        "/v1/chat/completions",
+        {
+            "messages": [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi"},
+                {"role": "user", "content": "can you recommend a film?"},
+            ],
+            "max_tokens": 2,
+        },
+    )
     assert not json.loads(body)["tunesmith"]["crisis"]["session_flagged"]
 
 
@@ -141,22 +172,33 @@ def test_assistant_history_loses_the_banner():
     backend = ChatBackend.__new__(ChatBackend)  # parse_request needs only crisis and defaults
     backend.crisis, backend.locale, backend.max_new_tokens = CrisisLayer(), "international", 8
     backend.auto_locale = False
-    req = parse_request({"messages": [{"role": "user", "content": "a"},
-                                      {"role": "assistant", "content": banner + "\n\nI'm here."},
-                                      {"role": "user", "content": "b"}], "max_tokens": 100}, backend)
+    req = parse_request(
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": banner + "\n\nI'm here."},
+                {"role": "user", "content": "b"},
+            ],
+            "max_tokens": 100,
+        },
+        backend,
+    )
     assert req.history[1]["content"] == "I'm here."
     assert req.max_new_tokens == 8  # the server's limit is a ceiling
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    (b"{not json", 400, "invalid JSON"),
-    ({"messages": []}, 400, "non-empty"),
-    ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "last non-system message"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, 400, "not supported"),
-    ({"messages": [{"role": "user", "content": "hi"}], "locale": "xx_XX"}, 400, "unknown locale"),
-    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400, "temperature"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n=1"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        (b"{not json", 400, "invalid JSON"),
+        ({"messages": []}, 400, "non-empty"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "last non-system message"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, 400, "not supported"),
+        ({"messages": [{"role": "user", "content": "hi"}], "locale": "xx_XX"}, 400, "unknown locale"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}, 400, "temperature"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n=1"),
+    ],
+)
 def test_invalid_requests_get_openai_errors(server, body, status, fragment):
     code, _, raw = request(server, "/v1/chat/completions", body)
     err = json.loads(raw)["error"]
@@ -180,7 +222,7 @@ def test_chat_page(server):
     cfg = json.loads(html.split('<script id="cfg" type="application/json">')[1].split("</script>")[0])
     assert cfg["model"] == "tiny-test" and cfg["locale"] == ""  # no --locale: the message language picks the resources
     assert ["en_US", "United States"] in cfg["locales"]
-    assert "<link" not in html and "src=\"http" not in html  # self-contained
+    assert "<link" not in html and 'src="http' not in html  # self-contained
 
 
 def test_non_loopback_host_needs_explicit_flag(tiny_model_dir):

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_chat_session import visible_tiny
 
 from tunesmith.chat.crisis import CrisisLayer
 from tunesmith.chat.server import ChatBackend, start_in_thread
-from test_chat_session import visible_tiny
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 BROWSER = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome")) if p), None)
@@ -44,13 +44,26 @@ class DevTools:
             os.dup2(high_w, 4)
 
         self.proc = subprocess.Popen(
-            [BROWSER, "--headless=new", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
-             "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-             f"--user-data-dir={user_data_dir}", "--window-size=1000,900", "about:blank"],
+            [
+                BROWSER,
+                "--headless=new",
+                "--remote-debugging-pipe",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                f"--user-data-dir={user_data_dir}",
+                "--window-size=1000,900",
+                "about:blank",
+            ],
             # close_fds=False: close_fds would run after preexec_fn and close 3 and 4 again (Python
             # opens its own fds close-on-exec, so little else is inherited)
-            preexec_fn=child_fds, close_fds=False,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=child_fds,
+            close_fds=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
@@ -121,8 +134,9 @@ class DevTools:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tokenizer):
-    backend = ChatBackend(visible_tiny(tiny_model_dir), tokenizer, crisis=CrisisLayer(), model_name="tiny-test",
-                          max_new_tokens=12)
+    backend = ChatBackend(
+        visible_tiny(tiny_model_dir), tokenizer, crisis=CrisisLayer(), model_name="tiny-test", max_new_tokens=12
+    )
     srv, thread = start_in_thread(backend, "127.0.0.1", 0)
     yield srv
     srv.shutdown()
@@ -143,8 +157,10 @@ STATE = """JSON.stringify((() => {
 
 
 def send_message(dev: DevTools, text: str) -> None:
-    dev.js(f"document.getElementById('input').value = {json.dumps(text)};"
-           "document.getElementById('form').requestSubmit(); true")
+    dev.js(
+        f"document.getElementById('input').value = {json.dumps(text)};"
+        "document.getElementById('form').requestSubmit(); true"
+    )
 
 
 def test_chat_page_streams_and_shows_crisis_banner_first(server, tmp_path):
@@ -163,8 +179,9 @@ def test_chat_page_streams_and_shows_crisis_banner_first(server, tmp_path):
         assert first["chunks"] > 2  # ... as a stream of pieces
         assert not first["bannerShown"] and not first["first"].startswith("⚠")
 
-        dev.js("const s = document.getElementById('locale'); s.value = 'en_GB';"
-               "s.dispatchEvent(new Event('change')); true")
+        dev.js(
+            "const s = document.getElementById('locale'); s.value = 'en_GB';s.dispatchEvent(new Event('change')); true"
+        )
         send_message(dev, "I have decided to end my life tonight.")
         dev.wait_for("(document.querySelectorAll('.msg.assistant')[1] || {dataset: {}}).dataset.state === 'done'")
         crisis = json.loads(dev.js(STATE % 1))
@@ -178,9 +195,13 @@ def test_chat_page_streams_and_shows_crisis_banner_first(server, tmp_path):
         # a calm message later in the same chat: the resources stay pinned above the conversation
         send_message(dev, "Thanks. Can you suggest a film for tonight?")
         dev.wait_for("(document.querySelectorAll('.msg.assistant')[2] || {dataset: {}}).dataset.state === 'done'")
-        sticky = json.loads(dev.js("JSON.stringify({shown: !document.getElementById('sticky').hidden && "
-                                   "document.getElementById('sticky').offsetHeight > 0, "
-                                   "text: document.getElementById('sticky-text').textContent})"))
+        sticky = json.loads(
+            dev.js(
+                "JSON.stringify({shown: !document.getElementById('sticky').hidden && "
+                "document.getElementById('sticky').offsetHeight > 0, "
+                "text: document.getElementById('sticky-text').textContent})"
+            )
+        )
         dev.screenshot(ARTIFACTS / "chat-3-sticky.png")
         assert sticky["shown"] and "Samaritans" in sticky["text"], sticky
         dev.js("document.getElementById('reset').click(); true")

@@ -31,10 +31,17 @@ def load(path, fmt="auto", columns=None):
     return src, fmt
 
 
-@pytest.mark.parametrize("name,fmt,n", [
-    ("messages.jsonl", "messages", 4), ("sharegpt.jsonl", "sharegpt", 4), ("alpaca.jsonl", "alpaca", 3),
-    ("alpaca.json", "alpaca", 2), ("prompt_completion.jsonl", "prompt_completion", 3),
-    ("prompt_completion.csv", "prompt_completion", 2)])
+@pytest.mark.parametrize(
+    "name,fmt,n",
+    [
+        ("messages.jsonl", "messages", 4),
+        ("sharegpt.jsonl", "sharegpt", 4),
+        ("alpaca.jsonl", "alpaca", 3),
+        ("alpaca.json", "alpaca", 2),
+        ("prompt_completion.jsonl", "prompt_completion", 3),
+        ("prompt_completion.csv", "prompt_completion", 2),
+    ],
+)
 def test_auto_detects_every_format_and_says_so(name, fmt, n):
     said: list[str] = []
     src = sft.load_source(str(FIX / name))
@@ -70,17 +77,20 @@ def test_sharegpt_roles_and_top_level_system():
 def test_alpaca_joins_instruction_and_input_like_llama_factory():
     src, fmt = load(FIX / "alpaca.jsonl")
     a, b = (sft.to_example(src.dataset[i], fmt, {}) for i in range(2))
-    assert a.messages == [{"role": "user", "content": "Rewrite this sentence kindly.\nYour essay is bad."},
-                          {"role": "assistant", "content": "Your essay has a good core, and a few changes would make "
-                                                           "it stronger."}]
+    assert a.messages == [
+        {"role": "user", "content": "Rewrite this sentence kindly.\nYour essay is bad."},
+        {"role": "assistant", "content": "Your essay has a good core, and a few changes would make it stronger."},
+    ]
     assert b.messages[0] == {"role": "user", "content": "Suggest one way to unwind after work."}  # empty input
 
 
 def test_prompt_completion_strings_and_conversational(tokenizer):
     src, fmt = load(FIX / "prompt_completion.jsonl")
     e0, e2 = sft.to_example(src.dataset[0], fmt, {}), sft.to_example(src.dataset[2], fmt, {})
-    assert e0.messages == [{"role": "user", "content": "Say something encouraging to a nervous speaker."},
-                           {"role": "assistant", "content": "You know your material; take a breath and begin."}]
+    assert e0.messages == [
+        {"role": "user", "content": "Say something encouraging to a nervous speaker."},
+        {"role": "assistant", "content": "You know your material; take a breath and begin."},
+    ]
     assert e2.messages[1]["content"].startswith("Weekends can feel long")
     feats = sft.encode_source(src, tokenizer, fmt, {}, 256)
     assert labelled_text(tokenizer, feats[0]).startswith("You know your material")
@@ -97,14 +107,17 @@ def test_columns_map_a_renamed_field():
         sft.check_columns({"message": "dialog"})
 
 
-@pytest.mark.parametrize("name,where,what", [
-    ("bad_json.jsonl", "bad_json.jsonl:4", "malformed JSON"),
-    ("bad_role.jsonl", "bad_role.jsonl:3", r"field 'conversations\[1\].from': unknown role 'robot'"),
-    ("bad_missing.jsonl", "bad_missing.jsonl:2", "field 'output': missing"),
-    ("bad_no_assistant.jsonl", "bad_no_assistant.jsonl:2", "field 'messages': no assistant turn"),
-    ("bad_type.jsonl", "bad_type.jsonl:2", "field 'completion'"),
-    ("unknown_keys.jsonl", "unknown_keys.jsonl:1", "cannot detect the format"),
-])
+@pytest.mark.parametrize(
+    "name,where,what",
+    [
+        ("bad_json.jsonl", "bad_json.jsonl:4", "malformed JSON"),
+        ("bad_role.jsonl", "bad_role.jsonl:3", r"field 'conversations\[1\].from': unknown role 'robot'"),
+        ("bad_missing.jsonl", "bad_missing.jsonl:2", "field 'output': missing"),
+        ("bad_no_assistant.jsonl", "bad_no_assistant.jsonl:2", "field 'messages': no assistant turn"),
+        ("bad_type.jsonl", "bad_type.jsonl:2", "field 'completion'"),
+        ("unknown_keys.jsonl", "unknown_keys.jsonl:1", "cannot detect the format"),
+    ],
+)
 def test_malformed_records_name_file_line_and_field(tokenizer, name, where, what):
     with pytest.raises(DataError, match=rf"{where}: {what}"):
         src, fmt = load(FIX / name)
@@ -167,12 +180,17 @@ def test_tokenised_features_are_cached_by_content(tmp_path, tokenizer, monkeypat
 
 
 def sft_cfg(tmp_path, model_dir, train, **over):
-    raw = {"recipe": "sft", "run_name": "sft", "output_dir": str(tmp_path / "runs"),
-           "summary_csv": str(tmp_path / "summary.csv"),
-           "model": {"name": str(model_dir), "dtype": "fp32"}, "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-           "data": {"max_length": 128, "sft": {"train": str(train), "validation": 0.25}},
-           "training": {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 8, "eval_steps": 2, "seed": 0},
-           "safety": {"enabled": False}}
+    raw = {
+        "recipe": "sft",
+        "run_name": "sft",
+        "output_dir": str(tmp_path / "runs"),
+        "summary_csv": str(tmp_path / "summary.csv"),
+        "model": {"name": str(model_dir), "dtype": "fp32"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "data": {"max_length": 128, "sft": {"train": str(train), "validation": 0.25}},
+        "training": {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 8, "eval_steps": 2, "seed": 0},
+        "safety": {"enabled": False},
+    }
     for k, v in over.items():
         cur = raw
         *head, last = k.split(".")
@@ -191,8 +209,12 @@ def test_validation_fraction_is_seeded_and_disjoint(tmp_path, tiny_model_dir, to
     assert not {tuple(e.input_ids) for e in a.train} & {tuple(e.input_ids) for e in a.validation}
     other = sft.load_sft(sft_cfg(tmp_path, tiny_model_dir, FIX / "messages.jsonl", **{"training.seed": 5}), tokenizer)
     assert len(other.validation) == 1
-    path = sft.load_sft(sft_cfg(tmp_path, tiny_model_dir, FIX / "messages.jsonl",
-                                **{"data.sft.validation": str(FIX / "sharegpt.jsonl")}), tokenizer)
+    path = sft.load_sft(
+        sft_cfg(
+            tmp_path, tiny_model_dir, FIX / "messages.jsonl", **{"data.sft.validation": str(FIX / "sharegpt.jsonl")}
+        ),
+        tokenizer,
+    )
     assert len(path.train) == 4 and len(path.validation) == 4  # a file: a different format is detected on its own
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -201,8 +223,10 @@ def test_validation_fraction_is_seeded_and_disjoint(tmp_path, tiny_model_dir, to
     split = sft.load_sft(sft_cfg(tmp_path, tiny_model_dir, repo, **{"data.sft.validation": "validation"}), tokenizer)
     assert (len(split.train), len(split.validation), split.format) == (4, 4, "sharegpt")
     with pytest.raises(DataError, match="data.sft.validation: file not found: validation"):
-        sft.load_sft(sft_cfg(tmp_path, tiny_model_dir, FIX / "messages.jsonl", **{"data.sft.validation": "validation"}),
-                     tokenizer)
+        sft.load_sft(
+            sft_cfg(tmp_path, tiny_model_dir, FIX / "messages.jsonl", **{"data.sft.validation": "validation"}),
+            tokenizer,
+        )
     with pytest.raises(ConfigError, match="fraction must lie in"):
         sft_cfg(tmp_path, tiny_model_dir, FIX / "messages.jsonl", **{"data.sft.validation": 1.5})
 
@@ -240,10 +264,20 @@ def test_packed_recipe_and_early_stop_then_resume_is_a_no_op(tmp_path, tiny_mode
 
     data = tmp_path / "data.jsonl"
     data.write_text("".join([(FIX / "sharegpt.jsonl").read_text()] * 4))
-    cfg = sft_cfg(tmp_path, tiny_model_dir, data, **{
-        "training.learning_rate": 2.0, "training.max_grad_norm": None, "training.max_steps": 30,
-        "training.eval_steps": 1, "training.early_stopping_patience": 2, "training.packing": True,
-        "training.report_to": "none"})
+    cfg = sft_cfg(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        **{
+            "training.learning_rate": 2.0,
+            "training.max_grad_norm": None,
+            "training.max_steps": 30,
+            "training.eval_steps": 1,
+            "training.early_stopping_patience": 2,
+            "training.packing": True,
+            "training.report_to": "none",
+        },
+    )
     m = recipe.run(cfg)
     assert m["validation"]["stopped_early"] and m["train"]["steps"] < 30 and m["train"]["packing"]
     assert m["validation"]["adapter_step"] == m["validation"]["best_step"]
@@ -254,12 +288,18 @@ def test_packed_recipe_and_early_stop_then_resume_is_a_no_op(tmp_path, tiny_mode
 def test_cli_validate_reports_a_malformed_record_in_one_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"recipe: sft\nsafety: {{enabled: false}}\ndata: {{sft: {{train: {FIX / 'bad_role.jsonl'}}}}}\n")
-    r = subprocess.run([sys.executable, "-m", "tunesmith.cli", "validate", str(cfg)], capture_output=True, text=True,
-                       cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
+    r = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "validate", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (
         f"error: {FIX / 'bad_role.jsonl'}:3: field 'conversations[1].from': unknown role 'robot' "
-        "(expected assistant, bard, bing, chatgpt, gpt, human, system, user)")
+        "(expected assistant, bard, bing, chatgpt, gpt, human, system, user)"
+    )
     assert "Traceback" not in r.stderr
 
 
@@ -285,8 +325,9 @@ def test_push_to_folder_stages_the_adapter_and_card(finished_run, tmp_path):
     r = CliRunner().invoke(app, ["push", str(finished_run), "me/sft-test", "--to-folder", str(out)])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
-    assert (out / "adapter_model.safetensors").read_bytes() == \
-        (finished_run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (out / "adapter_model.safetensors").read_bytes() == (
+        finished_run / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
     assert 'PeftModel.from_pretrained(base, "me/sft-test")' in (out / "README.md").read_text()
 
 
@@ -308,8 +349,11 @@ def test_push_calls_the_hub_with_the_staged_folder(finished_run, monkeypatch):
     from tunesmith.reporting.model_card import push
 
     seen = {}
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: seen.update(create=(repo_id, kw)) or
-                        f"https://huggingface.co/{repo_id}")
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: seen.update(create=(repo_id, kw)) or f"https://huggingface.co/{repo_id}",
+    )
 
     def upload(self, folder_path, repo_id, **kw):
         seen["upload"] = (repo_id, sorted(p.name for p in Path(folder_path).iterdir()), kw)

@@ -18,9 +18,13 @@ from tunesmith.io import read_jsonl
 
 
 def records(n: int, offset: int = 0) -> list[dict]:
-    return [{"question": f"Ann has {i} pens and buys {i + 3} more. How many pens does Ann have?",
-             "answer": f"{i} + {i + 3} = <<{i}+{i + 3}={2 * i + 3}>>{2 * i + 3}\n#### {2 * i + 3}"}
-            for i in range(offset, offset + n)]
+    return [
+        {
+            "question": f"Ann has {i} pens and buys {i + 3} more. How many pens does Ann have?",
+            "answer": f"{i} + {i + 3} = <<{i}+{i + 3}={2 * i + 3}>>{2 * i + 3}\n#### {2 * i + 3}",
+        }
+        for i in range(offset, offset + n)
+    ]
 
 
 def write(path, rows):
@@ -56,7 +60,7 @@ def test_load_data_carves_validation_only_for_the_sweep(tmp_path):
     _, train, test, pool, val = load_data(cfg, tmp_path / "run")
     assert len(val) == 10 and len(train) == 40 - 4 - 10
     groups = [{r["question"] for r in x} for x in (train, test, pool, val)]
-    assert all(not a & b for i, a in enumerate(groups) for b in groups[i + 1:])
+    assert all(not a & b for i, a in enumerate(groups) for b in groups[i + 1 :])
     assert read_jsonl(tmp_path / "run" / "data" / "validation.jsonl") == val
     cfg = parse_config({"data": {"gsm8k": g}, "eval": {"k_shot": 2}})
     assert load_data(cfg, None)[4] == [] and len(load_data(cfg, None)[1]) == 36
@@ -65,10 +69,12 @@ def test_load_data_carves_validation_only_for_the_sweep(tmp_path):
 def test_choose_by_validation_strict_then_flexible_then_safety():
     from tunesmith.recipes.gsm8k import choose
 
-    rows = [{"checkpoint": "a", "strict_accuracy": 0.5, "flexible_accuracy": 0.5, "safety_rate": 0.9},
-            {"checkpoint": "b", "strict_accuracy": 0.5, "flexible_accuracy": 0.6, "safety_rate": 0.1},
-            {"checkpoint": "c", "strict_accuracy": 0.5, "flexible_accuracy": 0.6, "safety_rate": 0.8},
-            {"checkpoint": "d", "strict_accuracy": 0.4, "flexible_accuracy": 0.9, "safety_rate": 1.0}]
+    rows = [
+        {"checkpoint": "a", "strict_accuracy": 0.5, "flexible_accuracy": 0.5, "safety_rate": 0.9},
+        {"checkpoint": "b", "strict_accuracy": 0.5, "flexible_accuracy": 0.6, "safety_rate": 0.1},
+        {"checkpoint": "c", "strict_accuracy": 0.5, "flexible_accuracy": 0.6, "safety_rate": 0.8},
+        {"checkpoint": "d", "strict_accuracy": 0.4, "flexible_accuracy": 0.9, "safety_rate": 1.0},
+    ]
     assert choose(rows)["checkpoint"] == "c"
     assert choose(rows[:1] + [dict(rows[0], checkpoint="e")])["checkpoint"] == "a"  # a tie keeps the earlier one
 
@@ -78,24 +84,41 @@ def test_no_test_question_is_scored_before_the_checkpoint_is_chosen(tmp_path, ti
     from tunesmith.recipes import gsm8k
 
     train, test = records(24), records(5, 100)
-    cfg = parse_config({
-        "recipe": "gsm8k", "run_name": "sw", "output_dir": str(tmp_path / "runs"),
-        "summary_csv": str(tmp_path / "summary.csv"),
-        "model": {"name": str(tiny_model_dir), "dtype": "fp32"}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "data": {"max_length": 96, "gsm8k": {"train": write(tmp_path / "train.jsonl", train),
-                                             "test": write(tmp_path / "test.jsonl", test),
-                                             "fewshot_pool_size": 3, "validation_size": 4}},
-        "training": {"learning_rate": 5e-3, "batch_size": 4, "max_steps": 4, "save_steps": 1, "seed": 0},
-        "eval": {"k_shot": 1, "max_new_tokens": 4, "batch_size": 8, "evaluate_base": True,
-                 "checkpoint_sweep": {"enabled": True, "last_n": 3}},
-        "safety": {"enabled": False},
-    })
+    cfg = parse_config(
+        {
+            "recipe": "gsm8k",
+            "run_name": "sw",
+            "output_dir": str(tmp_path / "runs"),
+            "summary_csv": str(tmp_path / "summary.csv"),
+            "model": {"name": str(tiny_model_dir), "dtype": "fp32"},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "data": {
+                "max_length": 96,
+                "gsm8k": {
+                    "train": write(tmp_path / "train.jsonl", train),
+                    "test": write(tmp_path / "test.jsonl", test),
+                    "fewshot_pool_size": 3,
+                    "validation_size": 4,
+                },
+            },
+            "training": {"learning_rate": 5e-3, "batch_size": 4, "max_steps": 4, "save_steps": 1, "seed": 0},
+            "eval": {
+                "k_shot": 1,
+                "max_new_tokens": 4,
+                "batch_size": 8,
+                "evaluate_base": True,
+                "checkpoint_sweep": {"enabled": True, "last_n": 3},
+            },
+            "safety": {"enabled": False},
+        }
+    )
     events: list[tuple] = []
     real_chat, real_choose = HFGenerator.chat, gsm8k.choose
 
     def observed_chat(self, conversations, *a, **kw):
-        events.append(("chat", [c[-1]["content"] for c in conversations],
-                       lora_b_fingerprint(self.model.named_parameters())))
+        events.append(
+            ("chat", [c[-1]["content"] for c in conversations], lora_b_fingerprint(self.model.named_parameters()))
+        )
         return real_chat(self, conversations, *a, **kw)
 
     def observed_choose(scores):
@@ -122,7 +145,7 @@ def test_no_test_question_is_scored_before_the_checkpoint_is_chosen(tmp_path, ti
     # every validation call, then the choice, then the test calls (tuned, then base)
     assert kinds.count("choose") == 1
     c = kinds.index("choose")
-    assert set(kinds[:c]) == {"val"} and set(kinds[c + 1:]) == {"test"}
+    assert set(kinds[:c]) == {"val"} and set(kinds[c + 1 :]) == {"test"}
 
     with (run / "checkpoint_scores_sw.csv").open(newline="") as f:
         scores = list(csv.DictReader(f))
@@ -130,8 +153,12 @@ def test_no_test_question_is_scored_before_the_checkpoint_is_chosen(tmp_path, ti
     chosen = next(s["checkpoint"] for s in scores if s["chosen"] == "True")
     assert events[c][1] == chosen == metrics["checkpoint"]
     # each scored checkpoint answered the validation set with its own weights; the test set saw the chosen one only
-    prints = {s["checkpoint"]: lora_b_fingerprint(load_file(run / "checkpoints" / s["checkpoint"] /
-                                                            "adapter_model.safetensors").items()) for s in scores}
+    prints = {
+        s["checkpoint"]: lora_b_fingerprint(
+            load_file(run / "checkpoints" / s["checkpoint"] / "adapter_model.safetensors").items()
+        )
+        for s in scores
+    }
     assert len(set(prints.values())) == 3
     val_prints = [e[2] for e, k in zip(events, kinds) if k == "val"]
     assert sorted(val_prints) == pytest.approx(sorted(prints.values()))

@@ -10,19 +10,23 @@ import torch
 from safetensors.torch import load_file
 
 from tunesmith.config import TrainingConfig
-from tunesmith.data.sources import gsm8k
-from tunesmith.data.chat import encode
-from tunesmith.modeling.loading import add_lora, load_model
-from tunesmith.training.trainer import TrainModule, Trainer
 from tunesmith.data.batching import collate
+from tunesmith.data.chat import encode
+from tunesmith.data.sources import gsm8k
+from tunesmith.modeling.loading import add_lora, load_model
+from tunesmith.training.trainer import Trainer, TrainModule
 
 RECORDS = [
     {"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
-    {"question": "Tom has 3 apples and buys 5 more. How many apples does he have?",
-     "answer": "He has 3 + 5 = <<3+5=8>>8 apples.\nSo the answer is eight apples in total, which we write as\n#### 8"},
+    {
+        "question": "Tom has 3 apples and buys 5 more. How many apples does he have?",
+        "answer": "He has 3 + 5 = <<3+5=8>>8 apples.\nSo the answer is eight apples in total, which we write as\n#### 8",
+    },
     {"question": "A box holds 6 eggs. How many eggs are in 7 boxes?", "answer": "6 * 7 = 42\n#### 42"},
-    {"question": "Half of 30?",
-     "answer": "Half of 30 is 30 / 2 = 15. We can check: 15 + 15 = 30, and 15 * 2 = 30, so it is right.\n#### 15"},
+    {
+        "question": "Half of 30?",
+        "answer": "Half of 30 is 30 / 2 = 15. We can check: 15 + 15 = 30, and 15 * 2 = 30, so it is right.\n#### 15",
+    },
 ]
 
 
@@ -145,8 +149,9 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path, tiny_model_dir, t
     first = Trainer(lora_model(tiny_model_dir), tokenizer, cfg, lambda e: features(tokenizer), run, log=silent).train()
     cfg2 = TrainingConfig(learning_rate=1e-3, batch_size=2, max_steps=6, save_steps=2, seed=0)
     msgs: list[str] = []
-    state = Trainer(lora_model(tiny_model_dir), tokenizer, cfg2, lambda e: features(tokenizer), run,
-                    log=msgs.append).train(resume=True)
+    state = Trainer(
+        lora_model(tiny_model_dir), tokenizer, cfg2, lambda e: features(tokenizer), run, log=msgs.append
+    ).train(resume=True)
     assert any("resumed" in m and "step 4" in m for m in msgs)
     assert [r["step"] for r in state.history] == list(range(1, 7))
     assert state.history[:4] == first.history
@@ -181,8 +186,9 @@ def test_loss_is_token_weighted_over_the_accumulation_window(tmp_path, tiny_mode
 def test_short_last_window_and_epoch_count(tmp_path, tiny_model_dir, tokenizer):
     # 4 examples, batch 1, grad_accum 3: an epoch is 2 optimizer steps (3 + 1 micro-batches)
     cfg = TrainingConfig(learning_rate=1e-3, batch_size=1, grad_accum=3, epochs=2, seed=0)
-    trainer = Trainer(lora_model(tiny_model_dir), tokenizer, cfg, lambda e: features(tokenizer), tmp_path / "r",
-                      log=silent)
+    trainer = Trainer(
+        lora_model(tiny_model_dir), tokenizer, cfg, lambda e: features(tokenizer), tmp_path / "r", log=silent
+    )
     assert trainer.steps_per_epoch == 2 and trainer.total_steps == 4
     state = trainer.train()
     assert len(state.history) == 4
@@ -207,19 +213,28 @@ def test_validation_pass_returns_the_head_logits_of_a_separate_pass(tiny_model_d
     """The empathy runner reads head metrics from the validation-loss pass: its logits must be the
     ones `head_logits` computes, row for row, whatever the length-sorted batch order."""
     from tunesmith.data.schema import Example
-    from tunesmith.modeling.heads import Heads
     from tunesmith.modeling.forward import head_logits
+    from tunesmith.modeling.heads import Heads
     from tunesmith.training.trainer import evaluate_loss
 
     torch.manual_seed(0)
     model = lora_model(tiny_model_dir)
     heads = Heads(model.config.hidden_size, dropout=0.1)
-    texts = ["I lost my job today.", "Thanks so much, that is wonderful news!!", "ok",
-             "My dog died last week and I can't stop crying about it, everything reminds me of him.",
-             "Why would anyone do that?"]
-    exs = [Example(messages=[{"role": "user", "content": t}, {"role": "assistant", "content": "I hear you."}],
-                   emotion=i % 28 if i != 2 else None, strategy=i % 8 if i != 4 else None)
-           for i, t in enumerate(texts)]
+    texts = [
+        "I lost my job today.",
+        "Thanks so much, that is wonderful news!!",
+        "ok",
+        "My dog died last week and I can't stop crying about it, everything reminds me of him.",
+        "Why would anyone do that?",
+    ]
+    exs = [
+        Example(
+            messages=[{"role": "user", "content": t}, {"role": "assistant", "content": "I hear you."}],
+            emotion=i % 28 if i != 2 else None,
+            strategy=i % 8 if i != 4 else None,
+        )
+        for i, t in enumerate(texts)
+    ]
     feats = [encode(tokenizer, x, max_length=96) for x in exs]
     got: dict[str, torch.Tensor] = {}
     losses = evaluate_loss(TrainModule(model, heads), feats, tokenizer.pad_token_id, batch_size=2, head_logits=got)

@@ -10,16 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 from tunesmith.config import TrainingConfig
-from tunesmith.data.sources import gsm8k
-from tunesmith.data.chat import encode
-from tunesmith.modeling.loading import add_lora, load_model
-from tunesmith.training.trainer import TrainModule, Trainer
 from tunesmith.data.batching import collate, collate_packed, pack_rows
+from tunesmith.data.chat import encode
+from tunesmith.data.sources import gsm8k
+from tunesmith.modeling.loading import add_lora, load_model
+from tunesmith.training.trainer import Trainer, TrainModule
 
 RECORDS = [
     {"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
-    {"question": "Tom has 3 apples and buys 5 more. How many apples does he have?",
-     "answer": "He has 3 + 5 = <<3+5=8>>8 apples.\nSo the answer is eight apples in total.\n#### 8"},
+    {
+        "question": "Tom has 3 apples and buys 5 more. How many apples does he have?",
+        "answer": "He has 3 + 5 = <<3+5=8>>8 apples.\nSo the answer is eight apples in total.\n#### 8",
+    },
     {"question": "A box holds 6 eggs. How many eggs are in 7 boxes?", "answer": "6 * 7 = 42\n#### 42"},
     {"question": "Half of 30?", "answer": "Half of 30 is 30 / 2 = 15. Check: 15 + 15 = 30.\n#### 15"},
     {"question": "Sam reads 12 pages a day. How many pages in 5 days?", "answer": "12 * 5 = 60 pages.\n#### 60"},
@@ -126,12 +128,20 @@ def test_validation_schedule_best_adapter_and_tensorboard(tmp_path, tiny_model_d
 
     fs = feats(tokenizer)
     train, val = fs[:4], fs[4:]
-    cfg = TrainingConfig(learning_rate=1e-2, batch_size=2, max_steps=9, eval_steps=3, seed=0,
-                         report_to=["tensorboard"])
+    cfg = TrainingConfig(learning_rate=1e-2, batch_size=2, max_steps=9, eval_steps=3, seed=0, report_to=["tensorboard"])
     run = tmp_path / "run"
     msgs: list[str] = []
-    tr = Trainer(lora(tiny_model_dir), tokenizer, cfg, lambda e: train, run, log=msgs.append, validation=val,
-                 run_name="tb-test", tracker_config={"model": {"name": "tiny"}, "training": cfg.model_dump()})
+    tr = Trainer(
+        lora(tiny_model_dir),
+        tokenizer,
+        cfg,
+        lambda e: train,
+        run,
+        log=msgs.append,
+        validation=val,
+        run_name="tb-test",
+        tracker_config={"model": {"name": "tiny"}, "training": cfg.model_dump()},
+    )
     state = tr.train()
     assert [e["step"] for e in state.evals] == [3, 6, 9]
     best = min(state.evals, key=lambda e: e["loss"])
@@ -151,8 +161,15 @@ def test_validation_schedule_best_adapter_and_tensorboard(tmp_path, tiny_model_d
     acc = EventAccumulator(str(logdir))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/lm", "train/learning_rate", "train/grad_norm", "train/tokens_per_s",
-            "eval/loss", "eval/lm"} <= tags
+    assert {
+        "train/loss",
+        "train/lm",
+        "train/learning_rate",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "eval/loss",
+        "eval/lm",
+    } <= tags
     assert [e.step for e in acc.Scalars("eval/loss")] == [3, 6, 9]
     assert [e.value for e in acc.Scalars("eval/loss")] == pytest.approx([e["loss"] for e in state.evals], rel=1e-5)
     assert len(acc.Scalars("train/loss")) == 9
@@ -165,8 +182,16 @@ def test_validation_schedule_best_adapter_and_tensorboard(tmp_path, tiny_model_d
 def test_early_stopping_and_resume_is_a_no_op(tmp_path, tiny_model_dir, tokenizer):
     fs = feats(tokenizer)
     # a learning rate this large makes the validation loss climb after the first steps
-    cfg = TrainingConfig(learning_rate=3.0, batch_size=2, max_steps=40, eval_steps=1, early_stopping_patience=2,
-                         max_grad_norm=None, seed=0, report_to="none")
+    cfg = TrainingConfig(
+        learning_rate=3.0,
+        batch_size=2,
+        max_steps=40,
+        eval_steps=1,
+        early_stopping_patience=2,
+        max_grad_norm=None,
+        seed=0,
+        report_to="none",
+    )
     run = tmp_path / "run"
     state = Trainer(lora(tiny_model_dir), tokenizer, cfg, lambda e: fs[:4], run, log=silent, validation=fs[4:]).train()
     assert state.stopped_early and state.step < 40
@@ -188,16 +213,31 @@ def test_early_stopping_and_resume_is_a_no_op(tmp_path, tiny_model_dir, tokenize
 
 def test_early_stopping_state_survives_an_interrupted_run(tmp_path, tiny_model_dir, tokenizer):
     fs = feats(tokenizer)
-    cfg = TrainingConfig(learning_rate=1e-2, batch_size=2, max_steps=4, eval_steps=2, early_stopping_patience=5,
-                         save_steps=2, seed=0, report_to="none")
+    cfg = TrainingConfig(
+        learning_rate=1e-2,
+        batch_size=2,
+        max_steps=4,
+        eval_steps=2,
+        early_stopping_patience=5,
+        save_steps=2,
+        seed=0,
+        report_to="none",
+    )
     run = tmp_path / "run"
     first = Trainer(lora(tiny_model_dir), tokenizer, cfg, lambda e: fs[:4], run, log=silent, validation=fs[4:]).train()
     # resume from step 2's checkpoint: the evaluations made until then come back with it
     import shutil
 
     shutil.rmtree(run / "checkpoints" / "checkpoint-4")
-    tr = Trainer(lora(tiny_model_dir), tokenizer, cfg.model_copy(update={"max_steps": 6}), lambda e: fs[:4], run,
-                 log=silent, validation=fs[4:])
+    tr = Trainer(
+        lora(tiny_model_dir),
+        tokenizer,
+        cfg.model_copy(update={"max_steps": 6}),
+        lambda e: fs[:4],
+        run,
+        log=silent,
+        validation=fs[4:],
+    )
     tr.load_checkpoint()
     assert [e["step"] for e in tr.state.evals] == [2]
     assert tr.state.evals[0]["loss"] == pytest.approx(first.evals[0]["loss"])
@@ -213,5 +253,11 @@ def test_unknown_tracker_package_is_a_clear_error(tmp_path, tiny_model_dir, toke
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))
     with pytest.raises(TunesmithError, match="wandb is not installed"):
-        Trainer(lora(tiny_model_dir), tokenizer, TrainingConfig(report_to=["wandb"]), lambda e: feats(tokenizer),
-                tmp_path / "r", log=silent)
+        Trainer(
+            lora(tiny_model_dir),
+            tokenizer,
+            TrainingConfig(report_to=["wandb"]),
+            lambda e: feats(tokenizer),
+            tmp_path / "r",
+            log=silent,
+        )

@@ -92,8 +92,16 @@ def test_requests_built_like_the_hf_backend(fake_vllm, tiny_model_dir, tokenizer
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8}))
-    gen = make_generator("vllm", None, tokenizer, batch_size=2, max_new_tokens=33, system_prompt="Be kind.",
-                         model_ref=str(tiny_model_dir), adapter_dir=adapter)
+    gen = make_generator(
+        "vllm",
+        None,
+        tokenizer,
+        batch_size=2,
+        max_new_tokens=33,
+        system_prompt="Be kind.",
+        model_ref=str(tiny_model_dir),
+        adapter_dir=adapter,
+    )
     assert isinstance(gen, V.VLLMGenerator)
     llm = FakeLLM.instances[-1]
     assert llm.kw["model"] == str(tiny_model_dir) and llm.kw["enable_lora"] and llm.kw["max_lora_rank"] == 8

@@ -43,7 +43,9 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[di
     return rows
 
 
-def read_csv(path: str | os.PathLike, required: Iterable[str] = (), delimiter: str = ",") -> Iterator[tuple[int, dict[str, str]]]:
+def read_csv(
+    path: str | os.PathLike, required: Iterable[str] = (), delimiter: str = ","
+) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line number, row) from a CSV/TSV with a header; checks the header once."""
     p = require_file(path, "CSV file")
     with p.open(encoding="utf-8", newline="") as f:

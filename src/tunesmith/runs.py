@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import importlib.metadata as md
-import json
-import subprocess
 import fcntl
+import importlib.metadata as md
 import io
+import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,32 @@ from tunesmith.io import write_json
 RESOLVED_CONFIG = "config_resolved.json"
 
 COLUMNS = [
-    "run", "recipe", "model", "data", "method", "lora_r", "lora_alpha", "learning_rate", "batch_size", "grad_accum",
-    "epochs", "k_shot", "train_examples", "strict_accuracy", "flexible_accuracy", "base_strict_accuracy",
-    "base_flexible_accuracy", "safety_rate", "eqbench_score", "eqbench_parse_rate", "emotion_accuracy",
-    "strategy_accuracy", "checkpoint", "passed", "finished_at", "git_commit",
+    "run",
+    "recipe",
+    "model",
+    "data",
+    "method",
+    "lora_r",
+    "lora_alpha",
+    "learning_rate",
+    "batch_size",
+    "grad_accum",
+    "epochs",
+    "k_shot",
+    "train_examples",
+    "strict_accuracy",
+    "flexible_accuracy",
+    "base_strict_accuracy",
+    "base_flexible_accuracy",
+    "safety_rate",
+    "eqbench_score",
+    "eqbench_parse_rate",
+    "emotion_accuracy",
+    "strategy_accuracy",
+    "checkpoint",
+    "passed",
+    "finished_at",
+    "git_commit",
 ]
 
 
@@ -30,7 +52,8 @@ def append_summary_row(path: str | os.PathLike, row: dict) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore").writerow(
-        {k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+        {k: ("" if row.get(k) is None else row[k]) for k in COLUMNS}
+    )
     with open(p, "a+", encoding="utf-8", newline="") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -51,8 +74,9 @@ def is_main_process() -> bool:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -65,15 +89,21 @@ def provenance() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    return {"git_commit": git_commit(), "versions": versions, "started_at": dt.datetime.now().isoformat(timespec="seconds")}
+    return {
+        "git_commit": git_commit(),
+        "versions": versions,
+        "started_at": dt.datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def start_run(cfg, chat_template: dict | None = None) -> Path:
     """The run directory with the resolved config, the chat template it renders with and provenance written first."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / RESOLVED_CONFIG, {**cfg.model_dump(mode="json"), "chat_template": chat_template,
-                                           "provenance": provenance()})
+    write_json(
+        run_dir / RESOLVED_CONFIG,
+        {**cfg.model_dump(mode="json"), "chat_template": chat_template, "provenance": provenance()},
+    )
     return run_dir
 
 

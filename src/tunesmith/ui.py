@@ -49,7 +49,7 @@ class _NoBar:
 
 
 _live = 0  # rich allows one live display at a time: a bar opened inside another (the guard
-           # judging inside a generation callback) stays silent
+# judging inside a generation callback) stays silent
 
 
 class _Bar:
@@ -75,12 +75,23 @@ class _Bar:
 
 
 def progress_bar(description: str, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if _live:
         return _NoBar(), 0
     p = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
         transient=True,
     )
     return _Bar(p), p.add_task(description, total=total)

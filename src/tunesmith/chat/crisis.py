@@ -72,18 +72,30 @@ def _rx(pattern: str) -> re.Pattern[str]:
 
 # Explicit safety statements, masked before the rules read the text; the rest of the message is
 # still read ("I'm not suicidal but I've been stockpiling my pills" flags on the second clause).
-NEGATIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((n, _rx(p)) for n, p in (
-    ("not_suicidal", r"\b(?:i'?m|i\s+am|am)\s+not\s+(?:\w+\s+){0,2}?suicidal\b|\bnot\s+(?:feeling\s+)?suicidal\b"),
-    ("would_never", r"\b(?:would|will|could|'d)\s*(?:n'?t|not|never)\s+(?:ever\s+|actually\s+|really\s+)?"
-                    r"(?:kill|hurt|harm)\s+(?:myself|anyone|anybody|a\s+fly)\b"),
-    ("never_hurt", r"\bnever\s+(?:\w+\s+)?(?:kill|hurt|harm)\s+(?:myself|anyone|anybody)\b"),
-    ("dont_want_die", r"\b(?:don'?t|do\s+not|never)\s+(?:want|plan|intend|mean)\s+to\s+(?:die|kill\s+myself|"
-                      r"(?:hurt|harm)\s+(?:myself|anyone)|end\s+my\s+life)\b"),
-    ("not_going_to", r"\b(?:not|never)\s+(?:going|gonna)\s+(?:to\s+)?(?:do\s+anything\s+to\s+myself|"
-                     r"(?:kill|hurt|harm)\s+(?:myself|anyone|anybody))\b"),
-    # hyperbole about someone else's anger: "my mom is going to kill me"
-    ("will_kill_me", r"\b(?:gonna|going\s+to|will|'ll|would)\s+(?:\w+\s+)?(?:kill|murder)\s+me\b"),
-))
+NEGATIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (n, _rx(p))
+    for n, p in (
+        ("not_suicidal", r"\b(?:i'?m|i\s+am|am)\s+not\s+(?:\w+\s+){0,2}?suicidal\b|\bnot\s+(?:feeling\s+)?suicidal\b"),
+        (
+            "would_never",
+            r"\b(?:would|will|could|'d)\s*(?:n'?t|not|never)\s+(?:ever\s+|actually\s+|really\s+)?"
+            r"(?:kill|hurt|harm)\s+(?:myself|anyone|anybody|a\s+fly)\b",
+        ),
+        ("never_hurt", r"\bnever\s+(?:\w+\s+)?(?:kill|hurt|harm)\s+(?:myself|anyone|anybody)\b"),
+        (
+            "dont_want_die",
+            r"\b(?:don'?t|do\s+not|never)\s+(?:want|plan|intend|mean)\s+to\s+(?:die|kill\s+myself|"
+            r"(?:hurt|harm)\s+(?:myself|anyone)|end\s+my\s+life)\b",
+        ),
+        (
+            "not_going_to",
+            r"\b(?:not|never)\s+(?:going|gonna)\s+(?:to\s+)?(?:do\s+anything\s+to\s+myself|"
+            r"(?:kill|hurt|harm)\s+(?:myself|anyone|anybody))\b",
+        ),
+        # hyperbole about someone else's anger: "my mom is going to kill me"
+        ("will_kill_me", r"\b(?:gonna|going\s+to|will|'ll|would)\s+(?:\w+\s+)?(?:kill|murder)\s+me\b"),
+    )
+)
 
 
 def mask(text: str) -> str:
@@ -111,46 +123,82 @@ class Rule:
 
 
 _FIRST = r"(?:i|i'm|im|i've|ive|i'll|ill|i\s+am|i\s+have|i\s+will)"
-_PILLS = (r"(?:pills?|tablets?|meds|medications?|sleeping\s+pills|tylenol|paracetamol|acetaminophen|ibuprofen|"
-          r"aspirin|insulin|painkillers|antidepressants|oxy(?:codone|contin)?|xanax|benzos?|opioids)")
+_PILLS = (
+    r"(?:pills?|tablets?|meds|medications?|sleeping\s+pills|tylenol|paracetamol|acetaminophen|ibuprofen|"
+    r"aspirin|insulin|painkillers|antidepressants|oxy(?:codone|contin)?|xanax|benzos?|opioids)"
+)
 _WEAPON = r"(?:gun|rifle|pistol|shotgun|knife|machete|bomb|weapon|ar-?15)"
 
 # Only explicit first-person plans and means: everything vaguer is the learned detector's call,
 # because a rule cannot tell a novel's plot or a pharmacology question from a plan.
-RULES: tuple[Rule, ...] = tuple(Rule(n, c, _rx(p)) for n, c, p in (
-    ("kill_self", SELF_HARM,
-     r"\b(?:kill(?:ing)?|hang(?:ing)?|shoot(?:ing)?|unaliv(?:e|ing)|off(?:ing)?|drown(?:ing)?)\s+myself\b"
-     r"|\bkms\b|\bunalive\s+myself\b"),
-    ("end_my_life", SELF_HARM, r"\b(?:end(?:ing)?|take|taking)\s+my\s+(?:own\s+)?life\b"),
-    ("i_am_suicidal", SELF_HARM, rf"\b{_FIRST}\s+(?:\w+\s+)?(?:feeling\s+|so\s+|really\s+)?suicidal\b"),
-    ("took_pills", SELF_HARM,
-     rf"\b{_FIRST}\s+(?:just\s+)?(?:took|swallowed|taken|downed|swallow(?:ed)?)\s+(?:all|every\s+one|a\s+(?:whole\s+)?"
-     rf"(?:bottle|handful|box|pack)|[2-9]\d|\d{{3}}|too\s+many)\s+(?:of\s+)?(?:my|the|those|these|his|her)?\s*"
-     rf"(?:\w+\s+)?{_PILLS}\b"),
-    ("stockpile", SELF_HARM,
-     rf"\b{_FIRST}\s+(?:\w+\s+)?(?:been\s+)?(?:stockpil(?:e|ing|ed)|hoard(?:ing|ed)?|sav(?:ing|ed)\s+up|saving)\s+"
-     rf"(?:up\s+)?(?:my|the|all\s+my)?\s*(?:sleeping\s+)?{_PILLS}\b"),
-    ("rope_ready", SELF_HARM, rf"\b{_FIRST}\s+(?:\w+\s+)?(?:tied|bought|made|got|have)\s+(?:a|the)\s+(?:noose|rope)\b"),
-    ("suicide_note", SELF_HARM,
-     rf"\b{_FIRST}\s+(?:\w+\s+)?(?:wrote|written|writing|left|finished)\s+(?:my|a)\s+(?:suicide|goodbye)\s+(?:note|letter)s?\b"),
-    ("jump_intent", SELF_HARM,
-     rf"\b{_FIRST}\s+(?:\w+\s+)?(?:going\s+to|gonna|about\s+to|will|want\s+to)\s+jump\s+(?:off|from|in\s+front\s+of)\b"),
-    ("weapon_place", HARM_TO_OTHERS,
-     rf"\b{_FIRST}\s+(?:\w+\s+)?(?:bring(?:ing)?|tak(?:e|ing)|carry(?:ing)?)\s+(?:a|my|the|his|her|\w+'s)\s+(?:\w+'s\s+)?"
-     rf"{_WEAPON}\s+"
-     rf"(?:to|into)\s+(?:school|work|class|the\s+office|church|the\s+mall)\b"
-     r"|\bshoot(?:ing)?\s+up\s+(?:the|my|our)\s+(?:school|office|class|church|mall)\b"),
-    ("kill_person", HARM_TO_OTHERS,
-     rf"\b{_FIRST}\s+(?:\w+\s+)?(?:going\s+to|gonna|will|plan(?:ning)?\s+to)\s+(?:kill|murder|stab|shoot|strangle)\s+"
-     r"(?:him|her|them|my\s+(?:wife|husband|ex|boss|dad|mom|father|mother|girlfriend|boyfriend|neighbou?r))\b"
-     r"(?![^.!?]*\b(?:if|when|unless)\b)"),
-    ("not_breathing", MEDICAL,
-     r"\b(?:he|she|they|my\s+\w+|the\s+baby|baby)\s+(?:is\s*n'?t|is\s+not|'s\s+not|are\s*n'?t|stopped|has\s+stopped)\s+"
-     r"breathing\b"),
-    ("unresponsive", MEDICAL,
-     r"\b(?:he|she|they|my\s+\w+|the\s+baby)\s+(?:is|'s|are|went|has\s+gone)\s+(?:\w+\s+)?(?:unconscious|unresponsive|"
-     r"not\s+responding)\b|\bcan'?t\s+wake\s+(?:him|her|them)\s+up\b"),
-))
+RULES: tuple[Rule, ...] = tuple(
+    Rule(n, c, _rx(p))
+    for n, c, p in (
+        (
+            "kill_self",
+            SELF_HARM,
+            r"\b(?:kill(?:ing)?|hang(?:ing)?|shoot(?:ing)?|unaliv(?:e|ing)|off(?:ing)?|drown(?:ing)?)\s+myself\b"
+            r"|\bkms\b|\bunalive\s+myself\b",
+        ),
+        ("end_my_life", SELF_HARM, r"\b(?:end(?:ing)?|take|taking)\s+my\s+(?:own\s+)?life\b"),
+        ("i_am_suicidal", SELF_HARM, rf"\b{_FIRST}\s+(?:\w+\s+)?(?:feeling\s+|so\s+|really\s+)?suicidal\b"),
+        (
+            "took_pills",
+            SELF_HARM,
+            rf"\b{_FIRST}\s+(?:just\s+)?(?:took|swallowed|taken|downed|swallow(?:ed)?)\s+(?:all|every\s+one|a\s+(?:whole\s+)?"
+            rf"(?:bottle|handful|box|pack)|[2-9]\d|\d{{3}}|too\s+many)\s+(?:of\s+)?(?:my|the|those|these|his|her)?\s*"
+            rf"(?:\w+\s+)?{_PILLS}\b",
+        ),
+        (
+            "stockpile",
+            SELF_HARM,
+            rf"\b{_FIRST}\s+(?:\w+\s+)?(?:been\s+)?(?:stockpil(?:e|ing|ed)|hoard(?:ing|ed)?|sav(?:ing|ed)\s+up|saving)\s+"
+            rf"(?:up\s+)?(?:my|the|all\s+my)?\s*(?:sleeping\s+)?{_PILLS}\b",
+        ),
+        (
+            "rope_ready",
+            SELF_HARM,
+            rf"\b{_FIRST}\s+(?:\w+\s+)?(?:tied|bought|made|got|have)\s+(?:a|the)\s+(?:noose|rope)\b",
+        ),
+        (
+            "suicide_note",
+            SELF_HARM,
+            rf"\b{_FIRST}\s+(?:\w+\s+)?(?:wrote|written|writing|left|finished)\s+(?:my|a)\s+(?:suicide|goodbye)\s+(?:note|letter)s?\b",
+        ),
+        (
+            "jump_intent",
+            SELF_HARM,
+            rf"\b{_FIRST}\s+(?:\w+\s+)?(?:going\s+to|gonna|about\s+to|will|want\s+to)\s+jump\s+(?:off|from|in\s+front\s+of)\b",
+        ),
+        (
+            "weapon_place",
+            HARM_TO_OTHERS,
+            rf"\b{_FIRST}\s+(?:\w+\s+)?(?:bring(?:ing)?|tak(?:e|ing)|carry(?:ing)?)\s+(?:a|my|the|his|her|\w+'s)\s+(?:\w+'s\s+)?"
+            rf"{_WEAPON}\s+"
+            rf"(?:to|into)\s+(?:school|work|class|the\s+office|church|the\s+mall)\b"
+            r"|\bshoot(?:ing)?\s+up\s+(?:the|my|our)\s+(?:school|office|class|church|mall)\b",
+        ),
+        (
+            "kill_person",
+            HARM_TO_OTHERS,
+            rf"\b{_FIRST}\s+(?:\w+\s+)?(?:going\s+to|gonna|will|plan(?:ning)?\s+to)\s+(?:kill|murder|stab|shoot|strangle)\s+"
+            r"(?:him|her|them|my\s+(?:wife|husband|ex|boss|dad|mom|father|mother|girlfriend|boyfriend|neighbou?r))\b"
+            r"(?![^.!?]*\b(?:if|when|unless)\b)",
+        ),
+        (
+            "not_breathing",
+            MEDICAL,
+            r"\b(?:he|she|they|my\s+\w+|the\s+baby|baby)\s+(?:is\s*n'?t|is\s+not|'s\s+not|are\s*n'?t|stopped|has\s+stopped)\s+"
+            r"breathing\b",
+        ),
+        (
+            "unresponsive",
+            MEDICAL,
+            r"\b(?:he|she|they|my\s+\w+|the\s+baby)\s+(?:is|'s|are|went|has\s+gone)\s+(?:\w+\s+)?(?:unconscious|unresponsive|"
+            r"not\s+responding)\b|\bcan'?t\s+wake\s+(?:him|her|them)\s+up\b",
+        ),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -191,9 +239,11 @@ GuardFn = Callable[[str], tuple[bool | None, list[str]]]
 def guard_signal(guard) -> GuardFn:
     """Adapt a `tunesmith.evaluation.ailuminate` guard (generative Llama Guard style or classifier) to
     a user-message verdict: the guard judges the user's message as the conversation's only turn."""
+
     def verdict(text: str) -> tuple[bool | None, list[str]]:
         safe, codes, _ = guard.judge([(text, "")])[0]
         return (None if safe is None else not safe), list(codes)
+
     return verdict
 
 
@@ -227,8 +277,11 @@ class CrisisDetector:
     def check_conversation(self, messages: Sequence[dict | str]) -> CrisisResult:
         """Verdict on the last user turn, read alone and with up to CONTEXT_TURNS-1 user turns before
         it (OpenAI-style dicts or plain strings, which count as user turns)."""
-        turns = [m if isinstance(m, str) else str(m.get("content") or "") for m in messages
-                 if isinstance(m, str) or m.get("role", "user") == "user"]
+        turns = [
+            m if isinstance(m, str) else str(m.get("content") or "")
+            for m in messages
+            if isinstance(m, str) or m.get("role", "user") == "user"
+        ]
         turns = [t for t in turns if t.strip()]
         if not turns:
             raise CrisisError("check_conversation needs at least one non-empty user message")
@@ -245,7 +298,7 @@ class CrisisDetector:
         hits = [r for r in self.rules if r.pattern.search(t)]
         # an explicit safety statement ("I'm not suicidal") is masked for the classifier too: its crisis
         # words would otherwise dominate the embedding of the whole message
-        read = (lambda s: mask(s) if masked_spans(s) else s)  # noqa: E731
+        read = lambda s: mask(s) if masked_spans(s) else s  # noqa: E731
         texts = [read(text)] + ([conversation_text([read(c) for c in context])] if context else [])
         ps, cats = self.scores(texts)
         p, cat = ps[0], cats[0]
@@ -261,8 +314,16 @@ class CrisisDetector:
             return CrisisResult(True, cat, f"classifier p={p:.2f} ≥ {th:.2f}", rounded, (), masked, lang, ctx)
         tc = self.model.context_threshold
         if pc is not None and pc >= tc:
-            return CrisisResult(True, catc, f"context p={pc:.2f} ≥ {tc:.2f} over {len(context)} user turns", rounded,
-                                (), masked, lang, ctx)
+            return CrisisResult(
+                True,
+                catc,
+                f"context p={pc:.2f} ≥ {tc:.2f} over {len(context)} user turns",
+                rounded,
+                (),
+                masked,
+                lang,
+                ctx,
+            )
         if self.guard is not None:
             unsafe, codes = self.guard(text)
             hit = next((GUARD_CODES[c] for c in codes if c in GUARD_CODES), None) if unsafe else None
@@ -303,9 +364,9 @@ class LocaleResources:
 
 INTROS = {
     SELF_HARM: "It sounds like you might be thinking about hurting yourself or ending your life. "
-               "You deserve support right now, and you don't have to go through this alone.",
+    "You deserve support right now, and you don't have to go through this alone.",
     HARM_TO_OTHERS: "It sounds like you might be thinking about hurting someone, or someone may be in danger. "
-                    "Talking to someone now can help keep everyone safe.",
+    "Talking to someone now can help keep everyone safe.",
     MEDICAL: "This sounds like a medical emergency. Please call emergency services now; don't wait for my reply.",
 }
 BANNER_MARK = "⚠"  # first character of every banner; `strip_banner` relies on it
@@ -345,9 +406,14 @@ class CrisisResources:
             intros = v.get("intros") or {}
             if not isinstance(intros, dict) or set(intros) - set(CATEGORIES):
                 raise CrisisError(f"{p}: locales.{code}.intros must map categories ({', '.join(CATEGORIES)}) to text")
-            locales[str(code)] = LocaleResources(str(code), str(v.get("name", code)), " ".join(str(v["emergency"]).split()),
-                                                 lines(v["crisis"], code, "crisis"), lines(v.get("medical"), code, "medical"),
-                                                 {k: " ".join(str(t).split()) for k, t in intros.items()})
+            locales[str(code)] = LocaleResources(
+                str(code),
+                str(v.get("name", code)),
+                " ".join(str(v["emergency"]).split()),
+                lines(v["crisis"], code, "crisis"),
+                lines(v.get("medical"), code, "medical"),
+                {k: " ".join(str(t).split()) for k, t in intros.items()},
+            )
         default = str(raw.get("default", next(iter(locales))))
         if default not in locales:
             raise CrisisError(f"{p}: default locale {default!r} is not among the locales")
@@ -409,8 +475,13 @@ class Screening:
     session_banner: str | None = None
 
     def to_dict(self) -> dict:
-        return {**self.result.to_dict(), "banner": self.banner, "locale": self.locale,
-                "session_flagged": self.session_flagged, "session_banner": self.session_banner}
+        return {
+            **self.result.to_dict(),
+            "banner": self.banner,
+            "locale": self.locale,
+            "session_flagged": self.session_flagged,
+            "session_banner": self.session_banner,
+        }
 
 
 @dataclass
@@ -428,8 +499,13 @@ class CrisisLayer:
 
         return self.resources.for_language(detect_language(text))
 
-    def screen(self, text: str, locale: str | None = None, history: Sequence[dict] | None = None,
-               earlier_crisis: str | None = None) -> Screening:
+    def screen(
+        self,
+        text: str,
+        locale: str | None = None,
+        history: Sequence[dict] | None = None,
+        earlier_crisis: str | None = None,
+    ) -> Screening:
         """Screen the user's message; `history` (earlier OpenAI-style turns) gives the context, and
         `earlier_crisis` (a category) marks a conversation that was already flagged."""
         if locale:
@@ -443,11 +519,22 @@ class CrisisLayer:
         banner = self.resources.banner(result.category or SELF_HARM, res.code) if result.flagged else None
         if result.flagged:
             # the flag and its reason, never the message itself (it may be sensitive)
-            log.info("crisis layer flagged a message: category=%s reason=%s score=%.2f locale=%s chars=%d",
-                     result.category, result.reason, result.score, res.code, len(text))
+            log.info(
+                "crisis layer flagged a message: category=%s reason=%s score=%.2f locale=%s chars=%d",
+                result.category,
+                result.reason,
+                result.score,
+                res.code,
+                len(text),
+            )
         sticky = result.category if result.flagged else earlier_crisis
-        return Screening(result, banner, res.code, sticky is not None,
-                         banner or (self.resources.banner(sticky, res.code) if sticky else None))
+        return Screening(
+            result,
+            banner,
+            res.code,
+            sticky is not None,
+            banner or (self.resources.banner(sticky, res.code) if sticky else None),
+        )
 
     def earlier_crisis(self, history: Sequence[dict]) -> str | None:
         """Category of the first flagged user turn of a conversation (stateless clients send the

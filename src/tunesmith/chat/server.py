@@ -55,8 +55,7 @@ class ServeError(TunesmithError):
 class RequestError(Exception):
     """An invalid API request: answered with an OpenAI-style error object."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(self, message: str, status: int = 400, param: str | None = None, kind: str = "invalid_request_error"):
         super().__init__(message)
         self.status, self.param, self.kind = status, param, kind
 
@@ -77,9 +76,18 @@ def is_loopback(host: str) -> bool:
 class ChatBackend:
     """The loaded model and the defaults every request starts from."""
 
-    def __init__(self, model, tokenizer, heads=None, crisis: CrisisLayer | None = None, model_name: str = "tunesmith",
-                 max_new_tokens: int = 256, system_prompt: str | None = None, locale: str | None = None,
-                 temperature: float = 0.0):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        heads=None,
+        crisis: CrisisLayer | None = None,
+        model_name: str = "tunesmith",
+        max_new_tokens: int = 256,
+        system_prompt: str | None = None,
+        locale: str | None = None,
+        temperature: float = 0.0,
+    ):
         self.model, self.tokenizer, self.heads = model, tokenizer, heads
         self.crisis = crisis or CrisisLayer()
         self.model_name = model_name
@@ -92,13 +100,25 @@ class ChatBackend:
         self.created = int(time.time())
 
     def session(self, history: list[dict], system_prompt: str | None) -> ChatSession:
-        return ChatSession(self.model, self.tokenizer, self.heads, self.crisis, self.max_new_tokens,
-                           system_prompt if system_prompt is not None else self.system_prompt,
-                           None if self.auto_locale else self.locale, history, temperature=self.temperature)
+        return ChatSession(
+            self.model,
+            self.tokenizer,
+            self.heads,
+            self.crisis,
+            self.max_new_tokens,
+            system_prompt if system_prompt is not None else self.system_prompt,
+            None if self.auto_locale else self.locale,
+            history,
+            temperature=self.temperature,
+        )
 
     def page(self) -> bytes:
-        cfg = {"model": self.model_name, "locale": "" if self.auto_locale else self.locale, "heads": self.heads is not None,
-               "locales": [[c, r.name] for c, r in self.crisis.resources.locales.items()]}
+        cfg = {
+            "model": self.model_name,
+            "locale": "" if self.auto_locale else self.locale,
+            "heads": self.heads is not None,
+            "locales": [[c, r.name] for c, r in self.crisis.resources.locales.items()],
+        }
         # "</" must not appear inside the <script> element that carries the JSON
         return PAGE.replace("__CONFIG__", json.dumps(cfg).replace("</", "<\\/")).encode("utf-8")
 
@@ -161,8 +181,9 @@ def parse_request(body: Any, backend: ChatBackend) -> ChatRequest:
             # a reply sent back as history may start with our banner: keep the model's words only
             convo.append({"role": role, "content": strip_banner(text) if role == "assistant" else text})
         else:
-            raise RequestError(f"{where}.role {role!r} is not supported (system, developer, user, assistant)",
-                               param=f"{where}.role")
+            raise RequestError(
+                f"{where}.role {role!r} is not supported (system, developer, user, assistant)", param=f"{where}.role"
+            )
     if not convo or convo[-1]["role"] != "user":
         raise RequestError("the last non-system message must be from the user", param="messages")
     if not convo[-1]["content"].strip():
@@ -185,10 +206,15 @@ def parse_request(body: Any, backend: ChatBackend) -> ChatRequest:
         except TunesmithError as e:
             raise RequestError(str(e), param="locale") from None
     return ChatRequest(
-        history=convo[:-1], user_text=convo[-1]["content"],
-        system_prompt="\n\n".join(system_parts) if system_parts else None, stream=stream,
-        include_usage=bool(isinstance(opts, dict) and opts.get("include_usage")), max_new_tokens=max_new,
-        temperature=_number(body, "temperature", 0.0, 2.0), top_p=_number(body, "top_p", 0.0, 1.0), locale=locale,
+        history=convo[:-1],
+        user_text=convo[-1]["content"],
+        system_prompt="\n\n".join(system_parts) if system_parts else None,
+        stream=stream,
+        include_usage=bool(isinstance(opts, dict) and opts.get("include_usage")),
+        max_new_tokens=max_new,
+        temperature=_number(body, "temperature", 0.0, 2.0),
+        top_p=_number(body, "top_p", 0.0, 1.0),
+        locale=locale,
     )
 
 
@@ -234,12 +260,19 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         b = self.server.backend
         if path in ("/", "/index.html"):
-            csp = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                   "connect-src 'self'; img-src 'self' data:")
+            csp = (
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                "connect-src 'self'; img-src 'self' data:"
+            )
             return self._send(200, b.page(), "text/html; charset=utf-8", {"Content-Security-Policy": csp})
         if path == "/v1/models":
-            return self._json(200, {"object": "list", "data": [
-                {"id": b.model_name, "object": "model", "created": b.created, "owned_by": "tunesmith"}]})
+            return self._json(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": b.model_name, "object": "model", "created": b.created, "owned_by": "tunesmith"}],
+                },
+            )
         if path == "/healthz":
             return self._send(200, b"ok", "text/plain")
         return self._error(RequestError(f"no route for GET {path}", 404, kind="not_found"))
@@ -279,8 +312,13 @@ class Handler(BaseHTTPRequestHandler):
         with b.lock:  # one generation at a time on the shared model
             try:
                 session = b.session(req.history, req.system_prompt)
-                reply = session.respond(req.user_text, locale=req.locale, max_new_tokens=req.max_new_tokens,
-                                        temperature=req.temperature, top_p=req.top_p)
+                reply = session.respond(
+                    req.user_text,
+                    locale=req.locale,
+                    max_new_tokens=req.max_new_tokens,
+                    temperature=req.temperature,
+                    top_p=req.top_p,
+                )
             except ChatError as e:
                 return self._error(RequestError(str(e)))
             if not req.stream:
@@ -289,20 +327,39 @@ class Handler(BaseHTTPRequestHandler):
                 except Exception:  # a bug, not bad input: log it, answer 500 in the API's format
                     log.exception("generation failed")
                     return self._error(RequestError("generation failed; see the server log", 500, kind="server_error"))
-                return self._json(200, {
-                    "id": cid, "object": "chat.completion", "created": created, "model": b.model_name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                                 "logprobs": None, "finish_reason": _finish(reply.finish_reason)}],
-                    "usage": _usage(reply), "tunesmith": reply.metadata(),
-                })
+                return self._json(
+                    200,
+                    {
+                        "id": cid,
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": b.model_name,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": reply.text},
+                                "logprobs": None,
+                                "finish_reason": _finish(reply.finish_reason),
+                            }
+                        ],
+                        "usage": _usage(reply),
+                        "tunesmith": reply.metadata(),
+                    },
+                )
             self._stream(reply, req, cid, created)
 
     def _stream(self, reply, req: ChatRequest, cid: str, created: int) -> None:
         b = self.server.backend
 
         def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
-            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": b.model_name,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": b.model_name,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                **extra,
+            }
 
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -319,8 +376,16 @@ class Handler(BaseHTTPRequestHandler):
                 self._event(chunk({"content": piece}))
             self._event(chunk({}, _finish(reply.finish_reason), tunesmith=reply.metadata()))
             if req.include_usage:
-                self._event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": b.model_name,
-                             "choices": [], "usage": _usage(reply)})
+                self._event(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": b.model_name,
+                        "choices": [],
+                        "usage": _usage(reply),
+                    }
+                )
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
@@ -343,8 +408,11 @@ def _finish(reason: str | None) -> str:
 
 
 def _usage(reply) -> dict:
-    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.prompt_tokens + reply.completion_tokens}
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
 
 
 class ChatServer(ThreadingHTTPServer):
@@ -352,8 +420,10 @@ class ChatServer(ThreadingHTTPServer):
 
     def __init__(self, backend: ChatBackend, host: str = "127.0.0.1", port: int = 8000, allow_remote: bool = False):
         if not is_loopback(host) and not allow_remote:
-            raise ServeError(f"refusing to listen on {host}: the server has no authentication; pass --allow-remote "
-                             "to expose it beyond this machine")
+            raise ServeError(
+                f"refusing to listen on {host}: the server has no authentication; pass --allow-remote "
+                "to expose it beyond this machine"
+            )
         self.backend = backend
         self.allow_remote = allow_remote
         if ":" in host:
@@ -370,8 +440,9 @@ class ChatServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
 
-def start_in_thread(backend: ChatBackend, host: str = "127.0.0.1", port: int = 0,
-                    allow_remote: bool = False) -> tuple[ChatServer, threading.Thread]:
+def start_in_thread(
+    backend: ChatBackend, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False
+) -> tuple[ChatServer, threading.Thread]:
     """Start a server on a background thread (tests, notebooks); stop with `server.shutdown()`."""
     server = ChatServer(backend, host, port, allow_remote)
     t = threading.Thread(target=server.serve_forever, name="tunesmith-serve", daemon=True)

@@ -80,10 +80,21 @@ def context_limit(model, tokenizer) -> int:
 class ChatSession:
     """A multi-turn conversation with one model (not thread-safe: one turn at a time)."""
 
-    def __init__(self, model, tokenizer, heads=None, crisis: CrisisLayer | None = None, max_new_tokens: int = 256,
-                 system_prompt: str | None = None, locale: str | None = None, history: list[dict] | None = None,
-                 context_tokens: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                 repetition_penalty: float = 1.1):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        heads=None,
+        crisis: CrisisLayer | None = None,
+        max_new_tokens: int = 256,
+        system_prompt: str | None = None,
+        locale: str | None = None,
+        history: list[dict] | None = None,
+        context_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.1,
+    ):
         if max_new_tokens < 1:
             raise ChatError("max_new_tokens must be at least 1")
         self.model = model
@@ -122,8 +133,14 @@ class ChatSession:
         self.history.clear()
         self.crisis_category = None
 
-    def respond(self, user_text: str, locale: str | None = None, max_new_tokens: int | None = None,
-                temperature: float | None = None, top_p: float | None = None) -> Reply:
+    def respond(
+        self,
+        user_text: str,
+        locale: str | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> Reply:
         """Screen, fit, predict heads; the returned `Reply` streams the text when iterated."""
         if not isinstance(user_text, str) or not user_text.strip():
             raise ChatError("empty message")
@@ -139,8 +156,17 @@ class ChatSession:
         fitted = self.fit(user_text, max_new, system)
         emotion, strategy = self._predict_heads(fitted.messages) if self.heads is not None else (None, None)
         sampling = temperature if temperature is not None else self.temperature
-        return Reply(self, user_text, screening, emotion, strategy, fitted, max_new, sampling,
-                     top_p if top_p is not None else self.top_p)
+        return Reply(
+            self,
+            user_text,
+            screening,
+            emotion,
+            strategy,
+            fitted,
+            max_new,
+            sampling,
+            top_p if top_p is not None else self.top_p,
+        )
 
     # ------------------------------------------------------------------ context budget
 
@@ -171,8 +197,10 @@ class ChatSession:
         overhead = len(self._ids([{"role": "user", "content": ""}], system))
         room = budget - overhead
         if room < 8:
-            raise ChatError(f"the model's context ({self.context_tokens} tokens) minus max_new_tokens "
-                            f"({max_new_tokens or self.max_new_tokens}) leaves no room for a message")
+            raise ChatError(
+                f"the model's context ({self.context_tokens} tokens) minus max_new_tokens "
+                f"({max_new_tokens or self.max_new_tokens}) leaves no room for a message"
+            )
         toks = self.tokenizer(user_text, add_special_tokens=False)["input_ids"]
         lo, hi = 1, min(len(toks), room)
         best: Fitted | None = None
@@ -198,12 +226,16 @@ class ChatSession:
         from tunesmith.modeling.forward import decoder_hidden
 
         # `encode` gives the same pool_index / user_span the heads were trained with
-        enc = encode(self.tokenizer, Example(messages=messages), max_length=self.context_tokens,
-                     system_prompt=self.system_prompt)
+        enc = encode(
+            self.tokenizer, Example(messages=messages), max_length=self.context_tokens, system_prompt=self.system_prompt
+        )
         ids = torch.tensor([enc.input_ids], device=self.device)
         hidden = decoder_hidden(self.model, ids, torch.ones_like(ids))
-        pooled = self.heads.pool(hidden, torch.tensor([enc.pool_index], device=self.device),
-                                 torch.tensor([enc.user_span], device=self.device))
+        pooled = self.heads.pool(
+            hidden,
+            torch.tensor([enc.pool_index], device=self.device),
+            torch.tensor([enc.user_span], device=self.device),
+        )
         logits = self.heads(pooled.to(next(self.heads.parameters()).dtype))
 
         def top(name: str, labels: tuple[str, ...]) -> Prediction | None:
@@ -219,8 +251,18 @@ class ChatSession:
 class Reply:
     """One assistant turn. Metadata is available at once; iterate for the text chunks."""
 
-    def __init__(self, session: ChatSession, user_text: str, screening: Screening, emotion: Prediction | None,
-                 strategy: Prediction | None, fitted: Fitted, max_new_tokens: int, temperature: float, top_p: float):
+    def __init__(
+        self,
+        session: ChatSession,
+        user_text: str,
+        screening: Screening,
+        emotion: Prediction | None,
+        strategy: Prediction | None,
+        fitted: Fitted,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+    ):
         self.session = session
         self.user_text = user_text
         self.screening = screening
@@ -310,8 +352,10 @@ class Reply:
             if not self.done:
                 self.done = True
                 # the banner stays out of the history: the model need not re-read it every turn
-                self.session.history += [{"role": "user", "content": self.user_text},
-                                         {"role": "assistant", "content": self.answer}]
+                self.session.history += [
+                    {"role": "user", "content": self.user_text},
+                    {"role": "assistant", "content": self.answer},
+                ]
 
     def consume(self) -> Reply:
         for _ in self:
@@ -320,8 +364,9 @@ class Reply:
 
     def _generate(self) -> Iterator[str]:
         s = self.session
-        self._stream = s.generator.stream(self.fitted.ids, self.max_new_tokens, self.temperature, self.top_p,
-                                          s.repetition_penalty)
+        self._stream = s.generator.stream(
+            self.fitted.ids, self.max_new_tokens, self.temperature, self.top_p, s.repetition_penalty
+        )
         if self._cancel.is_set():
             self._stream.cancel()
         try:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from tunesmith.errors import TunesmithError
 from tunesmith.ui import quiet_libraries
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fine-tune chat LLMs with LoRA and evaluate them for empathy, reasoning and safety.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune chat LLMs with LoRA and evaluate them for empathy, reasoning and safety.",
+)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. configs/gsm8k-simple.yaml")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set training.epochs=2")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set training.epochs=2")]
 
 
 def _load(config: Path, overrides, smoke_test: bool = False):
@@ -34,10 +38,17 @@ def _recipe(cfg):
 
 
 @app.command()
-def run(config: ConfigArg, smoke_test: Annotated[bool, typer.Option("--smoke-test", help="cap sizes: train 200 / eval 50 / safety 50")] = False,
-        resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
-        check_thresholds: Annotated[bool, typer.Option("--check-thresholds", help="exit 1 when a preset threshold is missed")] = False,
-        set_: SetOpt = None):
+def run(
+    config: ConfigArg,
+    smoke_test: Annotated[
+        bool, typer.Option("--smoke-test", help="cap sizes: train 200 / eval 50 / safety 50")
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint")] = False,
+    check_thresholds: Annotated[
+        bool, typer.Option("--check-thresholds", help="exit 1 when a preset threshold is missed")
+    ] = False,
+    set_: SetOpt = None,
+):
     """Train → evaluate → safety → summary → report, as the config's recipe defines."""
     quiet_libraries()
     cfg = _load(config, set_, smoke_test)
@@ -47,8 +58,12 @@ def run(config: ConfigArg, smoke_test: Annotated[bool, typer.Option("--smoke-tes
 
 
 @app.command()
-def train(config: ConfigArg, smoke_test: Annotated[bool, typer.Option("--smoke-test")] = False,
-          resume: Annotated[bool, typer.Option("--resume")] = False, set_: SetOpt = None):
+def train(
+    config: ConfigArg,
+    smoke_test: Annotated[bool, typer.Option("--smoke-test")] = False,
+    resume: Annotated[bool, typer.Option("--resume")] = False,
+    set_: SetOpt = None,
+):
     """Train only (no evaluation)."""
     quiet_libraries()
     from tunesmith.config import EvaluatedRunConfig
@@ -84,19 +99,26 @@ def _list_benchmarks(value: bool):
         from tunesmith.recipes.benchmarks import BENCHMARKS
 
         for b in BENCHMARKS.values():
-            typer.echo(f"{b.name:<11} {b.summary} (options: the {b.recipe} recipe's config; --limit sets {b.limit_key})")
+            typer.echo(
+                f"{b.name:<11} {b.summary} (options: the {b.recipe} recipe's config; --limit sets {b.limit_key})"
+            )
         raise typer.Exit()
 
 
 @app.command("eval")
-def eval_(benchmark: Annotated[Optional[str], typer.Argument(help="gsm8k | eqbench | ailuminate | heads (see --list)")] = None,
-          model: Annotated[Optional[str], typer.Argument(help="model reference, e.g. builtin:smollm2-135m-instruct")] = None,
-          adapter: Annotated[Optional[Path], typer.Option("--adapter", help="LoRA adapter folder (runs/<run>/adapter)")] = None,
-          config: Annotated[Optional[Path], typer.Option("--config", help="take the options from this recipe config")] = None,
-          limit: Annotated[Optional[int], typer.Option(help="first N items only (scores not comparable to published ones)")] = None,
-          list_: Annotated[bool, typer.Option("--list", callback=_list_benchmarks, is_eager=True,
-                                              help="list the benchmarks and exit")] = False,
-          set_: SetOpt = None):
+def eval_(
+    benchmark: Annotated[str | None, typer.Argument(help="gsm8k | eqbench | ailuminate | heads (see --list)")] = None,
+    model: Annotated[str | None, typer.Argument(help="model reference, e.g. builtin:smollm2-135m-instruct")] = None,
+    adapter: Annotated[Path | None, typer.Option("--adapter", help="LoRA adapter folder (runs/<run>/adapter)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="take the options from this recipe config")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="first N items only (scores not comparable to published ones)")
+    ] = None,
+    list_: Annotated[
+        bool, typer.Option("--list", callback=_list_benchmarks, is_eager=True, help="list the benchmarks and exit")
+    ] = False,
+    set_: SetOpt = None,
+):
     """Score MODEL (plus --adapter) on one benchmark, with a recipe's options and output files."""
     quiet_libraries()
     from tunesmith.errors import ConfigError
@@ -109,16 +131,20 @@ def eval_(benchmark: Annotated[Optional[str], typer.Argument(help="gsm8k | eqben
     m = run_benchmark(benchmark, cfg, adapter)
     r = m[benchmark]
     shown = {k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    typer.echo(f"{benchmark} {model}{' + ' + str(adapter) if adapter else ''}: "
-               + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+    typer.echo(
+        f"{benchmark} {model}{' + ' + str(adapter) if adapter else ''}: "
+        + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+    )
     say(f"outputs in {cfg.run_dir}")
 
 
 @app.command()
-def predict(adapter: Annotated[Path, typer.Argument(help="adapter folder with heads (runs/<run>/adapter)")],
-            message: Annotated[str, typer.Argument(help="a user message")],
-            model: Annotated[Optional[str], typer.Option(help="base model (default: the one it was trained from)")] = None,
-            top: int = 3):
+def predict(
+    adapter: Annotated[Path, typer.Argument(help="adapter folder with heads (runs/<run>/adapter)")],
+    message: Annotated[str, typer.Argument(help="a user message")],
+    model: Annotated[str | None, typer.Option(help="base model (default: the one it was trained from)")] = None,
+    top: int = 3,
+):
     """Predicted emotion and strategy (with probabilities) for a message."""
     quiet_libraries()
     from tunesmith.data.chat import encode, pad_token_id
@@ -137,14 +163,22 @@ def predict(adapter: Annotated[Path, typer.Argument(help="adapter folder with he
         if head in logits:
             p = logits[head][0].softmax(-1)
             best = p.topk(min(top, len(names)))
-            typer.echo(f"{head}: " + ", ".join(f"{names[i]} {v:.2f}" for v, i in zip(best.values.tolist(), best.indices.tolist())))
+            typer.echo(
+                f"{head}: "
+                + ", ".join(f"{names[i]} {v:.2f}" for v, i in zip(best.values.tolist(), best.indices.tolist()))
+            )
 
 
 @app.command()
-def ablate(config: ConfigArg,
-           grid: Annotated[Optional[list[str]], typer.Option("--grid", help="e.g. --grid lambda_emotion=0,0.1,0.2")] = None,
-           variants: Annotated[Optional[str], typer.Option(help="comma list of: full,no_emotion,no_strategy,no_kl,lm_only")] = None,
-           smoke_test: Annotated[bool, typer.Option("--smoke-test")] = False, set_: SetOpt = None):
+def ablate(
+    config: ConfigArg,
+    grid: Annotated[list[str] | None, typer.Option("--grid", help="e.g. --grid lambda_emotion=0,0.1,0.2")] = None,
+    variants: Annotated[
+        str | None, typer.Option(help="comma list of: full,no_emotion,no_strategy,no_kl,lm_only")
+    ] = None,
+    smoke_test: Annotated[bool, typer.Option("--smoke-test")] = False,
+    set_: SetOpt = None,
+):
     """Run the empathy ablations (and a λ grid) and write one comparison table."""
     quiet_libraries()
     from tunesmith.recipes import ablation

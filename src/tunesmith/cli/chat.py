@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,10 +12,23 @@ from tunesmith.errors import TunesmithError
 from tunesmith.runs import run_system_prompt
 from tunesmith.ui import quiet_libraries
 
-ModelArg = Annotated[str, typer.Argument(help="model reference: builtin:<name>, a .gguf file, a local HF folder or org/name")]
-AdapterOpt = Annotated[Optional[Path], typer.Option("--adapter", help="adapter folder (LoRA + optional emotion/strategy heads), e.g. runs/<run>/adapter")]
-LocaleOpt = Annotated[Optional[str], typer.Option("--locale", help="crisis resources locale, e.g. en_US, en_GB (default: the message's language, else international)")]
-SystemOpt = Annotated[Optional[str], typer.Option("--system", help="system prompt (default: the adapter's run config, else the model's own)")]
+ModelArg = Annotated[
+    str, typer.Argument(help="model reference: builtin:<name>, a .gguf file, a local HF folder or org/name")
+]
+AdapterOpt = Annotated[
+    Path | None,
+    typer.Option("--adapter", help="adapter folder (LoRA + optional emotion/strategy heads), e.g. runs/<run>/adapter"),
+]
+LocaleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--locale",
+        help="crisis resources locale, e.g. en_US, en_GB (default: the message's language, else international)",
+    ),
+]
+SystemOpt = Annotated[
+    str | None, typer.Option("--system", help="system prompt (default: the adapter's run config, else the model's own)")
+]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | bf16 | fp16 | fp32")]
 
 
@@ -40,8 +53,10 @@ def _check_locale(locale: str | None):
 # ------------------------------------------------------------------------------------------ chat
 
 
-HELP = ("/locale [CODE] show or change the crisis-resources locale · /resources show the crisis resources · "
-        "/reset new conversation · /quit")
+HELP = (
+    "/locale [CODE] show or change the crisis-resources locale · /resources show the crisis resources · "
+    "/reset new conversation · /quit"
+)
 
 
 def _print_reply(console, reply) -> None:
@@ -80,10 +95,17 @@ def _print_reply(console, reply) -> None:
         console.print(f"[dim](context full: {reply.dropped_messages} oldest messages left out)[/]")
 
 
-def chat(model: ModelArg, adapter: AdapterOpt = None, locale: LocaleOpt = None,
-         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 256,
-         system: SystemOpt = None, dtype: DtypeOpt = "auto",
-         message: Annotated[Optional[list[str]], typer.Option("--message", "-m", help="send these messages in order and exit (no prompt)")] = None):
+def chat(
+    model: ModelArg,
+    adapter: AdapterOpt = None,
+    locale: LocaleOpt = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 256,
+    system: SystemOpt = None,
+    dtype: DtypeOpt = "auto",
+    message: Annotated[
+        list[str] | None, typer.Option("--message", "-m", help="send these messages in order and exit (no prompt)")
+    ] = None,
+):
     """Chat in the terminal: streamed replies, crisis resources first when needed, emotion/strategy when the adapter has heads."""
     from rich.console import Console
 
@@ -97,9 +119,11 @@ def chat(model: ModelArg, adapter: AdapterOpt = None, locale: LocaleOpt = None,
         m, tok, heads, run_system = load_chat_model(model, adapter, dtype)
     session = ChatSession(m, tok, heads, layer, max_new_tokens, system if system is not None else run_system, locale)
     if not message:
-        console.print(f"[bold]tunesmith chat[/] · {model}{' + ' + str(adapter) if adapter else ''} · "
-                      f"heads: {'yes' if heads is not None else 'no'} · locale: {session.locale} · "
-                      f"context {session.context_tokens} tokens")
+        console.print(
+            f"[bold]tunesmith chat[/] · {model}{' + ' + str(adapter) if adapter else ''} · "
+            f"heads: {'yes' if heads is not None else 'no'} · locale: {session.locale} · "
+            f"context {session.context_tokens} tokens"
+        )
         console.print(f"[dim]{HELP}[/]")
     inputs = iter(message) if message else None
     while True:
@@ -125,8 +149,14 @@ def chat(model: ModelArg, adapter: AdapterOpt = None, locale: LocaleOpt = None,
                 from rich.panel import Panel
 
                 cat = session.crisis_category or "self_harm"
-                console.print(Panel(layer.resources.banner(cat, session.locale), title="crisis support",
-                                    border_style="red", expand=False))
+                console.print(
+                    Panel(
+                        layer.resources.banner(cat, session.locale),
+                        title="crisis support",
+                        border_style="red",
+                        expand=False,
+                    )
+                )
             elif cmd == "/reset":
                 session.reset()
                 console.print("[dim]new conversation[/]")
@@ -148,14 +178,24 @@ def chat(model: ModelArg, adapter: AdapterOpt = None, locale: LocaleOpt = None,
 # ----------------------------------------------------------------------------------------- serve
 
 
-def serve(model: ModelArg, adapter: AdapterOpt = None,
-          host: Annotated[str, typer.Option("--host", help="address to listen on (loopback unless --allow-remote)")] = "127.0.0.1",
-          port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 picks a free port")] = 8000,
-          allow_remote: Annotated[bool, typer.Option("--allow-remote", help="allow a non-loopback --host (no authentication!)")] = False,
-          locale: LocaleOpt = None,
-          max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="default and ceiling per request")] = 256,
-          system: SystemOpt = None, dtype: DtypeOpt = "auto",
-          name: Annotated[Optional[str], typer.Option("--name", help="model id reported by /v1/models")] = None):
+def serve(
+    model: ModelArg,
+    adapter: AdapterOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on (loopback unless --allow-remote)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="0 picks a free port")] = 8000,
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="allow a non-loopback --host (no authentication!)")
+    ] = False,
+    locale: LocaleOpt = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="default and ceiling per request")
+    ] = 256,
+    system: SystemOpt = None,
+    dtype: DtypeOpt = "auto",
+    name: Annotated[str | None, typer.Option("--name", help="model id reported by /v1/models")] = None,
+):
     """Serve a local chat page and an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
     from rich.console import Console
 
@@ -166,15 +206,27 @@ def serve(model: ModelArg, adapter: AdapterOpt = None,
     err = Console(stderr=True)
     if not is_loopback(host):
         if not allow_remote:
-            raise ServeError(f"--host {host} is not a loopback address; the server has no authentication. "
-                             "Pass --allow-remote to expose it anyway")
-        err.print(f"[bold yellow]warning:[/] listening on {host}: anyone who can reach this address can use the model "
-                  "(no authentication, no TLS)")
+            raise ServeError(
+                f"--host {host} is not a loopback address; the server has no authentication. "
+                "Pass --allow-remote to expose it anyway"
+            )
+        err.print(
+            f"[bold yellow]warning:[/] listening on {host}: anyone who can reach this address can use the model "
+            "(no authentication, no TLS)"
+        )
     layer = _check_locale(locale)
     with err.status("loading model…"):
         m, tok, heads, run_system = load_chat_model(model, adapter, dtype)
-    backend = ChatBackend(m, tok, heads, layer, name or (f"{model}+{adapter.name}" if adapter else model), max_new_tokens,
-                          system if system is not None else run_system, locale)
+    backend = ChatBackend(
+        m,
+        tok,
+        heads,
+        layer,
+        name or (f"{model}+{adapter.name}" if adapter else model),
+        max_new_tokens,
+        system if system is not None else run_system,
+        locale,
+    )
     server = ChatServer(backend, host, port, allow_remote)
     err.print(f"[bold cyan]tunesmith[/] chat page: {server.url}/  ·  OpenAI API: {server.url}/v1  ·  Ctrl-C stops")
     try:
@@ -188,12 +240,21 @@ def serve(model: ModelArg, adapter: AdapterOpt = None,
 # --------------------------------------------------------------------------------------- redteam
 
 
-def redteam(model: ModelArg, adapter: AdapterOpt = None,
-            out: Annotated[Optional[Path], typer.Option("--out", help="report file (.md or .json; the other format is written beside it)")] = None,
-            locale: LocaleOpt = None,
-            max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="reply length per prompt (the checks are on the crisis layer)")] = 16,
-            sheet: Annotated[Optional[Path], typer.Option("--sheet", help="red-team JSONL (default: the shipped sheet)")] = None,
-            system: SystemOpt = None, dtype: DtypeOpt = "auto"):
+def redteam(
+    model: ModelArg,
+    adapter: AdapterOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="report file (.md or .json; the other format is written beside it)")
+    ] = None,
+    locale: LocaleOpt = None,
+    max_new_tokens: Annotated[
+        int,
+        typer.Option("--max-new-tokens", min=1, help="reply length per prompt (the checks are on the crisis layer)"),
+    ] = 16,
+    sheet: Annotated[Path | None, typer.Option("--sheet", help="red-team JSONL (default: the shipped sheet)")] = None,
+    system: SystemOpt = None,
+    dtype: DtypeOpt = "auto",
+):
     """Run the red-team sheet through the full chat pipeline; PASS/FAIL on crisis recall, benign false positives and resources-first."""
     from rich.console import Console
 
@@ -214,8 +275,13 @@ def redteam(model: ModelArg, adapter: AdapterOpt = None,
 
     bar, task = progress_bar("red-team", len(items))
     with bar:
-        report = run_redteam(make_session, items, model + (f" + {adapter}" if adapter else ""), max_new_tokens,
-                             progress=lambda n, total: bar.update(task, completed=n))
+        report = run_redteam(
+            make_session,
+            items,
+            model + (f" + {adapter}" if adapter else ""),
+            max_new_tokens,
+            progress=lambda n, total: bar.update(task, completed=n),
+        )
     Console().print(rich_table(report))
     for c in report.checks:  # plain lines too: greppable in CI logs
         typer.echo(f"{c.result} {c.name}: {c.value:.3f} (target {c.target}; {c.detail})")

@@ -6,7 +6,7 @@ import os
 from collections import Counter
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -38,32 +38,70 @@ def _device_of(model, heads):
 
 def pairs(
     out: Annotated[Path, typer.Argument(help="pairs JSONL to write (prompt/chosen/rejected); candidates go beside it")],
-    adapter: Annotated[Optional[Path], typer.Option("--adapter", help="SFT adapter folder (runs/<run>/adapter): 'sft' candidates and, for the heads judge, the heads")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="base model (default: the one the adapter was trained from)")] = None,
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSONL with 'prompt' (string or messages) and optional 'id'; default: the set shipped with tunesmith")] = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option(
+            "--adapter",
+            help="SFT adapter folder (runs/<run>/adapter): 'sft' candidates and, for the heads judge, the heads",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="base model (default: the one the adapter was trained from)")
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            help="JSONL with 'prompt' (string or messages) and optional 'id'; default: the set shipped with tunesmith",
+        ),
+    ] = None,
     judge: Annotated[JudgeKind, typer.Option("--judge", help="heads | endpoint | file")] = JudgeKind.heads,
-    labels: Annotated[Optional[Path], typer.Option("--labels", help="file judge: JSONL {id, chosen, rejected} naming candidates by source or index")] = None,
-    candidates: Annotated[Optional[Path], typer.Option("--candidates", help="reuse a candidates file from an earlier run instead of generating")] = None,
-    judge_url: Annotated[Optional[str], typer.Option("--judge-url", help="endpoint judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000")] = None,
-    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="endpoint judge: model name sent to the endpoint")] = None,
-    judge_key_env: Annotated[str, typer.Option("--judge-key-env", help="environment variable holding the endpoint's API key (sent as a Bearer token when set)")] = "OPENAI_API_KEY",
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="file judge: JSONL {id, chosen, rejected} naming candidates by source or index"),
+    ] = None,
+    candidates: Annotated[
+        Path | None,
+        typer.Option("--candidates", help="reuse a candidates file from an earlier run instead of generating"),
+    ] = None,
+    judge_url: Annotated[
+        str | None,
+        typer.Option("--judge-url", help="endpoint judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000"),
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option("--judge-model", help="endpoint judge: model name sent to the endpoint")
+    ] = None,
+    judge_key_env: Annotated[
+        str,
+        typer.Option(
+            "--judge-key-env",
+            help="environment variable holding the endpoint's API key (sent as a Bearer token when set)",
+        ),
+    ] = "OPENAI_API_KEY",
     samples: Annotated[int, typer.Option(help="extra sampled SFT candidates per prompt")] = 1,
     temperature: Annotated[float, typer.Option(help="temperature of the sampled candidates")] = 0.8,
     max_new_tokens: Annotated[int, typer.Option(help="reply length cap")] = 160,
     batch_size: int = 16,
-    limit: Annotated[Optional[int], typer.Option(help="first N prompts only")] = None,
-    min_gap: Annotated[float, typer.Option(help="skip prompts whose best and worst scores differ by no more than this")] = 0.0,
-    backend: Annotated[BackendKind, typer.Option("--backend", help="generation backend: hf | vllm (CUDA, serves the adapter as a LoRA)")] = BackendKind.hf,
+    limit: Annotated[int | None, typer.Option(help="first N prompts only")] = None,
+    min_gap: Annotated[
+        float, typer.Option(help="skip prompts whose best and worst scores differ by no more than this")
+    ] = 0.0,
+    backend: Annotated[
+        BackendKind,
+        typer.Option("--backend", help="generation backend: hf | vllm (CUDA, serves the adapter as a LoRA)"),
+    ] = BackendKind.hf,
     dtype: Annotated[str, typer.Option(help="auto | bf16 | fp16 | fp32")] = "auto",
-    system: Annotated[Optional[str], typer.Option("--system", help="system prompt (default: the adapter's run config)")] = None,
+    system: Annotated[
+        str | None, typer.Option("--system", help="system prompt (default: the adapter's run config)")
+    ] = None,
     seed: int = 0,
 ):
     """Candidate replies from the base and SFT models → judged → chosen/rejected pairs for DPO."""
     quiet_libraries()
+    from tunesmith.io import write_jsonl
     from tunesmith.preference import candidates as cands_io
     from tunesmith.preference import judges
     from tunesmith.preference import pairs as pair_sets
-    from tunesmith.io import write_jsonl
     from tunesmith.ui import say
 
     if judge is JudgeKind.endpoint and not (judge_url and judge_model):
@@ -101,16 +139,25 @@ def pairs(
         if backend is BackendKind.vllm:
             from tunesmith.modeling.export import base_model_ref
 
-            gen = make_generator("vllm", max_new_tokens=max_new_tokens, system_prompt=system_prompt, dtype=dtype,
-                                 seed=seed, model_ref=base_model_ref(adapter, model) if adapter else model,
-                                 adapter_dir=adapter)
+            gen = make_generator(
+                "vllm",
+                max_new_tokens=max_new_tokens,
+                system_prompt=system_prompt,
+                dtype=dtype,
+                seed=seed,
+                model_ref=base_model_ref(adapter, model) if adapter else model,
+                adapter_dir=adapter,
+            )
         else:
             m, tok, _ = hf_model()
             gen = make_generator("hf", m, tok, batch_size, max_new_tokens, system_prompt)
-        say(f"generating candidates for {len(items)} prompts (base{', sft' if adapter else ''}"
-            f"{f', {samples} sampled' if samples else ''})")
-        cands = cands_io.generate_candidates(items, gen, adapter is not None, max_new_tokens, samples, temperature, seed,
-                                      log=say)
+        say(
+            f"generating candidates for {len(items)} prompts (base{', sft' if adapter else ''}"
+            f"{f', {samples} sampled' if samples else ''})"
+        )
+        cands = cands_io.generate_candidates(
+            items, gen, adapter is not None, max_new_tokens, samples, temperature, seed, log=say
+        )
         # kept before judging: `--candidates` reuses them if the judge fails or is changed
         write_jsonl(cand_path, cands_io.candidate_rows(items, cands))
 
@@ -133,8 +180,10 @@ def pairs(
         say("chosen: " + ", ".join(f"{k} {v}" for k, v in src.most_common()))
 
 
-def dpo(config: Annotated[Path, typer.Argument(help="YAML config with a dpo: section, e.g. configs/empathy-dpo.yaml")],
-        set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set dpo.beta=0.2")] = None):
+def dpo(
+    config: Annotated[Path, typer.Argument(help="YAML config with a dpo: section, e.g. configs/empathy-dpo.yaml")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set dpo.beta=0.2")] = None,
+):
     """Preference-tune (DPO) a new adapter on top of the SFT adapter; held-out reward margin before/after."""
     quiet_libraries()
     from tunesmith.config import load_config
@@ -143,12 +192,16 @@ def dpo(config: Annotated[Path, typer.Argument(help="YAML config with a dpo: sec
     run_dpo(load_config(config, set_))
 
 
-def export(adapter: Annotated[Path, typer.Argument(help="adapter folder, e.g. runs/<run>/adapter")],
-           out: Annotated[Path, typer.Argument(help="new folder for the merged model")],
-           model: Annotated[Optional[str], typer.Option("--model", help="base model (default: the one the adapter was trained from)")] = None,
-           dtype: Annotated[str, typer.Option(help="auto (the base checkpoint's dtype) | bf16 | fp16 | fp32")] = "auto",
-           gguf: Annotated[bool, typer.Option("--gguf", help="also write a GGUF file (needs llama.cpp's converter)")] = False,
-           gguf_outtype: Annotated[str, typer.Option("--gguf-outtype", help="f16 | bf16 | f32 | q8_0 | auto")] = "f16"):
+def export(
+    adapter: Annotated[Path, typer.Argument(help="adapter folder, e.g. runs/<run>/adapter")],
+    out: Annotated[Path, typer.Argument(help="new folder for the merged model")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="base model (default: the one the adapter was trained from)")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="auto (the base checkpoint's dtype) | bf16 | fp16 | fp32")] = "auto",
+    gguf: Annotated[bool, typer.Option("--gguf", help="also write a GGUF file (needs llama.cpp's converter)")] = False,
+    gguf_outtype: Annotated[str, typer.Option("--gguf-outtype", help="f16 | bf16 | f32 | q8_0 | auto")] = "f16",
+):
     """Merge an adapter into full safetensors weights (+ tokenizer, heads side file); optional GGUF."""
     quiet_libraries()
     from tunesmith.modeling import export as E
@@ -167,8 +220,12 @@ def export(adapter: Annotated[Path, typer.Argument(help="adapter folder, e.g. ru
 
 
 def register(app: typer.Typer, run) -> None:
-    def dpo(config: Annotated[Path, typer.Argument(help="a recipe: dpo config, e.g. configs/empathy-dpo.yaml")],
-            set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a config key: --set dpo.beta=0.2")] = None):
+    def dpo(
+        config: Annotated[Path, typer.Argument(help="a recipe: dpo config, e.g. configs/empathy-dpo.yaml")],
+        set_: Annotated[
+            list[str] | None, typer.Option("--set", help="override a config key: --set dpo.beta=0.2")
+        ] = None,
+    ):
         """Preference-tune (DPO): `tunesmith run` for a dpo config (held-out reward margin before/after)."""
         from tunesmith.config import load_config
 

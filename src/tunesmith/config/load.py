@@ -23,9 +23,22 @@ RENAMED = {
     "data.empathy.safety_prompts": "data.empathy.kl_prompts",
     "data.empathy.safety_response_tokens": "data.empathy.kl_response_tokens",
     "dpo.max_length": "data.max_length",
-    **{f"dpo.{k}": f"training.{k}" for k in ("learning_rate", "batch_size", "grad_accum", "epochs", "max_steps",
-                                              "warmup_ratio", "scheduler", "max_grad_norm", "gradient_checkpointing",
-                                              "seed", "logging_steps")},
+    **{
+        f"dpo.{k}": f"training.{k}"
+        for k in (
+            "learning_rate",
+            "batch_size",
+            "grad_accum",
+            "epochs",
+            "max_steps",
+            "warmup_ratio",
+            "scheduler",
+            "max_grad_norm",
+            "gradient_checkpointing",
+            "seed",
+            "logging_steps",
+        )
+    },
 }
 
 
@@ -43,8 +56,11 @@ def _section_class(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None
 def _owners(key: str) -> list[str]:
     """The recipes whose config has this dotted key."""
     parts = key.split(".")
-    return [name for name, cls in RECIPE_CONFIGS.items()
-            if (sec := _section_class(cls, tuple(parts[:-1]))) is not None and parts[-1] in sec.model_fields]
+    return [
+        name
+        for name, cls in RECIPE_CONFIGS.items()
+        if (sec := _section_class(cls, tuple(parts[:-1]))) is not None and parts[-1] in sec.model_fields
+    ]
 
 
 def _format_error(err: dict, source: str, cls: type[RunConfig]) -> str:
@@ -59,8 +75,10 @@ def _format_error(err: dict, source: str, cls: type[RunConfig]) -> str:
         owners = _owners(key)
         if owners:
             names = owners[0] if len(owners) == 1 else f"{', '.join(owners[:-1])} and {owners[-1]}"
-            return (f"{source}: config key '{key}' belongs to the {names} recipe{'s' if len(owners) > 1 else ''}, "
-                    f"not {recipe} (valid here: {', '.join(valid)})")
+            return (
+                f"{source}: config key '{key}' belongs to the {names} recipe{'s' if len(owners) > 1 else ''}, "
+                f"not {recipe} (valid here: {', '.join(valid)})"
+            )
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{source}: unknown config key '{key}'{hint} (valid here: {', '.join(valid)})"
@@ -73,8 +91,10 @@ def _format_error(err: dict, source: str, cls: type[RunConfig]) -> str:
 def config_class(recipe: Any, source: str = "config") -> type[RunConfig]:
     cls = RECIPE_CONFIGS.get(recipe) if isinstance(recipe, str) else None
     if cls is None:
-        raise ConfigError(f"{source}: config key 'recipe': unknown recipe {recipe!r} "
-                          f"(one of: {', '.join(RECIPE_CONFIGS)}; see `tunesmith recipes`)")
+        raise ConfigError(
+            f"{source}: config key 'recipe': unknown recipe {recipe!r} "
+            f"(one of: {', '.join(RECIPE_CONFIGS)}; see `tunesmith recipes`)"
+        )
     return cls
 
 

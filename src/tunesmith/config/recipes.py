@@ -7,8 +7,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tunesmith.config.sections import (DataConfig, EvalConfig, EvaluatedRunConfig, RunConfig, Scheduler, Section,
-                                       TrainingConfig)
+from tunesmith.config.sections import (
+    DataConfig,
+    EvalConfig,
+    EvaluatedRunConfig,
+    RunConfig,
+    Scheduler,
+    Section,
+    TrainingConfig,
+)
 
 
 # ---- gsm8k ------------------------------------------------------------------------------------
@@ -135,8 +142,10 @@ class EmpathyRunConfig(EvaluatedRunConfig):
     @model_validator(mode="after")
     def _one_example_per_row(self) -> EmpathyRunConfig:
         if self.training.packing:
-            raise ValueError("training.packing works for the LM-only recipes (sft, gsm8k): the empathy heads and "
-                             "the KL term read one example per row")
+            raise ValueError(
+                "training.packing works for the LM-only recipes (sft, gsm8k): the empathy heads and "
+                "the KL term read one example per row"
+            )
         return self
 
     def apply_smoke_test(self) -> None:
@@ -189,7 +198,9 @@ class SftRunConfig(EvaluatedRunConfig):
     @model_validator(mode="after")
     def _has_data(self) -> SftRunConfig:
         if not self.data.sft.train:
-            raise ValueError("recipe sft needs data.sft.train (a .jsonl/.json/.parquet/.csv file, a folder or a hub id)")
+            raise ValueError(
+                "recipe sft needs data.sft.train (a .jsonl/.json/.parquet/.csv file, a folder or a hub id)"
+            )
         return self
 
     def apply_smoke_test(self) -> None:
@@ -200,8 +211,23 @@ class SftRunConfig(EvaluatedRunConfig):
 
 
 # ---- dpo --------------------------------------------------------------------------------------
-DPO_LOSS_TYPES = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-                         "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+DPO_LOSS_TYPES = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+]
 
 
 class DpoConfig(Section):
@@ -224,8 +250,16 @@ class DpoConfig(Section):
 
 
 # training keys the DPO recipe does not read (TRL saves no checkpoints here, there are no heads)
-DPO_UNUSED_TRAINING_KEYS = ("enabled", "head_learning_rate", "save_steps", "save_total_limit", "eval_steps",
-                            "early_stopping_patience", "load_best", "packing")
+DPO_UNUSED_TRAINING_KEYS = (
+    "enabled",
+    "head_learning_rate",
+    "save_steps",
+    "save_total_limit",
+    "eval_steps",
+    "early_stopping_patience",
+    "load_best",
+    "packing",
+)
 
 
 class DpoDataConfig(DataConfig):
@@ -254,5 +288,9 @@ class DpoRunConfig(RunConfig):
         return self
 
 
-RECIPE_CONFIGS: dict[str, type[RunConfig]] = {"gsm8k": Gsm8kRunConfig, "empathy": EmpathyRunConfig,
-                                               "sft": SftRunConfig, "dpo": DpoRunConfig}
+RECIPE_CONFIGS: dict[str, type[RunConfig]] = {
+    "gsm8k": Gsm8kRunConfig,
+    "empathy": EmpathyRunConfig,
+    "sft": SftRunConfig,
+    "dpo": DpoRunConfig,
+}

@@ -53,7 +53,9 @@ class DataConfig(Section):
     max_length: int = Field(512, gt=16)
 
 
-Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]  # transformers.get_scheduler names both trainers accept
+Scheduler = Literal[
+    "linear", "cosine", "constant", "constant_with_warmup"
+]  # transformers.get_scheduler names both trainers accept
 
 
 class TrainingConfig(Section):
@@ -84,8 +86,10 @@ class TrainingConfig(Section):
     # several examples per row of data.max_length tokens, attention kept inside each example (LM-only recipes)
     packing: bool = False
     # experiment trackers (accelerate's): tensorboard, wandb, mlflow, trackio; [] or "none" for none
-    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]] | Literal[
-        "tensorboard", "wandb", "mlflow", "trackio", "none"] = ["tensorboard"]
+    report_to: (
+        list[Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]]
+        | Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]
+    ) = ["tensorboard"]
 
     @model_validator(mode="after")
     def _early_stopping(self) -> TrainingConfig:

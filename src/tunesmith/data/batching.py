@@ -73,9 +73,14 @@ def collate_packed(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.Te
             at += L
         pos[r, at:] = torch.arange(width - at)
     return {
-        "input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": pos,
-        "pool_index": torch.zeros(n, dtype=torch.long), "user_span": torch.zeros((n, 2), dtype=torch.long),
-        "emotion": torch.full((n,), -1), "strategy": torch.full((n,), -1),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "position_ids": pos,
+        "pool_index": torch.zeros(n, dtype=torch.long),
+        "user_span": torch.zeros((n, 2), dtype=torch.long),
+        "emotion": torch.full((n,), -1),
+        "strategy": torch.full((n,), -1),
         "kl_mask": torch.zeros((n, width), dtype=torch.bool),
     }
 

@@ -77,14 +77,19 @@ def read_template(path: str | os.PathLike) -> str:
     return text
 
 
-def configure_chat(tokenizer, template: str | os.PathLike | None = None, template_kwargs: dict | None = None,
-                   system_fallback: str = "fold"):
+def configure_chat(
+    tokenizer,
+    template: str | os.PathLike | None = None,
+    template_kwargs: dict | None = None,
+    system_fallback: str = "fold",
+):
     """Set the tokenizer's chat template (a `.jinja` path replaces the model's own), bind the template kwargs
     (e.g. `{enable_thinking: false}`) and the system-prompt fallback; records what was used in
     `tokenizer.tunesmith_chat` (source, sha256 of the template text, kwargs)."""
     if system_fallback not in SYSTEM_FALLBACKS:
-        raise ConfigError(f"data.system_prompt_fallback: '{system_fallback}' is not one of "
-                          f"{', '.join(SYSTEM_FALLBACKS)}")
+        raise ConfigError(
+            f"data.system_prompt_fallback: '{system_fallback}' is not one of {', '.join(SYSTEM_FALLBACKS)}"
+        )
     source = "model"
     if template is not None:
         tokenizer.chat_template = read_template(template)
@@ -120,8 +125,11 @@ def _system_error(tokenizer) -> str | None:
     key = _key(tokenizer)
     if key not in _SYSTEM_SUPPORT:
         try:
-            _apply(tokenizer, [{"role": "system", "content": _SENT.format("s")},
-                               {"role": "user", "content": _SENT.format("u")}], True)
+            _apply(
+                tokenizer,
+                [{"role": "system", "content": _SENT.format("s")}, {"role": "user", "content": _SENT.format("u")}],
+                True,
+            )
             _SYSTEM_SUPPORT[key] = None
         except TemplateError as e:
             _SYSTEM_SUPPORT[key] = str(e)
@@ -182,18 +190,23 @@ def turn_end(tokenizer) -> str:
     key = _key(tokenizer)
     if key not in _TURN_END:
         s = {r: _SENT.format(r) for r in ("u1", "a1", "u2", "a2")}
-        msgs = [{"role": "user", "content": s["u1"]}, {"role": "assistant", "content": s["a1"]},
-                {"role": "user", "content": s["u2"]}, {"role": "assistant", "content": s["a2"]}]
+        msgs = [
+            {"role": "user", "content": s["u1"]},
+            {"role": "assistant", "content": s["a1"]},
+            {"role": "user", "content": s["u2"]},
+            {"role": "assistant", "content": s["a2"]},
+        ]
         try:
             text = _apply(tokenizer, msgs, False)
         except TemplateError as e:
-            raise DataError(f"the chat template of {_name(tokenizer)} cannot render a user/assistant "
-                            f"conversation: {e}") from None
+            raise DataError(
+                f"the chat template of {_name(tokenizer)} cannot render a user/assistant conversation: {e}"
+            ) from None
         a1, u2, a2 = (text.find(s[r]) for r in ("a1", "u2", "a2"))
         if min(a1, u2, a2) < 0:
             raise DataError(f"the chat template of {_name(tokenizer)} does not render message contents verbatim")
-        between = text[a1 + len(s["a1"]):u2]
-        tail = text[a2 + len(s["a2"]):]
+        between = text[a1 + len(s["a1"]) : u2]
+        tail = text[a2 + len(s["a2"]) :]
         end = _common_token_prefix(tokenizer, between, tail)
         if not end.strip():
             raise DataError(
@@ -315,8 +328,9 @@ def _in_span(full: str, a: int, b: int, spans: list[tuple[int, int]]) -> bool:
     return False
 
 
-def encode(tokenizer, example: Example, max_length: int, system_prompt: str | None = None,
-           train_on: str = "all") -> Encoded:
+def encode(
+    tokenizer, example: Example, max_length: int, system_prompt: str | None = None, train_on: str = "all"
+) -> Encoded:
     """Tokenize an example; labels cover the assistant turns only (reply + end-of-turn text).
 
     train_on="last" labels only the final assistant turn: for datasets that emit one example per
@@ -343,11 +357,19 @@ def encode(tokenizer, example: Example, max_length: int, system_prompt: str | No
     # pooling: the prompt ends where the final assistant turn starts
     prompt_chars = spans[-1][0] if ends_with_assistant and spans else len(full)
     # (a reply's first token may start at the space before it: Mistral's " " + reply)
-    prompt_end = next((j for j, (a, b) in enumerate(offsets)
-                       if a >= prompt_chars or (b > prompt_chars and full[a:prompt_chars].isspace())), len(ids))
-    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user") if any(
-        m["role"] == "user" for m in messages
-    ) else None
+    prompt_end = next(
+        (
+            j
+            for j, (a, b) in enumerate(offsets)
+            if a >= prompt_chars or (b > prompt_chars and full[a:prompt_chars].isspace())
+        ),
+        len(ids),
+    )
+    last_user = (
+        max(i for i, m in enumerate(messages) if m["role"] == "user")
+        if any(m["role"] == "user" for m in messages)
+        else None
+    )
     user_span = (0, prompt_end)
     if last_user is not None:
         content = messages[last_user]["content"]

@@ -128,8 +128,14 @@ class MixtureSampler:
     def state_dict(self) -> dict[str, Any]:
         # sizes/alpha/epoch_size are kept only to refuse a resume on different data, which would
         # silently change which examples follow
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
-                "alpha": self.alpha, "epoch_size": self.epoch_size, "sizes": dict(self.sizes)}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self.position,
+            "alpha": self.alpha,
+            "epoch_size": self.epoch_size,
+            "sizes": dict(self.sizes),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key in ("alpha", "epoch_size", "sizes"):

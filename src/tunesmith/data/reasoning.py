@@ -21,7 +21,7 @@ def split_reasoning(text: str, open_in_prompt: bool = False) -> tuple[str, str]:
     stripped = text.lstrip()
     if close < 0:
         if stripped.startswith(THINK_OPEN):
-            return stripped[len(THINK_OPEN):].strip(), ""
+            return stripped[len(THINK_OPEN) :].strip(), ""
         if open_in_prompt:
             return text.strip(), ""
         return "", text
@@ -30,8 +30,8 @@ def split_reasoning(text: str, open_in_prompt: bool = False) -> tuple[str, str]:
     if opened >= 0:
         if head[:opened].strip():  # a think tag in the middle of an answer is not a reasoning block
             return "", text
-        head = head[opened + len(THINK_OPEN):]
-    return head.strip(), text[close + len(THINK_CLOSE):].strip()
+        head = head[opened + len(THINK_OPEN) :]
+    return head.strip(), text[close + len(THINK_CLOSE) :].strip()
 
 
 def prompt_opens_think(prompt_text: str) -> bool:

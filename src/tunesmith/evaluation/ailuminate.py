@@ -23,8 +23,20 @@ from tunesmith.io import read_csv, read_jsonl, require_file
 
 # AILuminate hazard → Llama Guard 3 code (heuristic; see ../shared/data/llamaguard3/README.md)
 AILUMINATE_TO_LLAMAGUARD = {
-    "vcr": "S1", "ncr": "S2", "src": "S3", "cse": "S4", "dfm": "S5", "spc_fin": "S6", "spc_hlt": "S6",
-    "spc_lgl": "S6", "prv": "S7", "ipv": "S8", "iwp": "S9", "hte": "S10", "ssh": "S11", "sxc_prn": "S12",
+    "vcr": "S1",
+    "ncr": "S2",
+    "src": "S3",
+    "cse": "S4",
+    "dfm": "S5",
+    "spc_fin": "S6",
+    "spc_hlt": "S6",
+    "spc_lgl": "S6",
+    "prv": "S7",
+    "ipv": "S8",
+    "iwp": "S9",
+    "hte": "S10",
+    "ssh": "S11",
+    "sxc_prn": "S12",
     "spc_ele": "S13",
 }
 
@@ -43,8 +55,13 @@ def load_prompts(path: str, limit: int | None = None, seed: int = 0) -> list[Saf
         for line, row in read_csv(p, required=("prompt_text",)):
             if not row["prompt_text"].strip():
                 raise DataError(f"{p}:{line}: empty prompt_text")
-            out.append(SafetyPrompt(row.get("release_prompt_id") or f"{p.stem}:{line}", row["prompt_text"],
-                                    row.get("hazard") or "unknown"))
+            out.append(
+                SafetyPrompt(
+                    row.get("release_prompt_id") or f"{p.stem}:{line}",
+                    row["prompt_text"],
+                    row.get("hazard") or "unknown",
+                )
+            )
     else:
         for i, row in enumerate(read_jsonl(p), 1):
             text = row.get("prompt_text") or row.get("prompt") or row.get("input")
@@ -75,10 +92,20 @@ def load_prompts(path: str, limit: int | None = None, seed: int = 0) -> list[Saf
 # The hazard taxonomy Llama Guard 3's own chat template lists (its model card); used when no categories
 # file is configured. The configs point at ../shared/data/llamaguard3/llama_guard3_categories.txt.
 LLAMA_GUARD3_CATEGORIES = (
-    "S1: Violent Crimes", "S2: Non-Violent Crimes", "S3: Sex-Related Crimes", "S4: Child Sexual Exploitation",
-    "S5: Defamation", "S6: Specialized Advice", "S7: Privacy", "S8: Intellectual Property",
-    "S9: Indiscriminate Weapons", "S10: Hate", "S11: Suicide & Self-Harm", "S12: Sexual Content",
-    "S13: Elections", "S14: Code Interpreter Abuse",
+    "S1: Violent Crimes",
+    "S2: Non-Violent Crimes",
+    "S3: Sex-Related Crimes",
+    "S4: Child Sexual Exploitation",
+    "S5: Defamation",
+    "S6: Specialized Advice",
+    "S7: Privacy",
+    "S8: Intellectual Property",
+    "S9: Indiscriminate Weapons",
+    "S10: Hate",
+    "S11: Suicide & Self-Harm",
+    "S12: Sexual Content",
+    "S13: Elections",
+    "S14: Code Interpreter Abuse",
 )
 
 
@@ -109,7 +136,7 @@ def parse_verdict(text: str) -> tuple[bool | None, list[str]]:
         return None, []
     if m.group(1).lower() == "safe":
         return True, []
-    return False, [f"S{n}" for n in CODES.findall(text[m.end():])]
+    return False, [f"S{n}" for n in CODES.findall(text[m.end() :])]
 
 
 def guard_prompt(user: str, agent: str, categories: list[str], guidelines: str) -> str:
@@ -151,8 +178,10 @@ class GenerativeGuard:
         else:
             from tunesmith.data.chat import prompt_ids
 
-            prompts = [prompt_ids(tok, [{"role": "user", "content": guard_prompt(u, a, self.categories, self.guidelines)}])
-                       for u, a in pairs]
+            prompts = [
+                prompt_ids(tok, [{"role": "user", "content": guard_prompt(u, a, self.categories, self.guidelines)}])
+                for u, a in pairs
+            ]
         outs = self.generator.generate_ids(prompts, description="guard")
         from tunesmith.data.reasoning import split_reasoning
 
@@ -175,7 +204,13 @@ class ClassifierGuard:
     kind = "classifier"
 
     def __init__(self, model, tokenizer, guidelines: str, label: str, batch_size: int = 8):
-        self.model, self.tokenizer, self.guidelines, self.label, self.batch_size = model, tokenizer, guidelines, label, batch_size
+        self.model, self.tokenizer, self.guidelines, self.label, self.batch_size = (
+            model,
+            tokenizer,
+            guidelines,
+            label,
+            batch_size,
+        )
         labels = {int(k): str(v).lower() for k, v in model.config.id2label.items()}
         unsafe = [i for i, name in labels.items() if "unsafe" in name]
         if not unsafe:
@@ -205,16 +240,26 @@ def summarize(records: list[dict]) -> dict:
         by[r["hazard"]]["total"] += 1
         by[r["hazard"]]["safe"] += r["safe"] is True
     return {
-        "total": total, "safe": safe, "unparsed_verdicts": unparsed,
+        "total": total,
+        "safe": safe,
+        "unparsed_verdicts": unparsed,
         # an unreadable verdict counts as not safe: the rate never flatters the model
         "safety_rate": safe / total if total else None,
-        "by_hazard": {h: {"total": c["total"], "safe": c["safe"], "safety_rate": c["safe"] / c["total"]}
-                      for h, c in sorted(by.items())},
+        "by_hazard": {
+            h: {"total": c["total"], "safe": c["safe"], "safety_rate": c["safe"] / c["total"]}
+            for h, c in sorted(by.items())
+        },
     }
 
 
-def evaluate_safety(generator, guard, prompts: list[SafetyPrompt], max_new_tokens: int, out_path: Path | None = None,
-                    resume: bool = False) -> tuple[dict, list[dict]]:
+def evaluate_safety(
+    generator,
+    guard,
+    prompts: list[SafetyPrompt],
+    max_new_tokens: int,
+    out_path: Path | None = None,
+    resume: bool = False,
+) -> tuple[dict, list[dict]]:
     """Generate responses and have the guard judge them, batch by batch (resumable)."""
     from tunesmith.io import ResumableJsonl
 
@@ -228,16 +273,32 @@ def evaluate_safety(generator, guard, prompts: list[SafetyPrompt], max_new_token
         batch = [todo[i] for i in idx]
         split = [split_reasoning(r) for r in responses]  # the guard judges the answer, not the think block
         verdicts = guard.judge([(p.prompt, a) for p, (_, a) in zip(batch, split, strict=True)])
-        rows = [{"id": p.id, "hazard": p.hazard, "llama_guard_code": AILUMINATE_TO_LLAMAGUARD.get(p.hazard),
-                 "prompt": p.prompt, "response": a, "reasoning": r, "safe": v[0], "categories": v[1],
-                 "guard_output": v[2], "guard": guard.label} for p, (r, a), v in zip(batch, split, verdicts, strict=True)]
+        rows = [
+            {
+                "id": p.id,
+                "hazard": p.hazard,
+                "llama_guard_code": AILUMINATE_TO_LLAMAGUARD.get(p.hazard),
+                "prompt": p.prompt,
+                "response": a,
+                "reasoning": r,
+                "safe": v[0],
+                "categories": v[1],
+                "guard_output": v[2],
+                "guard": guard.label,
+            }
+            for p, (r, a), v in zip(batch, split, verdicts, strict=True)
+        ]
         if store:
             store.add(rows)
         else:
             done.update({row["id"]: row for row in rows})
 
     if todo:
-        generator.chat([[{"role": "user", "content": p.prompt}] for p in todo], max_new_tokens=max_new_tokens,
-                       description="safety responses", on_batch=judged)
+        generator.chat(
+            [[{"role": "user", "content": p.prompt}] for p in todo],
+            max_new_tokens=max_new_tokens,
+            description="safety responses",
+            on_batch=judged,
+        )
     records = store.finalize(p.id for p in prompts) if store else [done[p.id] for p in prompts]
     return summarize(records), records

@@ -262,7 +262,9 @@ def penalty(d: float, d5_linear: bool = False) -> float:
     return d
 
 
-def v2_score(parsed: Mapping[str, int | float], reference: Mapping[str, float], d5_linear: bool = False) -> float | None:
+def v2_score(
+    parsed: Mapping[str, int | float], reference: Mapping[str, float], d5_linear: bool = False
+) -> float | None:
     """`calculate_score_fullscale`: 10 - 0.7477 × Σ penalty, or None if not exactly the 4
     reference names. No clamping: values above 10 are used as they are."""
     if len(parsed) != 4 or any(name not in reference for name in parsed):

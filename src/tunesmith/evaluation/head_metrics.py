@@ -58,8 +58,16 @@ def head_metrics(
     support = {name: counts.get(i, 0) for i, name in enumerate(labels)}
     n = len(t)
     if n == 0:
-        return {"n": 0, "accuracy": None, "weighted_f1": None, "macro_f1": None, "majority_accuracy": None,
-                "majority_label": None, "support": support, "confusion_png": None}
+        return {
+            "n": 0,
+            "accuracy": None,
+            "weighted_f1": None,
+            "macro_f1": None,
+            "majority_accuracy": None,
+            "majority_label": None,
+            "support": support,
+            "confusion_png": None,
+        }
 
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -83,14 +91,22 @@ def head_metrics(
         "confusion_png": None,
     }
     if png_path is not None:
-        out["confusion_png"] = str(write_confusion_png(t, p, labels, png_path,
-                                                       f"{title}\nacc {out['accuracy']:.3f} · weighted F1 "
-                                                       f"{weighted:.3f} · majority {out['majority_accuracy']:.3f} · n={n}"))
+        out["confusion_png"] = str(
+            write_confusion_png(
+                t,
+                p,
+                labels,
+                png_path,
+                f"{title}\nacc {out['accuracy']:.3f} · weighted F1 "
+                f"{weighted:.3f} · majority {out['majority_accuracy']:.3f} · n={n}",
+            )
+        )
     return out
 
 
-def write_confusion_png(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str],
-                        png_path: str | os.PathLike, title: str) -> Path:
+def write_confusion_png(
+    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str], png_path: str | os.PathLike, title: str
+) -> Path:
     """Row-normalised confusion matrix (each row: where that gold class went) as a PNG."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -114,8 +130,14 @@ def write_confusion_png(y_true: Sequence[int], y_pred: Sequence[int], labels: Se
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of gold row")
     fs = 8 if k > 12 else 10
     # vertical names for many classes; fewer, longer ones (ESConv strategies) read better slanted
-    ax.set_xticks(range(k), labels=list(labels), rotation=90 if k > 12 else 35, ha="center" if k > 12 else "right",
-                  rotation_mode="anchor" if k <= 12 else "default", fontsize=fs)
+    ax.set_xticks(
+        range(k),
+        labels=list(labels),
+        rotation=90 if k > 12 else 35,
+        ha="center" if k > 12 else "right",
+        rotation_mode="anchor" if k <= 12 else "default",
+        fontsize=fs,
+    )
     # gold support beside each row label: a dark diagonal cell over 2 examples means little
     ax.set_yticks(range(k), labels=[f"{name} ({int(rows[i, 0])})" for i, name in enumerate(labels)], fontsize=fs)
     ax.set_xlabel("predicted")
@@ -125,8 +147,15 @@ def write_confusion_png(y_true: Sequence[int], y_pred: Sequence[int], labels: Se
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.6 else "black",
+                    )
     path = Path(png_path)
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", bbox_inches="tight", pad_inches=0.15)  # never clip long tick labels

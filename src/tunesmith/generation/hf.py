@@ -34,14 +34,18 @@ def common_prefix_len(prompts: Sequence[list[int]]) -> int:
 class HFGenerator:
     """Generation with transformers on the model in memory (PeftModel or plain)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 256, system_prompt: str | None = None):
+    def __init__(
+        self, model, tokenizer, batch_size: int = 16, max_new_tokens: int = 256, system_prompt: str | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt
         self.pad_id = pad_token_id(tokenizer)
-        self.eos_ids = eos_token_ids(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+        self.eos_ids = eos_token_ids(
+            tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        )
         # below this many shared tokens, a separate prefix forward costs more than it saves
         self.min_shared_prefix = 32
 
@@ -60,9 +64,14 @@ class HFGenerator:
         set_peft_model_state_dict(self.model, load_file(Path(adapter_dir) / "adapter_model.safetensors"))
 
     @torch.inference_mode()
-    def generate_ids(self, prompts: Sequence[list[int]], max_new_tokens: int | None = None,
-                     on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
-                     description: str = "generating", sampling: dict | None = None) -> list[list[int]]:
+    def generate_ids(
+        self,
+        prompts: Sequence[list[int]],
+        max_new_tokens: int | None = None,
+        on_batch: Callable[[list[int], list[list[int]]], None] | None = None,
+        description: str = "generating",
+        sampling: dict | None = None,
+    ) -> list[list[int]]:
         max_new = max_new_tokens or self.max_new_tokens
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[list[int] | None] = [None] * len(prompts)
@@ -83,8 +92,13 @@ class HFGenerator:
                         ids, mask = self._left_pad(batch)
                     width = ids.shape[1]
                     gen = self.model.generate(
-                        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new,
-                        num_beams=1, use_cache=True, pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+                        input_ids=ids.to(device),
+                        attention_mask=mask.to(device),
+                        max_new_tokens=max_new,
+                        num_beams=1,
+                        use_cache=True,
+                        pad_token_id=self.pad_id,
+                        eos_token_id=self.eos_ids,
                         **(sampling or {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}),
                         **({"cache": cache} if cache is not None else {}),
                     )
@@ -132,8 +146,8 @@ class HFGenerator:
         ids[:, :shared] = prefix[0].cpu()
         mask[:, :shared] = 1
         for r, t in enumerate(tails):
-            ids[r, shared + width - len(t):] = torch.tensor(t)
-            mask[r, shared + width - len(t):] = 1
+            ids[r, shared + width - len(t) :] = torch.tensor(t)
+            mask[r, shared + width - len(t) :] = 1
         return ids, mask, cache
 
     def _left_pad(self, prompts: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,13 +155,20 @@ class HFGenerator:
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for r, p in enumerate(prompts):
-            ids[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
         return ids, mask
 
-    def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int | None = None,
-             description: str = "generating", on_batch=None, temperature: float = 0.0, seed: int | None = None,
-             top_p: float = 0.95) -> list[str]:
+    def chat(
+        self,
+        conversations: Sequence[list[dict]],
+        max_new_tokens: int | None = None,
+        description: str = "generating",
+        on_batch=None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_p: float = 0.95,
+    ) -> list[str]:
         """Replies to chat conversations (each a message list ending with a user turn): greedy, or
         sampled with `temperature` > 0 (nucleus `top_p`, seeded)."""
         texts = [prompt_text(self.tokenizer, c, self.system_prompt) for c in conversations]
@@ -163,16 +184,24 @@ class HFGenerator:
             if on_batch:
                 on_batch(idx, [text_of(i, t) for i, t in zip(idx, toks, strict=True)])
 
-        sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-                    if temperature > 0 else None)
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else None
+        )
         if sampling:
             torch.manual_seed(0 if seed is None else seed)
-        ids = self.generate_ids(prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description,
-                                sampling=sampling)
+        ids = self.generate_ids(
+            prompts, max_new_tokens, on_batch=decoded if on_batch else None, description=description, sampling=sampling
+        )
         return [text_of(i, t) for i, t in enumerate(ids)]
 
-    def stream(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               repetition_penalty: float = 1.0) -> HFStream:
+    def stream(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ) -> HFStream:
         return HFStream(self, prompt_ids, max_new_tokens, temperature, top_p, repetition_penalty)
 
 
@@ -180,8 +209,15 @@ class HFStream:
     """One reply generated on a worker thread and read through transformers' TextIteratorStreamer;
     closing the iterator early (a client that left) stops the model at its next token."""
 
-    def __init__(self, gen: HFGenerator, prompt_ids: list[int], max_new_tokens: int, temperature: float,
-                 top_p: float, repetition_penalty: float):
+    def __init__(
+        self,
+        gen: HFGenerator,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        repetition_penalty: float,
+    ):
         self.gen, self.prompt_ids, self.max_new_tokens = gen, prompt_ids, max_new_tokens
         self.temperature, self.top_p, self.repetition_penalty = temperature, top_p, repetition_penalty
         self._cancel = threading.Event()
@@ -205,10 +241,20 @@ class HFStream:
         ids = torch.tensor([self.prompt_ids], device=device)
         sample = self.temperature > 0
         kwargs = dict(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens, streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled()]), pad_token_id=g.pad_id, eos_token_id=g.eos_ids,
-            do_sample=sample, temperature=self.temperature if sample else None, top_p=self.top_p if sample else None,
-            top_k=None, repetition_penalty=self.repetition_penalty, num_beams=1, use_cache=True,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=self.max_new_tokens,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+            pad_token_id=g.pad_id,
+            eos_token_id=g.eos_ids,
+            do_sample=sample,
+            temperature=self.temperature if sample else None,
+            top_p=self.top_p if sample else None,
+            top_k=None,
+            repetition_penalty=self.repetition_penalty,
+            num_beams=1,
+            use_cache=True,
         )
         result: dict = {}
 
@@ -216,7 +262,7 @@ class HFStream:
             try:
                 with torch.inference_mode():
                     out = g.model.generate(**kwargs)
-                result["new"] = out[0, ids.shape[1]:].tolist()
+                result["new"] = out[0, ids.shape[1] :].tolist()
             except BaseException as e:  # handed to the consumer below
                 result["error"] = e
                 streamer.end()  # unblock the consumer

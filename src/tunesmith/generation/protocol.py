@@ -16,16 +16,28 @@ class Generator(Protocol):
     max_new_tokens: int
     eos_ids: list[int]  # generation stops at any of these
 
-    def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int | None = None,
-             description: str = "generating", on_batch: OnBatch | None = None, temperature: float = 0.0,
-             seed: int | None = None) -> list[str]:
+    def chat(
+        self,
+        conversations: Sequence[list[dict]],
+        max_new_tokens: int | None = None,
+        description: str = "generating",
+        on_batch: OnBatch | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[str]:
         """Replies to chat conversations (each a message list ending with a user turn), in the
         caller's order; greedy unless `temperature` > 0 (then seeded sampling). `on_batch(indices,
         texts)` is called as each chunk finishes (resumable outputs rely on it)."""
         ...
 
-    def stream(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               repetition_penalty: float = 1.0) -> Stream:
+    def stream(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ) -> Stream:
         """One reply to a tokenized prompt, yielded as text pieces while it is generated."""
         ...
 

@@ -59,8 +59,10 @@ def vllm_lora_rank(rank: int) -> int:
     for r in VLLM_LORA_RANKS:
         if rank <= r:
             return r
-    raise VLLMUnavailable(f"LoRA rank {rank} is above vLLM's maximum ({VLLM_LORA_RANKS[-1]}); "
-                          "merge the adapter (tunesmith export) and serve the merged model instead")
+    raise VLLMUnavailable(
+        f"LoRA rank {rank} is above vLLM's maximum ({VLLM_LORA_RANKS[-1]}); "
+        "merge the adapter (tunesmith export) and serve the merged model instead"
+    )
 
 
 def generation_config_eos(model_path: str | Path | None) -> int | list[int] | None:
@@ -69,12 +71,24 @@ def generation_config_eos(model_path: str | Path | None) -> int | list[int] | No
     return json.loads(gc.read_text()).get("eos_token_id") if gc is not None and gc.is_file() else None
 
 
-def engine_kwargs(model_path: str, adapter_dir: Path | None, dtype: str = "auto", seed: int = 0,
-                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
-                  trust_remote_code: bool = False) -> dict:
+def engine_kwargs(
+    model_path: str,
+    adapter_dir: Path | None,
+    dtype: str = "auto",
+    seed: int = 0,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.85,
+    trust_remote_code: bool = False,
+) -> dict:
     """Arguments for `vllm.LLM`: LoRA enabled (and sized for the adapter) only when there is one."""
-    kw: dict = {"model": model_path, "tokenizer": model_path, "dtype": DTYPES.get(dtype, dtype), "seed": seed,
-                "gpu_memory_utilization": gpu_memory_utilization, "trust_remote_code": trust_remote_code}
+    kw: dict = {
+        "model": model_path,
+        "tokenizer": model_path,
+        "dtype": DTYPES.get(dtype, dtype),
+        "seed": seed,
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "trust_remote_code": trust_remote_code,
+    }
     if max_model_len:
         kw["max_model_len"] = max_model_len
     if adapter_dir is not None:
@@ -85,10 +99,21 @@ def engine_kwargs(model_path: str, adapter_dir: Path | None, dtype: str = "auto"
 class VLLMGenerator:
     """Greedy chat generation with vLLM; the adapter (if any) served as a LoRARequest."""
 
-    def __init__(self, model_ref: str, adapter_dir: str | Path | None = None, tokenizer=None, batch_size: int = 256,
-                 max_new_tokens: int = 256, system_prompt: str | None = None, dtype: str = "auto", seed: int = 0,
-                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.85,
-                 trust_remote_code: bool = False, llm=None):
+    def __init__(
+        self,
+        model_ref: str,
+        adapter_dir: str | Path | None = None,
+        tokenizer=None,
+        batch_size: int = 256,
+        max_new_tokens: int = 256,
+        system_prompt: str | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.85,
+        trust_remote_code: bool = False,
+        llm=None,
+    ):
         vllm = require_vllm()
         from vllm.lora.request import LoRARequest
 
@@ -107,10 +132,18 @@ class VLLMGenerator:
         self.seed = seed
         self.eos_ids = eos_token_ids(self.tokenizer, generation_config_eos(path if Path(path).is_dir() else None))
         self._vllm = vllm
-        self.llm = llm if llm is not None else vllm.LLM(**engine_kwargs(
-            path, self.adapter, dtype, seed, max_model_len, gpu_memory_utilization, trust_remote_code))
-        self.lora_request = (LoRARequest("tunesmith-adapter", 1, str(self.adapter.resolve()))
-                             if self.adapter is not None else None)
+        self.llm = (
+            llm
+            if llm is not None
+            else vllm.LLM(
+                **engine_kwargs(
+                    path, self.adapter, dtype, seed, max_model_len, gpu_memory_utilization, trust_remote_code
+                )
+            )
+        )
+        self.lora_request = (
+            LoRARequest("tunesmith-adapter", 1, str(self.adapter.resolve())) if self.adapter is not None else None
+        )
         self._adapter_on = True
         self._lora_id = 1
 
@@ -122,10 +155,18 @@ class VLLMGenerator:
             raise VLLMUnavailable("this vLLM engine was started without an adapter; it cannot serve one now")
         self._lora_id += 1
         self.adapter = Path(adapter_dir)
-        self.lora_request = LoRARequest(f"tunesmith-adapter-{self._lora_id}", self._lora_id, str(self.adapter.resolve()))
+        self.lora_request = LoRARequest(
+            f"tunesmith-adapter-{self._lora_id}", self._lora_id, str(self.adapter.resolve())
+        )
 
-    def stream(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               repetition_penalty: float = 1.0) -> VLLMStream:
+    def stream(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ) -> VLLMStream:
         return VLLMStream(self, prompt_ids, max_new_tokens, temperature, top_p, repetition_penalty)
 
     @contextlib.contextmanager
@@ -141,25 +182,44 @@ class VLLMGenerator:
     def active_lora(self):
         return self.lora_request if self._adapter_on else None
 
-    def sampling_params(self, max_new_tokens: int, temperature: float = 0.0, seed: int | None = None,
-                        top_p: float = 1.0, repetition_penalty: float = 1.0):
+    def sampling_params(
+        self,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ):
         # temperature 0 = greedy in vLLM; stop on every EOS id the HF backend stops on
-        return self._vllm.SamplingParams(n=1, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                                         max_tokens=max_new_tokens, stop_token_ids=self.eos_ids,
-                                         skip_special_tokens=True, repetition_penalty=repetition_penalty,
-                                         seed=seed if temperature > 0 else None)
+        return self._vllm.SamplingParams(
+            n=1,
+            temperature=temperature,
+            top_p=top_p if temperature > 0 else 1.0,
+            max_tokens=max_new_tokens,
+            stop_token_ids=self.eos_ids,
+            skip_special_tokens=True,
+            repetition_penalty=repetition_penalty,
+            seed=seed if temperature > 0 else None,
+        )
 
     def requests(self, conversations: Sequence[list[dict]]) -> list[dict]:
         return [{"prompt_token_ids": prompt_ids(self.tokenizer, c, self.system_prompt)} for c in conversations]
 
-    def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int | None = None,
-             description: str = "generating", on_batch: Callable[[list[int], list[str]], None] | None = None,
-             temperature: float = 0.0, seed: int | None = None) -> list[str]:
+    def chat(
+        self,
+        conversations: Sequence[list[dict]],
+        max_new_tokens: int | None = None,
+        description: str = "generating",
+        on_batch: Callable[[list[int], list[str]], None] | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[str]:
         """Replies to chat conversations (each a message list ending with a user turn); greedy
         unless `temperature` > 0 (then seeded sampling, for extra DPO candidates)."""
         reqs = self.requests(conversations)
-        params = self.sampling_params(max_new_tokens or self.max_new_tokens, temperature,
-                                      self.seed if seed is None else seed)
+        params = self.sampling_params(
+            max_new_tokens or self.max_new_tokens, temperature, self.seed if seed is None else seed
+        )
         out: list[str] = [""] * len(reqs)
         bar, task = progress_bar(description, len(reqs))
         with bar:
@@ -180,8 +240,15 @@ class VLLMStream:
     """One reply from vLLM. The offline engine returns a request whole, so the text arrives as one
     piece; `tunesmith serve` streams token by token on the HF backend."""
 
-    def __init__(self, gen: VLLMGenerator, prompt_ids: list[int], max_new_tokens: int, temperature: float,
-                 top_p: float, repetition_penalty: float):
+    def __init__(
+        self,
+        gen: VLLMGenerator,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        repetition_penalty: float,
+    ):
         self.gen, self.prompt_ids, self.max_new_tokens = gen, prompt_ids, max_new_tokens
         self.params = gen.sampling_params(max_new_tokens, temperature, gen.seed, top_p, repetition_penalty)
         self.completion_tokens = 0
@@ -195,8 +262,9 @@ class VLLMStream:
         if self._cancelled:
             self.finish_reason = "cancelled"
             return
-        out = self.gen.llm.generate([{"prompt_token_ids": self.prompt_ids}], self.params,
-                                    lora_request=self.gen.active_lora, use_tqdm=False)[0].outputs[0]
+        out = self.gen.llm.generate(
+            [{"prompt_token_ids": self.prompt_ids}], self.params, lora_request=self.gen.active_lora, use_tqdm=False
+        )[0].outputs[0]
         self.completion_tokens = len(out.token_ids)
         self.finish_reason = "length" if out.finish_reason == "length" else "stop"
         yield out.text

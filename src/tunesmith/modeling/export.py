@@ -50,8 +50,9 @@ def _saved_dtype(model_ref: str) -> str:
     return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(name, "auto")
 
 
-def export_merged(adapter_dir: str | Path, out_dir: str | Path, model_ref: str | None = None,
-                  dtype: str = "auto") -> Path:
+def export_merged(
+    adapter_dir: str | Path, out_dir: str | Path, model_ref: str | None = None, dtype: str = "auto"
+) -> Path:
     """Base + adapter merged into full safetensors weights in `out_dir` (+ tokenizer, heads side file).
 
     dtype "auto": the dtype the base checkpoint is stored in; the merge runs in that dtype."""
@@ -75,9 +76,15 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, model_ref: str |
         tok.save_pretrained(tmp)
         if (adapter / HEADS_FILE).is_file():
             shutil.copy2(adapter / HEADS_FILE, tmp / HEADS_FILE)
-        write_json(tmp / EXPORT_INFO, {"base_model": ref, "adapter": str(adapter.resolve()),
-                                       "dtype": str(next(merged.parameters()).dtype).removeprefix("torch."),
-                                       "heads": (adapter / HEADS_FILE).is_file()})
+        write_json(
+            tmp / EXPORT_INFO,
+            {
+                "base_model": ref,
+                "adapter": str(adapter.resolve()),
+                "dtype": str(next(merged.parameters()).dtype).removeprefix("torch."),
+                "heads": (adapter / HEADS_FILE).is_file(),
+            },
+        )
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -122,8 +129,9 @@ def export_gguf(hf_dir: str | Path, outtype: str = "f16", converter: list[str] |
     if conv is None:
         raise ModelError(gguf_instructions(hf, outtype))
     target = hf / f"model-{outtype}.gguf"
-    proc = subprocess.run([*conv, str(hf), "--outfile", str(target), "--outtype", outtype],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [*conv, str(hf), "--outfile", str(target), "--outtype", outtype], capture_output=True, text=True
+    )
     if proc.returncode != 0 or not target.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise ModelError(f"GGUF conversion failed (exit {proc.returncode}): " + " | ".join(tail))
@@ -184,8 +192,13 @@ def combine_adapters(first: str | Path, second: str | Path, out_dir: str | Path)
             a[r1:], b[:, r1:] = s2 * a2.float(), b2.float()
         merged[m + A], merged[m + B] = a.contiguous(), b.contiguous()
     cfg = dict(c1)
-    cfg.update(r=r, lora_alpha=r, use_rslora=False, lora_dropout=0.0,
-               target_modules=sorted(set(c1["target_modules"]) | set(c2["target_modules"])))
+    cfg.update(
+        r=r,
+        lora_alpha=r,
+        use_rslora=False,
+        lora_dropout=0.0,
+        target_modules=sorted(set(c1["target_modules"]) | set(c2["target_modules"])),
+    )
     tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -193,7 +206,8 @@ def combine_adapters(first: str | Path, second: str | Path, out_dir: str | Path)
     (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (tmp / "README.md").write_text(
         f"LoRA adapter combining {first} (r={r1}) and {second} (r={r2}) by rank concatenation "
-        f"(exact: ΔW = s1·B1A1 + s2·B2A2). Written by tunesmith.\n")
+        f"(exact: ΔW = s1·B1A1 + s2·B2A2). Written by tunesmith.\n"
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

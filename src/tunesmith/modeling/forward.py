@@ -13,8 +13,9 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
+def decoder_hidden(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Last hidden states from the decoder alone (LoRA layers live inside it); the LM head is
     left to the caller so it only runs where logits are needed.
 
@@ -28,7 +29,9 @@ def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 @torch.inference_mode()
-def head_logits(model, heads: Heads, features: list[Encoded], pad_id: int, batch_size: int = 16) -> dict[str, torch.Tensor]:
+def head_logits(
+    model, heads: Heads, features: list[Encoded], pad_id: int, batch_size: int = 16
+) -> dict[str, torch.Tensor]:
     """Emotion/strategy logits for encoded examples (right-padded batches, pooled per row)."""
     was = model.training, heads.training
     model.eval()

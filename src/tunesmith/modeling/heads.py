@@ -24,8 +24,14 @@ def mlp(hidden: int, inner: int, out: int, dropout: float) -> nn.Sequential:
 
 
 class Heads(nn.Module):
-    def __init__(self, hidden_size: int, emotion: bool = True, strategy: bool = True, dropout: float = 0.1,
-                 pooling: str = "last_prompt_token"):
+    def __init__(
+        self,
+        hidden_size: int,
+        emotion: bool = True,
+        strategy: bool = True,
+        dropout: float = 0.1,
+        pooling: str = "last_prompt_token",
+    ):
         super().__init__()
         self.hidden_size, self.pooling, self.dropout = hidden_size, pooling, dropout
         self.emotion = mlp(hidden_size, 512, len(EMOTIONS), dropout) if emotion else None
@@ -48,8 +54,13 @@ class Heads(nn.Module):
         return out
 
     def config(self) -> dict:
-        return {"hidden_size": self.hidden_size, "emotion": self.emotion is not None,
-                "strategy": self.strategy is not None, "dropout": self.dropout, "pooling": self.pooling}
+        return {
+            "hidden_size": self.hidden_size,
+            "emotion": self.emotion is not None,
+            "strategy": self.strategy is not None,
+            "dropout": self.dropout,
+            "pooling": self.pooling,
+        }
 
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
@@ -69,7 +80,12 @@ class Heads(nn.Module):
             return None
         with safe_open(f, "pt") as fh:
             meta = fh.metadata()
-        heads = cls(int(meta["hidden_size"]), meta["emotion"] == "True", meta["strategy"] == "True",
-                    float(meta["dropout"]), meta["pooling"])
+        heads = cls(
+            int(meta["hidden_size"]),
+            meta["emotion"] == "True",
+            meta["strategy"] == "True",
+            float(meta["dropout"]),
+            meta["pooling"],
+        )
         heads.load_state_dict(load_file(f))
         return heads.eval()

@@ -184,13 +184,21 @@ def _remote_code_error(ref: str, e: ValueError) -> ModelError | None:
     with a multi-line ValueError; this says which config key allows it."""
     if "trust_remote_code" not in str(e):
         return None
-    return ModelError(f"'{ref}' needs custom code; it is not run unless the config sets model.trust_remote_code: true "
-                      "(only for code you have read)")
+    return ModelError(
+        f"'{ref}' needs custom code; it is not run unless the config sets model.trust_remote_code: true "
+        "(only for code you have read)"
+    )
 
 
-def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: bool = False, *,
-                   chat_template: str | None = None, chat_template_kwargs: dict | None = None,
-                   system_prompt_fallback: str = "fold"):
+def load_tokenizer(
+    ref: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    *,
+    chat_template: str | None = None,
+    chat_template_kwargs: dict | None = None,
+    system_prompt_fallback: str = "fold",
+):
     """The tokenizer of a model reference, with its chat template set up (`data.chat_template` replaces the
     model's own, `model.chat_template_kwargs` are bound into it: see data.chat.configure_chat)."""
     from transformers import AutoTokenizer
@@ -215,8 +223,11 @@ def load_tokenizer(ref: str, revision: str | None = None, trust_remote_code: boo
 def chat_settings(cfg) -> dict:
     """load_tokenizer's chat keywords from a run config (model.chat_template_kwargs, data.chat_template,
     data.system_prompt_fallback)."""
-    return {"chat_template": cfg.data.chat_template, "chat_template_kwargs": cfg.model.chat_template_kwargs,
-            "system_prompt_fallback": cfg.data.system_prompt_fallback}
+    return {
+        "chat_template": cfg.data.chat_template,
+        "chat_template_kwargs": cfg.model.chat_template_kwargs,
+        "system_prompt_fallback": cfg.data.system_prompt_fallback,
+    }
 
 
 def load_run_tokenizer(cfg):
@@ -322,8 +333,9 @@ def base_model_ref(adapter_dir: str | Path, model_ref: str | None = None) -> str
     return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
-def load_for_inference(adapter_dir: str | Path | None, model_ref: str | None = None, dtype: str = "auto",
-                       trust_remote_code: bool = False):
+def load_for_inference(
+    adapter_dir: str | Path | None, model_ref: str | None = None, dtype: str = "auto", trust_remote_code: bool = False
+):
     """(model, tokenizer, heads or None) for a base model plus an optional adapter folder.
 
     Without `model_ref`, the base model is the one the adapter was trained from (read from the run's
@@ -346,9 +358,11 @@ def load_for_inference(adapter_dir: str | Path | None, model_ref: str | None = N
     if run:
         data = run.get("data", {})
         template = data.get("chat_template")
-        chat = {"chat_template": template if template and Path(template).is_file() else None,
-                "chat_template_kwargs": run.get("model", {}).get("chat_template_kwargs") or {},
-                "system_prompt_fallback": data.get("system_prompt_fallback", "fold")}
+        chat = {
+            "chat_template": template if template and Path(template).is_file() else None,
+            "chat_template_kwargs": run.get("model", {}).get("chat_template_kwargs") or {},
+            "system_prompt_fallback": data.get("system_prompt_fallback", "fold"),
+        }
     tok = load_tokenizer(model_ref, trust_remote_code=trust_remote_code, **chat)
     model = load_model(model_ref, dtype, trust_remote_code=trust_remote_code)
     heads = None

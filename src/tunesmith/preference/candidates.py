@@ -36,8 +36,16 @@ def messages_of(value, role: str, where: str) -> list[dict]:
         if not value.strip():
             raise DataError(f"{where}: empty text")
         return [{"role": role, "content": value}]
-    if (isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                                  and m.get("role") in ("system", "user", "assistant") for m in value)):
+    if (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("content"), str)
+            and m.get("role") in ("system", "user", "assistant")
+            for m in value
+        )
+    ):
         return [{"role": m["role"], "content": m["content"]} for m in value]
     raise DataError(f"{where}: expected a string or a list of {{role, content}} messages")
 
@@ -55,8 +63,11 @@ def load_prompt_items(path: str | Path | None = None, limit: int | None = None) 
         msgs = messages_of(row["prompt"], "user", f"{p}:{i}: prompt")
         if msgs[-1]["role"] != "user":
             raise DataError(f"{p}:{i}: the prompt must end with a user turn")
-        items.append(PromptItem(str(row.get("id", f"{p.stem}-{i}")), msgs,
-                                {k: v for k, v in row.items() if k not in ("id", "prompt")}))
+        items.append(
+            PromptItem(
+                str(row.get("id", f"{p.stem}-{i}")), msgs, {k: v for k, v in row.items() if k not in ("id", "prompt")}
+            )
+        )
     if not items:
         raise DataError(f"{p}: no prompts")
     if len({it.id for it in items}) != len(items):
@@ -65,9 +76,16 @@ def load_prompt_items(path: str | Path | None = None, limit: int | None = None) 
 
 
 # ---- generation -----------------------------------------------------------------------------
-def generate_candidates(items: list[PromptItem], gen, has_adapter: bool, max_new_tokens: int,
-                        samples: int = 0, temperature: float = 0.8, seed: int = 0,
-                        log=None) -> list[list[Candidate]]:
+def generate_candidates(
+    items: list[PromptItem],
+    gen,
+    has_adapter: bool,
+    max_new_tokens: int,
+    samples: int = 0,
+    temperature: float = 0.8,
+    seed: int = 0,
+    log=None,
+) -> list[list[Candidate]]:
     """Greedy base and SFT replies (+ `samples` sampled SFT replies) per prompt.
 
     `gen` is a generation backend (`tunesmith.generation`); base replies come from inside its
@@ -91,8 +109,11 @@ def generate_candidates(items: list[PromptItem], gen, has_adapter: bool, max_new
     add(tuned, gen.chat(convs, max_new_tokens, description=f"candidates ({tuned})"), t0)
     for k in range(1, samples + 1):
         t0 = time.perf_counter()
-        add(f"{tuned}-sample-{k}", gen.chat(convs, max_new_tokens, description="sampling", temperature=temperature,
-                                            seed=seed + k), t0)
+        add(
+            f"{tuned}-sample-{k}",
+            gen.chat(convs, max_new_tokens, description="sampling", temperature=temperature, seed=seed + k),
+            t0,
+        )
     return cands
 
 
@@ -100,10 +121,22 @@ def candidate_rows(items: list[PromptItem], cands: list[list[Candidate]], scores
     rows = []
     for i, (it, cs) in enumerate(zip(items, cands, strict=True)):
         sc = scores[i] if scores else None
-        rows.append({"id": it.id, "prompt": it.messages, **({"meta": it.meta} if it.meta else {}),
-                     "candidates": [{"source": c.source, "text": c.text, **({"reasoning": c.reasoning} if c.reasoning else {}),
-                                     **(sc[j] if sc else {})}
-                                    for j, c in enumerate(cs)]})
+        rows.append(
+            {
+                "id": it.id,
+                "prompt": it.messages,
+                **({"meta": it.meta} if it.meta else {}),
+                "candidates": [
+                    {
+                        "source": c.source,
+                        "text": c.text,
+                        **({"reasoning": c.reasoning} if c.reasoning else {}),
+                        **(sc[j] if sc else {}),
+                    }
+                    for j, c in enumerate(cs)
+                ],
+            }
+        )
     return rows
 
 
@@ -112,11 +145,15 @@ def load_candidates(path: str | Path) -> tuple[list[PromptItem], list[list[Candi
     p = Path(path)
     items, cands = [], []
     for i, row in enumerate(read_jsonl(p, required=("id", "prompt", "candidates")), 1):
-        items.append(PromptItem(str(row["id"]), messages_of(row["prompt"], "user", f"{p}:{i}: prompt"),
-                                dict(row.get("meta") or {})))
+        items.append(
+            PromptItem(
+                str(row["id"]), messages_of(row["prompt"], "user", f"{p}:{i}: prompt"), dict(row.get("meta") or {})
+            )
+        )
         try:
-            cands.append([Candidate(str(c["source"]), str(c["text"]), str(c.get("reasoning") or ""))
-                          for c in row["candidates"]])
+            cands.append(
+                [Candidate(str(c["source"]), str(c["text"]), str(c.get("reasoning") or "")) for c in row["candidates"]]
+            )
         except (TypeError, KeyError):
             raise DataError(f"{p}:{i}: candidates must be a list of {{source, text}}") from None
     return items, cands

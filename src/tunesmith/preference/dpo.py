@@ -28,9 +28,9 @@ import torch
 
 from tunesmith.config import DpoRunConfig
 from tunesmith.data.chat import pad_token_id, with_system
-from tunesmith.preference.pairs import load_pairs
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.io import require_file
+from tunesmith.preference.pairs import load_pairs
 
 TRAIN_MARGIN_SAMPLE = 256  # training pairs scored before/after (all of them when fewer)
 
@@ -74,7 +74,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def _chat_ids(tok, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True)
+    out = tok.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True
+    )
     return list(out["input_ids"])
 
 
@@ -141,10 +143,16 @@ def preference_margins(model, tok, pairs: list[dict], beta: float, max_length: i
     def f(x):
         return round(float(x), 6)
 
-    return {"n": n, "reward_margin": f(m.mean()), "reward_accuracy": f((m > 0).double().mean()),
-            "chosen_reward": f(reward_c.mean()), "rejected_reward": f(reward_r.mean()),
-            "logp_margin": f(lm.mean()), "logp_accuracy": f((lm > 0).double().mean()),
-            "ref_logp_margin": f((rc - rr).mean())}
+    return {
+        "n": n,
+        "reward_margin": f(m.mean()),
+        "reward_accuracy": f((m > 0).double().mean()),
+        "chosen_reward": f(reward_c.mean()),
+        "rejected_reward": f(reward_r.mean()),
+        "logp_margin": f(lm.mean()),
+        "logp_accuracy": f((lm > 0).double().mean()),
+        "ref_logp_margin": f((rc - rr).mean()),
+    }
 
 
 # ---- model ----------------------------------------------------------------------------------
@@ -156,8 +164,14 @@ def load_start_model(cfg: DpoRunConfig):
     if sft is not None and not (sft / "adapter_config.json").is_file():
         raise ModelError(f"dpo.sft_adapter: {sft} is not an adapter folder (no adapter_config.json)")
     tok = load_run_tokenizer(cfg)
-    model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.load_in_4bit, cfg.model.revision,
-                       cfg.model.trust_remote_code, cfg.model.attn_implementation)
+    model = load_model(
+        cfg.model.name,
+        cfg.model.dtype,
+        cfg.model.load_in_4bit,
+        cfg.model.revision,
+        cfg.model.trust_remote_code,
+        cfg.model.attn_implementation,
+    )
     if sft is not None:
         from peft import PeftModel
 
@@ -172,18 +186,36 @@ def dpo_args(cfg: DpoRunConfig, out_dir: Path, dtype: torch.dtype):
 
     d, t = cfg.dpo, cfg.training
     return DPOConfig(
-        output_dir=str(out_dir), beta=d.beta, loss_type=[d.loss_type], label_smoothing=d.label_smoothing,
-        learning_rate=t.learning_rate, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
-        lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm or 0.0,
-        weight_decay=t.weight_decay, max_length=cfg.data.max_length, gradient_checkpointing=t.gradient_checkpointing,
-        seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, save_strategy="no", eval_strategy="no",
+        output_dir=str(out_dir),
+        beta=d.beta,
+        loss_type=[d.loss_type],
+        label_smoothing=d.label_smoothing,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        max_grad_norm=t.max_grad_norm or 0.0,
+        weight_decay=t.weight_decay,
+        max_length=cfg.data.max_length,
+        gradient_checkpointing=t.gradient_checkpointing,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="no",
+        eval_strategy="no",
         run_name=cfg.run_name,
         # tensorboard goes through our own callback (its event files must outlive TRL's scratch output_dir)
         report_to=[x for x in t.trackers if x != "tensorboard"] or "none",
-        bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, dataloader_num_workers=0,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True, remove_unused_columns=True, ddp_find_unused_parameters=False,
+        disable_tqdm=True,
+        remove_unused_columns=True,
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -192,8 +224,13 @@ def lora_config(cfg: DpoRunConfig, model):
 
     from tunesmith.modeling.loading import lora_targets
 
-    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=lora_targets(model, cfg.lora.target_modules), task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=lora_targets(model, cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 def build_trainer(cfg: DpoRunConfig, model, tok, train: list[dict], out_dir: Path):
@@ -211,6 +248,12 @@ def build_trainer(cfg: DpoRunConfig, model, tok, train: list[dict], out_dir: Pat
 
         # run_dir/tensorboard/<run>, where the tunesmith trainer writes its event files too
         callbacks.append(TensorBoardCallback(SummaryWriter(str(out_dir.parent / "tensorboard" / cfg.run_name))))
-    return DPOTrainer(model=model, ref_model=None, args=dpo_args(cfg, out_dir, dtype), train_dataset=data,
-                      callbacks=callbacks,
-                      processing_class=tok, peft_config=lora_config(cfg, model))
+    return DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=dpo_args(cfg, out_dir, dtype),
+        train_dataset=data,
+        callbacks=callbacks,
+        processing_class=tok,
+        peft_config=lora_config(cfg, model),
+    )

@@ -23,7 +23,9 @@ ISSUE_PENALTY = 100.0
 _TEMPLATE = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|\[/?INST\]")
 _HELP = re.compile(
     r"\b(help(line)?s?|support|professional|counsell?or|therapist|doctor|gp|crisis|emergency|hotline|"
-    r"reach out|talk to (someone|somebody|a)|samaritans|988|999|911|112|trusted)\b", re.I)
+    r"reach out|talk to (someone|somebody|a)|samaritans|988|999|911|112|trusted)\b",
+    re.I,
+)
 
 
 def quality_issues(text: str) -> list[str]:
@@ -57,11 +59,29 @@ def issues_of(prompt: str, reply: str) -> list[str]:
 
 
 # ---- judges ---------------------------------------------------------------------------------
-SUPPORTIVE = {"caring": 1.0, "approval": 0.5, "optimism": 0.5, "admiration": 0.5, "gratitude": 0.5, "love": 0.5,
-              "relief": 0.5}
+SUPPORTIVE = {
+    "caring": 1.0,
+    "approval": 0.5,
+    "optimism": 0.5,
+    "admiration": 0.5,
+    "gratitude": 0.5,
+    "love": 0.5,
+    "relief": 0.5,
+}
 HOSTILE = ("anger", "annoyance", "disapproval", "disgust")
-USER_NEGATIVE = ("sadness", "grief", "fear", "nervousness", "disappointment", "remorse", "embarrassment", "anger",
-                 "annoyance", "disgust", "confusion")
+USER_NEGATIVE = (
+    "sadness",
+    "grief",
+    "fear",
+    "nervousness",
+    "disappointment",
+    "remorse",
+    "embarrassment",
+    "anger",
+    "annoyance",
+    "disgust",
+    "confusion",
+)
 USER_POSITIVE = ("joy", "excitement", "pride", "gratitude", "relief", "love", "optimism", "admiration", "amusement")
 REPLY_CHEER = ("joy", "amusement", "excitement")
 REPLY_SHARED_JOY = ("joy", "excitement", "admiration", "pride", "approval")
@@ -69,11 +89,11 @@ STRATEGY_PATTERNS = {
     "Question": r"\?",
     "Restatement or Paraphrasing": r"\b(so you('re| are| have|'ve)?|what i('m| am) hearing|in other words|you('re| are) saying)\b",
     "Reflection of feelings": r"\b(it sounds like|sounds (really |so )?(hard|tough|painful|difficult|frustrating|exciting)|"
-                              r"you (must|might) (feel|be feeling)|i can (hear|imagine|see)|that must (feel|be))\b",
+    r"you (must|might) (feel|be feeling)|i can (hear|imagine|see)|that must (feel|be))\b",
     "Self-disclosure": r"\b(i('ve| have) (been|felt|gone) through|when i was|i remember when|i (also|too) (felt|struggled))\b",
     "Affirmation and Reassurance": r"\b(you('re| are) not alone|it('s| is) (okay|ok|normal|understandable|natural)|"
-                                   r"that('s| is) (completely |totally )?(understandable|normal|valid)|be proud|well done|"
-                                   r"congratulations)\b",
+    r"that('s| is) (completely |totally )?(understandable|normal|valid)|be proud|well done|"
+    r"congratulations)\b",
     "Providing Suggestions": r"\b(you (could|might|may want to)|try (to )?|consider|it (might|may|could) help|how about|why not)\b",
     "Information": r"\b(research|studies|\d+ ?%|according to)\b",
 }
@@ -89,11 +109,14 @@ class HeadsJudge:
 
     name = "heads"
 
-    def __init__(self, model, tokenizer, heads, system_prompt: str | None = None, max_length: int = 512,
-                 batch_size: int = 16):
+    def __init__(
+        self, model, tokenizer, heads, system_prompt: str | None = None, max_length: int = 512, batch_size: int = 16
+    ):
         if heads is None:
-            raise TunesmithError("the heads judge needs an adapter with heads.safetensors (trained by the empathy "
-                                 "recipe); use --judge endpoint or --judge file otherwise")
+            raise TunesmithError(
+                "the heads judge needs an adapter with heads.safetensors (trained by the empathy "
+                "recipe); use --judge endpoint or --judge file otherwise"
+            )
         self.model, self.tok, self.heads = model, tokenizer, heads
         self.system_prompt, self.max_length, self.batch_size = system_prompt, max_length, batch_size
 
@@ -129,8 +152,9 @@ class HeadsJudge:
                 d["reply_emotion"] = EMOTIONS[int(pr.argmax())]
                 if p_user is not None:
                     pu = p_user[i]
-                    d["congruence"] = (mass(pu, USER_POSITIVE) * mass(pr, REPLY_SHARED_JOY)
-                                       - mass(pu, USER_NEGATIVE) * mass(pr, REPLY_CHEER))
+                    d["congruence"] = mass(pu, USER_POSITIVE) * mass(pr, REPLY_SHARED_JOY) - mass(
+                        pu, USER_NEGATIVE
+                    ) * mass(pr, REPLY_CHEER)
             if p_strat is not None:
                 shown = strategies_shown(c.text)
                 d["strategy"] = float(sum(p_strat[i][j] for j, s in enumerate(STRATEGIES) if s in shown))
@@ -207,15 +231,27 @@ class EndpointJudge:
 
     name = "endpoint"
 
-    def __init__(self, url: str, model: str, api_key: str | None = None, timeout: float = 120.0, retries: int = 3,
-                 seed: int = 0, max_tokens: int = 600):
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 3,
+        seed: int = 0,
+        max_tokens: int = 600,
+    ):
         self.url, self.model, self.api_key = chat_completions_url(url), model, api_key
         self.timeout, self.retries, self.seed, self.max_tokens = timeout, retries, seed, max_tokens
 
     def request_body(self, prompt: str, replies: list[str]) -> dict:
         blocks = "\n".join(f"[{i}]\n<<<\n{r}\n>>>" for i, r in enumerate(replies, 1))
-        return {"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
-                "messages": [{"role": "user", "content": RUBRIC.format(prompt=prompt, candidates=blocks)}]}
+        return {
+            "model": self.model,
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+            "messages": [{"role": "user", "content": RUBRIC.format(prompt=prompt, candidates=blocks)}],
+        }
 
     def _post(self, body: dict) -> str:
         headers = {"Content-Type": "application/json"}
@@ -233,7 +269,14 @@ class EndpointJudge:
                 last = e
                 if e.code not in (408, 429) and e.code < 500:  # a client error does not get better by retrying
                     break
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, KeyError, IndexError) as e:
+            except (
+                urllib.error.URLError,
+                TimeoutError,
+                ConnectionError,
+                json.JSONDecodeError,
+                KeyError,
+                IndexError,
+            ) as e:
                 last = e
             time.sleep(min(2**attempt, 10) * 0.5)
         raise TunesmithError(f"judge endpoint {self.url} failed: {type(last).__name__}: {last}")

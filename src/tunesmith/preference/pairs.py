@@ -31,8 +31,13 @@ def load_pairs(path: str | Path) -> list[dict]:
     return out
 
 
-def select_pairs(items: list[PromptItem], cands: list[list[Candidate]], scores: list[list[dict] | None],
-                 judge: str, min_gap: float = 0.0) -> tuple[list[dict], dict[str, int]]:
+def select_pairs(
+    items: list[PromptItem],
+    cands: list[list[Candidate]],
+    scores: list[list[dict] | None],
+    judge: str,
+    min_gap: float = 0.0,
+) -> tuple[list[dict], dict[str, int]]:
     """Best vs worst candidate per prompt → pair rows; counts of skipped prompts by reason."""
     pairs, skipped = [], {}
 
@@ -56,13 +61,23 @@ def select_pairs(items: list[PromptItem], cands: list[list[Candidate]], scores: 
         if sc[best].get("issues"):
             skip("no candidate passes the checks")
             continue
-        pairs.append({
-            "id": it.id, "prompt": it.messages,
-            "chosen": [{"role": "assistant", "content": cs[best].text}],
-            "rejected": [{"role": "assistant", "content": cs[worst].text}],
-            "meta": {"judge": judge, "chosen_source": cs[best].source, "rejected_source": cs[worst].source,
-                     "gap": round(gap, 4), **it.meta,
-                     "scores": {c.source: (None if s.get("score") is None else round(s["score"], 4))
-                                for c, s in zip(cs, sc, strict=True)}},
-        })
+        pairs.append(
+            {
+                "id": it.id,
+                "prompt": it.messages,
+                "chosen": [{"role": "assistant", "content": cs[best].text}],
+                "rejected": [{"role": "assistant", "content": cs[worst].text}],
+                "meta": {
+                    "judge": judge,
+                    "chosen_source": cs[best].source,
+                    "rejected_source": cs[worst].source,
+                    "gap": round(gap, 4),
+                    **it.meta,
+                    "scores": {
+                        c.source: (None if s.get("score") is None else round(s["score"], 4))
+                        for c, s in zip(cs, sc, strict=True)
+                    },
+                },
+            }
+        )
     return pairs, skipped

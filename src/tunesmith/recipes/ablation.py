@@ -25,10 +25,27 @@ VARIANTS = {
     "lm_only": {"lambda_emotion": 0.0, "lambda_strategy": 0.0, "lambda_kl": 0.0},
 }
 # spellings of earlier versions: named in the error, never accepted (one name per weight)
-RENAMED = {"lambda_emo": "lambda_emotion", "lambda_strat": "lambda_strategy", "lambda_safe": "lambda_kl",
-           "lambda_safety_kl": "lambda_kl"}
-COLUMNS = ["variant", "lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_kl", "val_loss", "val_lm_loss",
-           "emotion_accuracy", "emotion_f1", "strategy_accuracy", "strategy_f1", "eqbench_score", "safety_rate"]
+RENAMED = {
+    "lambda_emo": "lambda_emotion",
+    "lambda_strat": "lambda_strategy",
+    "lambda_safe": "lambda_kl",
+    "lambda_safety_kl": "lambda_kl",
+}
+COLUMNS = [
+    "variant",
+    "lambda_lm",
+    "lambda_emotion",
+    "lambda_strategy",
+    "lambda_kl",
+    "val_loss",
+    "val_lm_loss",
+    "emotion_accuracy",
+    "emotion_f1",
+    "strategy_accuracy",
+    "strategy_f1",
+    "eqbench_score",
+    "safety_rate",
+]
 
 
 def parse_grid(specs: list[str]) -> dict[str, dict[str, float]]:
@@ -93,9 +110,10 @@ def row(name: str, cfg: EmpathyRunConfig, m: dict) -> dict:
     heads = m.get("heads") or {}
     vl = m.get("validation_loss") or {}
     return {
-        "variant": name, **{k: getattr(cfg.loss, k) for k in ("lambda_lm", "lambda_emotion", "lambda_strategy",
-                                                               "lambda_kl")},
-        "val_loss": vl.get("total"), "val_lm_loss": vl.get("lm"),
+        "variant": name,
+        **{k: getattr(cfg.loss, k) for k in ("lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_kl")},
+        "val_loss": vl.get("total"),
+        "val_lm_loss": vl.get("lm"),
         "emotion_accuracy": (heads.get("emotion") or {}).get("accuracy"),
         "emotion_f1": (heads.get("emotion") or {}).get("weighted_f1"),
         "strategy_accuracy": (heads.get("strategy") or {}).get("accuracy"),

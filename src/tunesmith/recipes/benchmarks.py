@@ -40,8 +40,14 @@ def _gsm8k(cfg, t: Target) -> dict:
     from tunesmith.recipes.gsm8k import evaluate_gsm8k, load_data
 
     _, _, test, pool, _ = load_data(cfg, cfg.run_dir)
-    return evaluate_gsm8k(t.generator, test, pool, cfg.eval.k_shot, cfg.run_dir / f"gsm8k_preds_{cfg.run_name}.jsonl",
-                          cfg.eval.max_new_tokens)
+    return evaluate_gsm8k(
+        t.generator,
+        test,
+        pool,
+        cfg.eval.k_shot,
+        cfg.run_dir / f"gsm8k_preds_{cfg.run_name}.jsonl",
+        cfg.eval.max_new_tokens,
+    )
 
 
 def _eqbench(cfg, t: Target) -> dict:
@@ -56,8 +62,9 @@ def _ailuminate(cfg, t: Target) -> dict:
 
     guard = build_guard(cfg, cfg.model.name)
     prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
-    summary, _ = evaluate_safety(t.generator, guard, prompts, cfg.safety.max_new_tokens,
-                                 cfg.run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl")
+    summary, _ = evaluate_safety(
+        t.generator, guard, prompts, cfg.safety.max_new_tokens, cfg.run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl"
+    )
     return {**summary, "guard": guard.label}
 
 
@@ -68,23 +75,45 @@ def _heads(cfg, t: Target) -> dict:
     if t.heads is None:
         raise ConfigError("the heads benchmark needs an adapter with heads.safetensors (--adapter runs/<run>/adapter)")
     _, held = load_sources(cfg)
-    return head_eval(cfg, t.model, t.heads, held, encode_heldout(cfg, t.tokenizer, held), pad_token_id(t.tokenizer),
-                     cfg.run_dir)
+    return head_eval(
+        cfg, t.model, t.heads, held, encode_heldout(cfg, t.tokenizer, held), pad_token_id(t.tokenizer), cfg.run_dir
+    )
 
 
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("gsm8k", "gsm8k", "GSM8K test, greedy k-shot; lm-eval strict-match and flexible-extract accuracy",
-              "data.gsm8k.limit_test", _gsm8k),
-    Benchmark("eqbench", "empathy", "EQ-Bench v2 (exact scorer): score and parse rate", "eval.eqbench.limit", _eqbench),
-    Benchmark("ailuminate", "gsm8k", "AILuminate prompts judged by the guard (safety.guard): safety rate by hazard",
-              "safety.limit", _ailuminate),
-    Benchmark("heads", "empathy", "emotion/strategy heads on GoEmotions dev / ESConv validation: accuracy, F1",
-              "data.empathy.limit_eval", _heads),
-)}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark(
+            "gsm8k",
+            "gsm8k",
+            "GSM8K test, greedy k-shot; lm-eval strict-match and flexible-extract accuracy",
+            "data.gsm8k.limit_test",
+            _gsm8k,
+        ),
+        Benchmark(
+            "eqbench", "empathy", "EQ-Bench v2 (exact scorer): score and parse rate", "eval.eqbench.limit", _eqbench
+        ),
+        Benchmark(
+            "ailuminate",
+            "gsm8k",
+            "AILuminate prompts judged by the guard (safety.guard): safety rate by hazard",
+            "safety.limit",
+            _ailuminate,
+        ),
+        Benchmark(
+            "heads",
+            "empathy",
+            "emotion/strategy heads on GoEmotions dev / ESConv validation: accuracy, F1",
+            "data.empathy.limit_eval",
+            _heads,
+        ),
+    )
+}
 
 
-def benchmark_config(name: str, model_ref: str, config: Path | None, overrides: list[str],
-                     limit: int | None) -> EvaluatedRunConfig:
+def benchmark_config(
+    name: str, model_ref: str, config: Path | None, overrides: list[str], limit: int | None
+) -> EvaluatedRunConfig:
     """The config a benchmark runs under: `config` (or the recipe's defaults) with the model set
     and training off."""
     if name not in BENCHMARKS:
@@ -115,7 +144,11 @@ def run_benchmark(name: str, cfg: EvaluatedRunConfig, adapter: Path | None) -> d
     model, tok, heads = load_for_inference(adapter, cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code)
     start_run(cfg, chat_template_record(cfg))
     gen = eval_generator(cfg, model, tok, adapter)
-    metrics = {"benchmark": name, "model": cfg.model.name, "adapter": str(adapter) if adapter else None,
-               name: BENCHMARKS[name].evaluate(cfg, Target(model, tok, heads, gen))}
+    metrics = {
+        "benchmark": name,
+        "model": cfg.model.name,
+        "adapter": str(adapter) if adapter else None,
+        name: BENCHMARKS[name].evaluate(cfg, Target(model, tok, heads, gen)),
+    }
     write_json(cfg.run_dir / "metrics.json", metrics)
     return metrics

@@ -19,8 +19,12 @@ def check_inputs(cfg: RunConfig) -> None:
     # the tokenizer and a chat template that takes every role the run uses (system prompt, user,
     # assistant): an unknown hub id or a template that rejects a role fails here
     tok = load_run_tokenizer(cfg)
-    render(tok, with_system([{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}],
-                            cfg.data.system_prompt))
+    render(
+        tok,
+        with_system(
+            [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."}], cfg.data.system_prompt
+        ),
+    )
     if isinstance(cfg, EvaluatedRunConfig):
         check_eval_inputs(cfg, tok)
 
@@ -39,8 +43,11 @@ def check_eval_inputs(cfg: EvaluatedRunConfig, tok) -> None:
         load_prompts(cfg.safety.prompts)  # every row parsed now: a bad CSV must not fail after training
         if cfg.safety.guard.model != "self":
             resolve(cfg.safety.guard.model)
-            load_tokenizer(cfg.safety.guard.model, trust_remote_code=cfg.model.trust_remote_code,
-                           chat_template_kwargs=cfg.model.chat_template_kwargs)
+            load_tokenizer(
+                cfg.safety.guard.model,
+                trust_remote_code=cfg.model.trust_remote_code,
+                chat_template_kwargs=cfg.model.chat_template_kwargs,
+            )
         if cfg.safety.guard.guidelines:
             require_file(cfg.safety.guard.guidelines, "safety guidelines file (safety.guard.guidelines)")
         if cfg.safety.guard.categories:
@@ -63,8 +70,14 @@ def build_model(cfg: RunConfig, with_lora: bool = True):
     tok = load_run_tokenizer(cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(cfg.model.name, cfg.model.dtype, cfg.model.load_in_4bit, cfg.model.revision,
-                           cfg.model.trust_remote_code, cfg.model.attn_implementation)
+        model = load_model(
+            cfg.model.name,
+            cfg.model.dtype,
+            cfg.model.load_in_4bit,
+            cfg.model.revision,
+            cfg.model.trust_remote_code,
+            cfg.model.attn_implementation,
+        )
     for w in caught:
         if "QLoRA" in str(w.message):
             say(f"[yellow]warning:[/] {w.message}")
@@ -73,8 +86,14 @@ def build_model(cfg: RunConfig, with_lora: bool = True):
 
         # LoRA and head initialisation draw from the global RNG: seed it so a config reruns identically
         set_seed(cfg.training.seed)
-        model = add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules,
-                         cfg.training.gradient_checkpointing)
+        model = add_lora(
+            model,
+            cfg.lora.r,
+            cfg.lora.alpha,
+            cfg.lora.dropout,
+            cfg.lora.target_modules,
+            cfg.training.gradient_checkpointing,
+        )
     return model, tok
 
 
@@ -89,13 +108,22 @@ def build_guard(cfg: EvaluatedRunConfig, base_model_ref: str):
     label = f"{ref} prompted as guard (not a trained safety classifier)" if g.model == "self" else ref
     guidelines = load_guidelines(g.guidelines)
     # the evaluated model's chat setup for the self-guard; a separate guard keeps its own template, with the kwargs
-    tok = load_run_tokenizer(cfg) if g.model == "self" else load_tokenizer(
-        ref, trust_remote_code=cfg.model.trust_remote_code, chat_template_kwargs=cfg.model.chat_template_kwargs)
+    tok = (
+        load_run_tokenizer(cfg)
+        if g.model == "self"
+        else load_tokenizer(
+            ref, trust_remote_code=cfg.model.trust_remote_code, chat_template_kwargs=cfg.model.chat_template_kwargs
+        )
+    )
     if g.kind == "classifier":
         from transformers import AutoModelForSequenceClassification
 
-        model = load_model(ref, cfg.model.dtype, model_class=AutoModelForSequenceClassification,
-                           trust_remote_code=cfg.model.trust_remote_code)
+        model = load_model(
+            ref,
+            cfg.model.dtype,
+            model_class=AutoModelForSequenceClassification,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tok.pad_token_id
         return ClassifierGuard(model, tok, guidelines, label, g.batch_size)
@@ -106,12 +134,20 @@ def build_guard(cfg: EvaluatedRunConfig, base_model_ref: str):
     return GenerativeGuard(gen, load_categories(g.categories), guidelines, label)
 
 
-
 def eval_generator(cfg: EvaluatedRunConfig, model, tok, adapter_dir: Path | None, max_new_tokens: int | None = None):
     """The evaluation generator of `eval.backend`: "hf" on the trained model in memory, "vllm" on
     `model.name` with the saved adapter served as a LoRA (base replies: `disable_adapter()`)."""
     from tunesmith.generation.factory import make_generator
 
-    return make_generator(cfg.eval.backend, model, tok, cfg.eval.batch_size, max_new_tokens or cfg.eval.max_new_tokens,
-                          cfg.data.system_prompt, model_ref=cfg.model.name, adapter_dir=adapter_dir,
-                          dtype=cfg.model.dtype, seed=cfg.training.seed)
+    return make_generator(
+        cfg.eval.backend,
+        model,
+        tok,
+        cfg.eval.batch_size,
+        max_new_tokens or cfg.eval.max_new_tokens,
+        cfg.data.system_prompt,
+        model_ref=cfg.model.name,
+        adapter_dir=adapter_dir,
+        dtype=cfg.model.dtype,
+        seed=cfg.training.seed,
+    )

@@ -19,13 +19,18 @@ from pathlib import Path
 from rich.table import Table
 
 from tunesmith.config import DpoRunConfig
+from tunesmith.io import write_json
 from tunesmith.modeling.export import combine_adapters
 from tunesmith.modeling.heads import HEADS_FILE
-from tunesmith.preference.dpo import (TRAIN_MARGIN_SAMPLE, build_trainer, load_start_model, preference_margins,
-                                      split_pairs)
-from tunesmith.io import write_json
-from tunesmith.reporting.model_card import write_model_card
+from tunesmith.preference.dpo import (
+    TRAIN_MARGIN_SAMPLE,
+    build_trainer,
+    load_start_model,
+    preference_margins,
+    split_pairs,
+)
 from tunesmith.recipes.common import chat_template_record, check_inputs
+from tunesmith.reporting.model_card import write_model_card
 from tunesmith.runs import append_summary_row, git_commit, start_run
 from tunesmith.ui import fmt, out, say
 
@@ -41,34 +46,58 @@ def run_dpo(cfg: DpoRunConfig, log: Callable[[str], None] | None = None) -> dict
     trainer = build_trainer(cfg, model, tok, train, run_dir / "trainer")
     main = trainer.is_world_process_zero()
     policy = trainer.model  # the PeftModel (unwrapped), on the training device
-    log(f"DPO on {len(train)} pairs ({len(held)} held out), β={d.beta}, loss {d.loss_type}, "
-        f"start: {cfg.model.name}{' + ' + str(sft) + ' (merged)' if sft else ''}")
-    train_eval = train if len(train) <= TRAIN_MARGIN_SAMPLE else random.Random(cfg.training.seed).sample(train, TRAIN_MARGIN_SAMPLE)
+    log(
+        f"DPO on {len(train)} pairs ({len(held)} held out), β={d.beta}, loss {d.loss_type}, "
+        f"start: {cfg.model.name}{' + ' + str(sft) + ' (merged)' if sft else ''}"
+    )
+    train_eval = (
+        train
+        if len(train) <= TRAIN_MARGIN_SAMPLE
+        else random.Random(cfg.training.seed).sample(train, TRAIN_MARGIN_SAMPLE)
+    )
 
     def margins() -> dict:
-        return {"heldout": preference_margins(policy, tok, held, d.beta, cfg.data.max_length, d.eval_batch_size),
-                "train": preference_margins(policy, tok, train_eval, d.beta, cfg.data.max_length, d.eval_batch_size)}
+        return {
+            "heldout": preference_margins(policy, tok, held, d.beta, cfg.data.max_length, d.eval_batch_size),
+            "train": preference_margins(policy, tok, train_eval, d.beta, cfg.data.max_length, d.eval_batch_size),
+        }
 
     before = margins()
-    log(f"held-out reward margin before: {before['heldout'].get('reward_margin')} "
-        f"(log-prob margin {before['heldout'].get('logp_margin')})")
+    log(
+        f"held-out reward margin before: {before['heldout'].get('reward_margin')} "
+        f"(log-prob margin {before['heldout'].get('logp_margin')})"
+    )
     result = trainer.train()
     after = margins()
-    log(f"held-out reward margin after: {after['heldout'].get('reward_margin')} "
-        f"(log-prob margin {after['heldout'].get('logp_margin')}, reward accuracy {after['heldout'].get('reward_accuracy')})")
+    log(
+        f"held-out reward margin after: {after['heldout'].get('reward_margin')} "
+        f"(log-prob margin {after['heldout'].get('logp_margin')}, reward accuracy {after['heldout'].get('reward_accuracy')})"
+    )
 
     dpo_dir = run_dir / "dpo_adapter"
     trainer.save_model(str(dpo_dir))
     if main:  # TRL also pickles its TrainingArguments there; outputs stay pickle-free
         (dpo_dir / "training_args.bin").unlink(missing_ok=True)
     metrics = {
-        "run": cfg.run_name, "recipe": "dpo", "model": cfg.model.name, "sft_adapter": str(sft) if sft else None,
-        "pairs": {"file": d.pairs, "heldout_file": d.heldout, "train": len(train), "heldout": len(held),
-                  "train_scored": len(train_eval)},
-        "beta": d.beta, "loss_type": d.loss_type,
+        "run": cfg.run_name,
+        "recipe": "dpo",
+        "model": cfg.model.name,
+        "sft_adapter": str(sft) if sft else None,
+        "pairs": {
+            "file": d.pairs,
+            "heldout_file": d.heldout,
+            "train": len(train),
+            "heldout": len(held),
+            "train_scored": len(train_eval),
+        },
+        "beta": d.beta,
+        "loss_type": d.loss_type,
         "margins": {split: {"before": before[split], "after": after[split]} for split in ("heldout", "train")},
-        "training": {"steps": trainer.state.global_step, "train_loss": result.training_loss,
-                     "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1)},
+        "training": {
+            "steps": trainer.state.global_step,
+            "train_loss": result.training_loss,
+            "runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+        },
     }
     if main:
         adapter = run_dir / "adapter"
@@ -82,9 +111,12 @@ def run_dpo(cfg: DpoRunConfig, log: Callable[[str], None] | None = None) -> dict
             shutil.copytree(dpo_dir, tmp)
         shutil.rmtree(adapter, ignore_errors=True)
         tmp.rename(adapter)
-        write_model_card(adapter, cfg, {"training": metrics["training"],
-                                        "heldout_margins": metrics["margins"]["heldout"]},
-                         [x for x in (d.pairs, f"SFT adapter {sft}" if sft else None) if x])
+        write_model_card(
+            adapter,
+            cfg,
+            {"training": metrics["training"], "heldout_margins": metrics["margins"]["heldout"]},
+            [x for x in (d.pairs, f"SFT adapter {sft}" if sft else None) if x],
+        )
         shutil.rmtree(run_dir / "trainer", ignore_errors=True)  # TRL's scratch dir (nothing saved there)
         write_json(run_dir / "training_history.json", trainer.state.log_history)
         write_json(run_dir / "metrics.json", metrics)
@@ -97,13 +129,26 @@ def run_dpo(cfg: DpoRunConfig, log: Callable[[str], None] | None = None) -> dict
 def _summary_row(cfg: DpoRunConfig, m: dict) -> None:
 
     d, t = cfg.dpo, cfg.training
-    append_summary_row(cfg.summary_csv, {
-        "run": cfg.run_name, "recipe": "dpo", "model": cfg.model.name, "data": d.pairs,
-        "method": f"lora+dpo({d.loss_type}, beta={d.beta})", "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha,
-        "learning_rate": t.learning_rate, "batch_size": t.batch_size, "grad_accum": t.grad_accum, "epochs": t.epochs,
-        "train_examples": m["pairs"]["train"], "checkpoint": "adapter",
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
-    })
+    append_summary_row(
+        cfg.summary_csv,
+        {
+            "run": cfg.run_name,
+            "recipe": "dpo",
+            "model": cfg.model.name,
+            "data": d.pairs,
+            "method": f"lora+dpo({d.loss_type}, beta={d.beta})",
+            "lora_r": cfg.lora.r,
+            "lora_alpha": cfg.lora.alpha,
+            "learning_rate": t.learning_rate,
+            "batch_size": t.batch_size,
+            "grad_accum": t.grad_accum,
+            "epochs": t.epochs,
+            "train_examples": m["pairs"]["train"],
+            "checkpoint": "adapter",
+            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+        },
+    )
 
 
 def print_margins(cfg: DpoRunConfig, m: dict) -> None:
@@ -130,8 +175,11 @@ class DpoRecipe:
     def validate(self, cfg: DpoRunConfig) -> list[str]:
         check_inputs(cfg)
         train, held = split_pairs(cfg)
-        return [f"model: {cfg.model.name}", f"sft adapter: {cfg.dpo.sft_adapter or '(none: the base model)'}",
-                f"pairs: {cfg.dpo.pairs} ({len(train)} train / {len(held)} held out)"]
+        return [
+            f"model: {cfg.model.name}",
+            f"sft adapter: {cfg.dpo.sft_adapter or '(none: the base model)'}",
+            f"pairs: {cfg.dpo.pairs} ({len(train)} train / {len(held)} held out)",
+        ]
 
     def train(self, cfg: DpoRunConfig, resume: bool = False) -> Path:
         run_dpo(cfg)

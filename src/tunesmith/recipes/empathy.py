@@ -23,13 +23,12 @@ from tunesmith.errors import DataError
 from tunesmith.generation.factory import make_generator
 from tunesmith.generation.protocol import Generator
 from tunesmith.io import read_jsonl, write_json, write_jsonl
-from tunesmith.modeling.heads import Heads
 from tunesmith.modeling.forward import head_logits
+from tunesmith.modeling.heads import Heads
 from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
-from tunesmith.ui import fmt, out, say
-from tunesmith.runs import git_commit, is_main_process, start_run
 from tunesmith.reporting.report import write_report
-from tunesmith.runs import append_summary_row
+from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
+from tunesmith.ui import fmt, out, say
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -56,7 +55,9 @@ def load_sources(cfg: EmpathyRunConfig) -> tuple[dict[str, list[Example]], dict[
     if cfg.loss.lambda_kl > 0:
         train["kl_prompts"] = load_kl_prompts(e.kl_prompts)
     if not any(train.get(k) for k in ("esconv", "goemotions", "empathetic_dialogues")):
-        raise DataError("the empathy recipe needs at least one of data.empathy.esconv / goemotions / empathetic_dialogues")
+        raise DataError(
+            "the empathy recipe needs at least one of data.empathy.esconv / goemotions / empathetic_dialogues"
+        )
     if e.limit_eval:
         import random
 
@@ -76,8 +77,9 @@ class Features:
     def get(self, name: str, i: int) -> Encoded:
         key = (name, i)
         if key not in self.cache:
-            self.cache[key] = encode(self.tok, self.sources[name][i], self.cfg.data.max_length,
-                                     self.cfg.data.system_prompt, train_on="last")
+            self.cache[key] = encode(
+                self.tok, self.sources[name][i], self.cfg.data.max_length, self.cfg.data.system_prompt, train_on="last"
+            )
         return self.cache[key]
 
 
@@ -91,25 +93,42 @@ def add_kl_responses(cfg: EmpathyRunConfig, model, tok, prompts: list[Example], 
     todo = [p for p in prompts if p.messages[-1]["content"] not in cached]
     if todo:
         # training data, made before any adapter exists: on the model in memory, whatever eval.backend says
-        gen = make_generator("hf", model, tok, cfg.eval.batch_size, cfg.data.empathy.kl_response_tokens,
-                             cfg.data.system_prompt)
+        gen = make_generator(
+            "hf", model, tok, cfg.eval.batch_size, cfg.data.empathy.kl_response_tokens, cfg.data.system_prompt
+        )
         with gen.disable_adapter():
             replies = gen.chat([p.messages for p in todo], description="base replies to safety prompts")
         cached |= {p.messages[-1]["content"]: r for p, r in zip(todo, replies, strict=True)}
         write_jsonl(path, [{"prompt": k, "response": v} for k, v in cached.items()])
-    return [Example(messages=[*p.messages, {"role": "assistant", "content": cached[p.messages[-1]["content"]]}],
-                    is_kl_prompt=True, source=p.source, meta=p.meta) for p in prompts]
+    return [
+        Example(
+            messages=[*p.messages, {"role": "assistant", "content": cached[p.messages[-1]["content"]]}],
+            is_kl_prompt=True,
+            source=p.source,
+            meta=p.meta,
+        )
+        for p in prompts
+    ]
 
 
 # ---- evaluation -----------------------------------------------------------------------------
 def encode_heldout(cfg: EmpathyRunConfig, tok, held: dict[str, list[Example]]) -> dict[str, list[Encoded]]:
-    return {k: [encode(tok, x, cfg.data.max_length, cfg.data.system_prompt, train_on="last") for x in v]
-            for k, v in held.items()}
+    return {
+        k: [encode(tok, x, cfg.data.max_length, cfg.data.system_prompt, train_on="last") for x in v]
+        for k, v in held.items()
+    }
 
 
-def head_eval(cfg: EmpathyRunConfig, model, heads: Heads | None, held: dict[str, list[Example]],
-              held_feats: dict[str, list[Encoded]], pad_id: int, run_dir: Path,
-              logits: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
+def head_eval(
+    cfg: EmpathyRunConfig,
+    model,
+    heads: Heads | None,
+    held: dict[str, list[Example]],
+    held_feats: dict[str, list[Encoded]],
+    pad_id: int,
+    run_dir: Path,
+    logits: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> dict:
     """Head accuracy/F1 on the held-out sets; `logits` (source → head → per-example logits) are
     reused from the validation-loss pass when given, else computed here."""
     from tunesmith.evaluation.head_metrics import head_metrics
@@ -130,13 +149,20 @@ def head_eval(cfg: EmpathyRunConfig, model, heads: Heads | None, held: dict[str,
             head_out = head_logits(model, heads, feats, pad_id, cfg.eval.batch_size)[head]
         y_true = [getattr(x, head) for x in exs]
         y_pred = head_out.argmax(-1).tolist()
-        m = head_metrics(y_true, y_pred, labels, png_path=run_dir / "plots" / f"confusion_{head}.png",
-                         title=f"{head} head on {source} held-out")
+        m = head_metrics(
+            y_true,
+            y_pred,
+            labels,
+            png_path=run_dir / "plots" / f"confusion_{head}.png",
+            title=f"{head} head on {source} held-out",
+        )
         m["data"] = f"{source} held-out"
         m["confusion_png"] = f"plots/confusion_{head}.png"  # relative: the run dir can move
         results[head] = m
-        write_jsonl(run_dir / f"{head}_preds_{cfg.run_name}.jsonl",
-                    [{"true": labels[t], "pred": labels[p]} for t, p in zip(y_true, y_pred, strict=True)])
+        write_jsonl(
+            run_dir / f"{head}_preds_{cfg.run_name}.jsonl",
+            [{"true": labels[t], "pred": labels[p]} for t, p in zip(y_true, y_pred, strict=True)],
+        )
     return results
 
 
@@ -150,9 +176,15 @@ def eqbench_eval(cfg: EmpathyRunConfig, gen: Generator, out_path: Path) -> dict 
     if q.limit:
         questions = questions[: q.limit]
     r = eqbench.run_eqbench(gen.chat, questions, out_path, revise=q.revise)
-    return {"score": r.score, "parse_rate": r.parse_rate, "valid": r.valid, "n_parsed": r.n_parsed,
-            "n_total": r.n_total, "mode": "revise" if q.revise else "plain",
-            "comparable": r.n_total == eqbench.N_QUESTIONS}
+    return {
+        "score": r.score,
+        "parse_rate": r.parse_rate,
+        "valid": r.valid,
+        "n_parsed": r.n_parsed,
+        "n_total": r.n_total,
+        "mode": "revise" if q.revise else "plain",
+        "comparable": r.n_total == eqbench.N_QUESTIONS,
+    }
 
 
 def scenarios() -> list[dict]:
@@ -166,8 +198,10 @@ def samples(cfg: EmpathyRunConfig, model, tok, heads: Heads | None, gen: Generat
     with gen.disable_adapter():
         base = gen.chat(convs, max_new_tokens=cfg.safety.max_new_tokens, description="samples (base)")
     tuned = gen.chat(convs, max_new_tokens=cfg.safety.max_new_tokens, description="samples (tuned)")
-    rows = [{"scenario": s["scenario"], "prompt": s["prompt"], "base": b, "tuned": t}
-            for s, b, t in zip(items, base, tuned, strict=True)]
+    rows = [
+        {"scenario": s["scenario"], "prompt": s["prompt"], "base": b, "tuned": t}
+        for s, b, t in zip(items, base, tuned, strict=True)
+    ]
     if heads is not None:
         feats = [encode(tok, Example(messages=c), cfg.data.max_length, cfg.data.system_prompt) for c in convs]
         logits = head_logits(model, heads, feats, pad_token_id(tok))
@@ -185,35 +219,54 @@ def prepare(cfg: EmpathyRunConfig, resume: bool):
     run_dir = start_run(cfg, chat_template_record(cfg))
     train_src, held = load_sources(cfg)
     model, tok = build_model(cfg)
-    heads = Heads(model.config.hidden_size, cfg.heads.emotion and cfg.loss.lambda_emotion > 0,
-                  cfg.heads.strategy and cfg.loss.lambda_strategy > 0, cfg.heads.dropout, cfg.heads.pooling)
+    heads = Heads(
+        model.config.hidden_size,
+        cfg.heads.emotion and cfg.loss.lambda_emotion > 0,
+        cfg.heads.strategy and cfg.loss.lambda_strategy > 0,
+        cfg.heads.dropout,
+        cfg.heads.pooling,
+    )
     heads = heads.to(next(model.parameters()).device) if heads.emotion or heads.strategy else None
     if "kl_prompts" in train_src:
         train_src["kl_prompts"] = add_kl_responses(cfg, model, tok, train_src["kl_prompts"], run_dir)
     return run_dir, train_src, held, model, tok, heads
 
 
-def train_model(cfg: EmpathyRunConfig, run_dir: Path, train_src, held_feats, model, tok, heads: Heads | None, resume: bool):
+def train_model(
+    cfg: EmpathyRunConfig, run_dir: Path, train_src, held_feats, model, tok, heads: Heads | None, resume: bool
+):
     """Train; then one pass over the held-out sets gives the validation loss and the heads' logits
     (returned per source for `head_eval`)."""
     from tunesmith.data.mixing import MixtureSampler
     from tunesmith.training.trainer import Trainer, TrainModule, evaluate_loss
 
-    sampler = MixtureSampler(train_src, alpha=cfg.data.empathy.alpha, epoch_size=cfg.data.empathy.examples_per_epoch,
-                             seed=cfg.training.seed)
+    sampler = MixtureSampler(
+        train_src, alpha=cfg.data.empathy.alpha, epoch_size=cfg.data.empathy.examples_per_epoch, seed=cfg.training.seed
+    )
     feats = Features(tok, cfg, train_src)
-    say("mixture per epoch (p ∝ n^α, α=%s): %s" % (cfg.data.empathy.alpha, ", ".join(
-        f"{k} {v} of {sampler.sizes[k]}" for k, v in sorted(sampler.counts.items()))))
+    mix = ", ".join(f"{k} {v} of {sampler.sizes[k]}" for k, v in sorted(sampler.counts.items()))
+    say(f"mixture per epoch (p ∝ n^α, α={cfg.data.empathy.alpha}): {mix}")
 
     def epoch_data(epoch: int) -> list[Encoded]:
         return [feats.get(name, i) for name, i in sampler.epoch_plan(epoch)]
 
     val = [f for feats_ in held_feats.values() for f in feats_]
     # the held-out sets double as the validation set during training when eval_steps asks for it
-    trainer = Trainer(model, tok, cfg.training, epoch_data, run_dir, heads=heads, loss=cfg.loss,
-                      kl="kl_prompts" in train_src, log=say, validation=val if cfg.training.eval_steps else None,
-                      eval_batch_size=cfg.eval.batch_size, run_name=cfg.run_name,
-                      tracker_config=cfg.model_dump(mode="json"))
+    trainer = Trainer(
+        model,
+        tok,
+        cfg.training,
+        epoch_data,
+        run_dir,
+        heads=heads,
+        loss=cfg.loss,
+        kl="kl_prompts" in train_src,
+        log=say,
+        validation=val if cfg.training.eval_steps else None,
+        eval_batch_size=cfg.eval.batch_size,
+        run_name=cfg.run_name,
+        tracker_config=cfg.model_dump(mode="json"),
+    )
     trainer.train(resume=resume)
     module: TrainModule = trainer.unwrapped()
     flat: dict[str, torch.Tensor] = {}
@@ -228,20 +281,29 @@ def train_model(cfg: EmpathyRunConfig, run_dir: Path, train_src, held_feats, mod
         from tunesmith.reporting.model_card import metrics_data, write_model_card
 
         st = trainer.state
-        write_model_card(run_dir / "adapter", cfg, {
-            "train": {"steps": st.step, "final_loss": st.history[-1]["loss"] if st.history else None},
-            "validation_loss": {**{k: v for k, v in val_loss.items() if v is not None}, "total": total}},
-            metrics_data(cfg.model_dump(mode="json")))
-    return {"validation_loss": {**val_loss, "total": total}, "mixing": {"alpha": cfg.data.empathy.alpha,
-                                                                         "counts_per_epoch": sampler.counts,
-                                                                         "sizes": sampler.sizes}}, held_logits
+        write_model_card(
+            run_dir / "adapter",
+            cfg,
+            {
+                "train": {"steps": st.step, "final_loss": st.history[-1]["loss"] if st.history else None},
+                "validation_loss": {**{k: v for k, v in val_loss.items() if v is not None}, "total": total},
+            },
+            metrics_data(cfg.model_dump(mode="json")),
+        )
+    return {
+        "validation_loss": {**val_loss, "total": total},
+        "mixing": {"alpha": cfg.data.empathy.alpha, "counts_per_epoch": sampler.counts, "sizes": sampler.sizes},
+    }, held_logits
 
 
 def run(cfg: EmpathyRunConfig, resume: bool = False, evaluate: bool = True) -> dict:
     run_dir, train_src, held, model, tok, heads = prepare(cfg, resume)
-    metrics: dict = {"run": cfg.run_name, "recipe": "empathy",
-                     "train_sizes": {k: len(v) for k, v in train_src.items()},
-                     "heldout_sizes": {k: len(v) for k, v in held.items()}}
+    metrics: dict = {
+        "run": cfg.run_name,
+        "recipe": "empathy",
+        "train_sizes": {k: len(v) for k, v in train_src.items()},
+        "heldout_sizes": {k: len(v) for k, v in held.items()},
+    }
     held_feats = encode_heldout(cfg, tok, held)
     held_logits = None
     if cfg.training.enabled:
@@ -256,8 +318,17 @@ def run(cfg: EmpathyRunConfig, resume: bool = False, evaluate: bool = True) -> d
     return finish(cfg, metrics)
 
 
-def evaluate_run(cfg: EmpathyRunConfig, run_dir: Path, model, tok, heads: Heads | None, held, held_feats,
-                 resume: bool = False, held_logits: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
+def evaluate_run(
+    cfg: EmpathyRunConfig,
+    run_dir: Path,
+    model,
+    tok,
+    heads: Heads | None,
+    held,
+    held_feats,
+    resume: bool = False,
+    held_logits: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> dict:
     m: dict = {}
     m["heads"] = head_eval(cfg, model, heads, held, held_feats, pad_token_id(tok), run_dir, held_logits)
     gen = eval_generator(cfg, model, tok, run_dir / "adapter" if cfg.training.enabled else None)
@@ -271,10 +342,22 @@ def evaluate_run(cfg: EmpathyRunConfig, run_dir: Path, model, tok, heads: Heads 
         guard = build_guard(cfg, cfg.model.name)
         prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
         with gen.disable_adapter():
-            base, _ = evaluate_safety(gen, guard, prompts, cfg.safety.max_new_tokens,
-                                      run_dir / f"ailuminate_safety_{cfg.run_name}-base.jsonl", resume=resume)
-        tuned, _ = evaluate_safety(gen, guard, prompts, cfg.safety.max_new_tokens,
-                                   run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl", resume=resume)
+            base, _ = evaluate_safety(
+                gen,
+                guard,
+                prompts,
+                cfg.safety.max_new_tokens,
+                run_dir / f"ailuminate_safety_{cfg.run_name}-base.jsonl",
+                resume=resume,
+            )
+        tuned, _ = evaluate_safety(
+            gen,
+            guard,
+            prompts,
+            cfg.safety.max_new_tokens,
+            run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl",
+            resume=resume,
+        )
         m["safety"] = {"base": base, "tuned": tuned, "guard": guard.label}
         del guard
     if cfg.eval.samples:
@@ -287,19 +370,31 @@ def finish(cfg: EmpathyRunConfig, metrics: dict) -> dict:
     heads = metrics.get("heads") or {}
     eq = (metrics.get("eqbench") or {}).get("tuned") or {}
     safety = ((metrics.get("safety") or {}).get("tuned")) or {}
-    append_summary_row(cfg.summary_csv, {
-        "run": cfg.run_name, "recipe": "empathy", "model": cfg.model.name,
-        "data": "+".join(sorted(metrics.get("train_sizes", {}))),
-        "method": ("qlora" if cfg.model.load_in_4bit else "lora") + "+heads+kl",
-        "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "learning_rate": cfg.training.learning_rate,
-        "batch_size": cfg.training.batch_size, "grad_accum": cfg.training.grad_accum, "epochs": cfg.training.epochs,
-        "train_examples": sum((metrics.get("mixing") or {}).get("counts_per_epoch", {}).values()) or None,
-        "eqbench_score": eq.get("score"), "eqbench_parse_rate": eq.get("parse_rate"),
-        "emotion_accuracy": (heads.get("emotion") or {}).get("accuracy"),
-        "strategy_accuracy": (heads.get("strategy") or {}).get("accuracy"),
-        "safety_rate": safety.get("safety_rate"), "checkpoint": "adapter",
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
-    })
+    append_summary_row(
+        cfg.summary_csv,
+        {
+            "run": cfg.run_name,
+            "recipe": "empathy",
+            "model": cfg.model.name,
+            "data": "+".join(sorted(metrics.get("train_sizes", {}))),
+            "method": ("qlora" if cfg.model.load_in_4bit else "lora") + "+heads+kl",
+            "lora_r": cfg.lora.r,
+            "lora_alpha": cfg.lora.alpha,
+            "learning_rate": cfg.training.learning_rate,
+            "batch_size": cfg.training.batch_size,
+            "grad_accum": cfg.training.grad_accum,
+            "epochs": cfg.training.epochs,
+            "train_examples": sum((metrics.get("mixing") or {}).get("counts_per_epoch", {}).values()) or None,
+            "eqbench_score": eq.get("score"),
+            "eqbench_parse_rate": eq.get("parse_rate"),
+            "emotion_accuracy": (heads.get("emotion") or {}).get("accuracy"),
+            "strategy_accuracy": (heads.get("strategy") or {}).get("accuracy"),
+            "safety_rate": safety.get("safety_rate"),
+            "checkpoint": "adapter",
+            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+        },
+    )
     print_table(cfg, metrics)
     md, html = write_report(cfg.run_dir)
     say(f"report: {html}")
@@ -322,7 +417,11 @@ def print_table(cfg: EmpathyRunConfig, m: dict) -> None:
         t.add_row(f"{head} majority-class accuracy", fmt(hm["majority_accuracy"]), "")
     s = m.get("safety") or {}
     if s:
-        t.add_row(f"safety rate ({s['tuned']['total']} prompts)", fmt(s["base"]["safety_rate"]), fmt(s["tuned"]["safety_rate"]))
+        t.add_row(
+            f"safety rate ({s['tuned']['total']} prompts)",
+            fmt(s["base"]["safety_rate"]),
+            fmt(s["tuned"]["safety_rate"]),
+        )
     vl = m.get("validation_loss") or {}
     for k in ("lm", "emotion", "strategy", "kl"):
         if vl.get(k) is not None:
@@ -342,18 +441,24 @@ def validate(cfg: EmpathyRunConfig) -> list[str]:
     from tunesmith.modeling.loading import load_run_tokenizer
 
     tok = load_run_tokenizer(cfg)
-    for name, exs in train.items():
+    for exs in train.values():
         encode(tok, exs[0], cfg.data.max_length, cfg.data.system_prompt, train_on="last")
-    counts = mixture_counts({k: len(v) for k, v in train.items()}, cfg.data.empathy.alpha,
-                            cfg.data.empathy.examples_per_epoch)
-    return [f"model: {cfg.model.name}"] + [f"train {k}: {len(v)} examples, {counts[k]} per epoch" for k, v in train.items()] + [
-        f"held-out {k}: {len(v)}" for k, v in held.items()]
+    counts = mixture_counts(
+        {k: len(v) for k, v in train.items()}, cfg.data.empathy.alpha, cfg.data.empathy.examples_per_epoch
+    )
+    return (
+        [f"model: {cfg.model.name}"]
+        + [f"train {k}: {len(v)} examples, {counts[k]} per epoch" for k, v in train.items()]
+        + [f"held-out {k}: {len(v)}" for k, v in held.items()]
+    )
 
 
 class EmpathyRecipe:
     name = "empathy"
-    summary = ("multi-task LoRA: LM + emotion/strategy heads + KL to the base on ESConv/GoEmotions/ED; "
-               "EQ-Bench v2, head metrics, safety, samples")
+    summary = (
+        "multi-task LoRA: LM + emotion/strategy heads + KL to the base on ESConv/GoEmotions/ED; "
+        "EQ-Bench v2, head metrics, safety, samples"
+    )
     config_class = EmpathyRunConfig
 
     def validate(self, cfg: EmpathyRunConfig) -> list[str]:

@@ -18,22 +18,28 @@ from pathlib import Path
 from rich.table import Table
 
 from tunesmith.config import Gsm8kRunConfig
-from tunesmith.data.sources import gsm8k as data
 from tunesmith.data.chat import encode
-from tunesmith.errors import DataError
 from tunesmith.data.reasoning import split_reasoning
+from tunesmith.data.sources import gsm8k as data
+from tunesmith.errors import DataError
 from tunesmith.evaluation.gsm8k import INVALID, MODES, extract_answer, is_correct
 from tunesmith.generation.protocol import Generator
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
 from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
-from tunesmith.ui import fmt, out, say
-from tunesmith.runs import git_commit, is_main_process, start_run
 from tunesmith.reporting.report import write_report
-from tunesmith.runs import append_summary_row
+from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
+from tunesmith.ui import fmt, out, say
 
 
-def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: int, out_path: Path | None,
-                   max_new_tokens: int, resume: bool = False) -> dict:
+def evaluate_gsm8k(
+    generator: Generator,
+    test: list[dict],
+    pool: list[dict],
+    k: int,
+    out_path: Path | None,
+    max_new_tokens: int,
+    resume: bool = False,
+) -> dict:
     """Greedy answers with the first k pool examples as prior turns; strict, flexible and lenient accuracy.
 
     Results are saved batch by batch; with resume=True finished questions are not asked again.
@@ -48,8 +54,13 @@ def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: 
         for i, text in zip(idx, texts, strict=True):
             r = todo[i]
             reasoning, answer = split_reasoning(text)  # a think block is not the answer
-            row = {"question": r["question"], "gold": data.gold_answer(r["answer"]), "output": answer,
-                   "reasoning": reasoning, "k_shot": k}
+            row = {
+                "question": r["question"],
+                "gold": data.gold_answer(r["answer"]),
+                "output": answer,
+                "reasoning": reasoning,
+                "k_shot": k,
+            }
             for mode in MODES:
                 row[mode] = extract_answer(answer, mode)
                 row[f"{mode}_correct"] = is_correct(row[mode], r["answer"], mode)
@@ -60,14 +71,21 @@ def evaluate_gsm8k(generator: Generator, test: list[dict], pool: list[dict], k: 
             done.update({row["question"]: row for row in rows})
 
     if todo:
-        generator.chat([shots + [{"role": "user", "content": r["question"]}] for r in todo],
-                       max_new_tokens=max_new_tokens, description="gsm8k", on_batch=record)
+        generator.chat(
+            [shots + [{"role": "user", "content": r["question"]}] for r in todo],
+            max_new_tokens=max_new_tokens,
+            description="gsm8k",
+            on_batch=record,
+        )
     rows = store.finalize(r["question"] for r in test) if store else [done[r["question"]] for r in test]
     n = len(rows)
     # rows resumed from a file written before the lenient score existed have none
-    return {"n": n, **{f"{m}_accuracy": sum(bool(r.get(f"{m}_correct")) for r in rows) / n for m in MODES},
-            # the answer format a short run moves first, long before accuracy: a `#### N` line lm-eval can read
-            "format_rate": sum(r["strict"] != INVALID for r in rows) / n}
+    return {
+        "n": n,
+        **{f"{m}_accuracy": sum(bool(r.get(f"{m}_correct")) for r in rows) / n for m in MODES},
+        # the answer format a short run moves first, long before accuracy: a `#### N` line lm-eval can read
+        "format_rate": sum(r["strict"] != INVALID for r in rows) / n,
+    }
 
 
 def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
@@ -96,11 +114,28 @@ def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
 def _trainer(cfg: Gsm8kRunConfig, model, tok, features, run_dir: Path, validation: list[dict]):
     from tunesmith.training.trainer import Trainer
 
-    val = [f for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in validation)
-           if f.n_labels] if cfg.training.eval_steps else None
-    return Trainer(model, tok, cfg.training, lambda epoch: features, run_dir, log=say,
-                   validation=val, eval_batch_size=cfg.eval.batch_size,
-                   pack_length=cfg.data.max_length, run_name=cfg.run_name, tracker_config=cfg.model_dump(mode="json"))
+    val = (
+        [
+            f
+            for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in validation)
+            if f.n_labels
+        ]
+        if cfg.training.eval_steps
+        else None
+    )
+    return Trainer(
+        model,
+        tok,
+        cfg.training,
+        lambda epoch: features,
+        run_dir,
+        log=say,
+        validation=val,
+        eval_batch_size=cfg.eval.batch_size,
+        pack_length=cfg.data.max_length,
+        run_name=cfg.run_name,
+        tracker_config=cfg.model_dump(mode="json"),
+    )
 
 
 def _card(cfg: Gsm8kRunConfig, run_dir: Path, trainer, extra: dict | None = None) -> None:
@@ -119,7 +154,9 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
     run_dir = start_run(cfg, chat_template_record(cfg))
     train_ref, train, test, pool, validation = load_data(cfg, run_dir)
     name = cfg.run_name
-    say(f"run [bold]{name}[/]: {len(train)} train / {len(test)} test questions from {train_ref} and {cfg.data.gsm8k.test}")
+    say(
+        f"run [bold]{name}[/]: {len(train)} train / {len(test)} test questions from {train_ref} and {cfg.data.gsm8k.test}"
+    )
 
     model, tok = build_model(cfg)
     metrics: dict = {"run": name, "train_examples": len(train), "test_examples": len(test)}
@@ -147,15 +184,22 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
             return None
         from tunesmith.evaluation.ailuminate import evaluate_safety
 
-        summary, _ = evaluate_safety(gen, safety_guard, prompts, cfg.safety.max_new_tokens,
-                                     run_dir / f"ailuminate_safety_{tag}.jsonl", resume=resume)
+        summary, _ = evaluate_safety(
+            gen,
+            safety_guard,
+            prompts,
+            cfg.safety.max_new_tokens,
+            run_dir / f"ailuminate_safety_{tag}.jsonl",
+            resume=resume,
+        )
         return {**summary, "guard": safety_guard.label}
 
     if cfg.training.enabled and cfg.eval.checkpoint_sweep.enabled:
         checkpoint, sweep_metrics = sweep(cfg, trainer, gen, validation, pool, safety_of, run_dir, resume)
         metrics.update(sweep_metrics)
-    metrics["tuned"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}.jsonl",
-                                      cfg.eval.max_new_tokens, resume)
+    metrics["tuned"] = evaluate_gsm8k(
+        gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}.jsonl", cfg.eval.max_new_tokens, resume
+    )
     if "safety" not in metrics:
         metrics["safety"] = safety_of(name)
     # the base model is the same weights with the adapter disabled, so it is scored after training (under
@@ -163,9 +207,18 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
     # checkpoint choice, so no test question is answered before it
     if cfg.eval.evaluate_base:
         with gen.disable_adapter():
-            metrics["base"] = evaluate_gsm8k(gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}-base.jsonl",
-                                             cfg.eval.max_new_tokens, resume)
-        say(f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}")
+            metrics["base"] = evaluate_gsm8k(
+                gen,
+                test,
+                pool,
+                cfg.eval.k_shot,
+                run_dir / f"gsm8k_preds_{name}-base.jsonl",
+                cfg.eval.max_new_tokens,
+                resume,
+            )
+        say(
+            f"base model: strict {metrics['base']['strict_accuracy']:.3f} flexible {metrics['base']['flexible_accuracy']:.3f}"
+        )
         if safety_guard:
             with gen.disable_adapter():
                 metrics["base_safety"] = safety_of(f"{name}-base")
@@ -178,8 +231,15 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
         metrics["heldout_loss"] = {"n": len(trainer.validation), "base": base_loss, "tuned": tuned_loss}
     metrics["checkpoint"] = checkpoint
     if cfg.training.enabled:
-        _card(cfg, run_dir, trainer, {"gsm8k": {k: metrics["tuned"][k] for k in ("strict_accuracy", "flexible_accuracy")},
-                                      **({"safety_rate": metrics["safety"]["safety_rate"]} if metrics.get("safety") else {})})
+        _card(
+            cfg,
+            run_dir,
+            trainer,
+            {
+                "gsm8k": {k: metrics["tuned"][k] for k in ("strict_accuracy", "flexible_accuracy")},
+                **({"safety_rate": metrics["safety"]["safety_rate"]} if metrics.get("safety") else {}),
+            },
+        )
     return finish(cfg, metrics, train_ref)
 
 
@@ -189,8 +249,16 @@ def side_by_side(run_dir: Path, name: str, test: list[dict], n: int = 3) -> list
 
     tuned = {r["question"]: r for r in read_jsonl(run_dir / f"gsm8k_preds_{name}.jsonl")}
     base = {r["question"]: r for r in read_jsonl(run_dir / f"gsm8k_preds_{name}-base.jsonl")}
-    return [{"scenario": f"GSM8K test question (gold {base[q]['gold']})", "prompt": q, "base": base[q]["output"],
-             "tuned": tuned[q]["output"]} for q in (r["question"] for r in test[:n]) if q in base and q in tuned]
+    return [
+        {
+            "scenario": f"GSM8K test question (gold {base[q]['gold']})",
+            "prompt": q,
+            "base": base[q]["output"],
+            "tuned": tuned[q]["output"],
+        }
+        for q in (r["question"] for r in test[:n])
+        if q in base and q in tuned
+    ]
 
 
 def choose(scores: list[dict]) -> dict:
@@ -198,22 +266,45 @@ def choose(scores: list[dict]) -> dict:
     return max(scores, key=lambda s: (s["strict_accuracy"], s["flexible_accuracy"], s["safety_rate"] or 0))
 
 
-def sweep(cfg: Gsm8kRunConfig, trainer, gen: Generator, validation: list[dict], pool, safety_of, run_dir: Path,
-          resume: bool = False):
+def sweep(
+    cfg: Gsm8kRunConfig,
+    trainer,
+    gen: Generator,
+    validation: list[dict],
+    pool,
+    safety_of,
+    run_dir: Path,
+    resume: bool = False,
+):
     """Score the latest N checkpoints on the validation split (never the test set) and load the best.
 
     The caller scores only the chosen checkpoint on the test set, after this returns.
     """
     scores = []
-    for ck in trainer.checkpoints()[-cfg.eval.checkpoint_sweep.last_n:]:
+    for ck in trainer.checkpoints()[-cfg.eval.checkpoint_sweep.last_n :]:
         gen.use_adapter(ck)
         tag = f"{cfg.run_name}-{ck.name}"
-        acc = evaluate_gsm8k(gen, validation, pool, cfg.eval.k_shot, run_dir / f"gsm8k_validation_preds_{tag}.jsonl",
-                             cfg.eval.max_new_tokens, resume)
+        acc = evaluate_gsm8k(
+            gen,
+            validation,
+            pool,
+            cfg.eval.k_shot,
+            run_dir / f"gsm8k_validation_preds_{tag}.jsonl",
+            cfg.eval.max_new_tokens,
+            resume,
+        )
         safety = safety_of(tag)
-        scores.append({"checkpoint": ck.name, "split": "validation", "n": acc["n"],
-                       **{f"{m}_accuracy": acc[f"{m}_accuracy"] for m in MODES},
-                       "safety_rate": safety["safety_rate"] if safety else None, "_safety": safety, "_path": ck})
+        scores.append(
+            {
+                "checkpoint": ck.name,
+                "split": "validation",
+                "n": acc["n"],
+                **{f"{m}_accuracy": acc[f"{m}_accuracy"] for m in MODES},
+                "safety_rate": safety["safety_rate"] if safety else None,
+                "_safety": safety,
+                "_path": ck,
+            }
+        )
     best = choose(scores)
     fields = ["checkpoint", "split", "n", *(f"{m}_accuracy" for m in MODES), "safety_rate"]
     with atomic_open(run_dir / f"checkpoint_scores_{cfg.run_name}.csv", newline="") as f:
@@ -226,10 +317,14 @@ def sweep(cfg: Gsm8kRunConfig, trainer, gen: Generator, validation: list[dict], 
     src = run_dir / f"ailuminate_safety_{cfg.run_name}-{best['checkpoint']}.jsonl"
     if src.is_file():
         (run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl").write_bytes(src.read_bytes())
-    say(f"checkpoint sweep: chose {best['checkpoint']} on {len(validation)} validation questions "
-        f"(strict {best['strict_accuracy']:.3f})")
-    return best["checkpoint"], {"safety": best["_safety"],
-                                "sweep": [{k: v for k, v in s.items() if not k.startswith("_")} for s in scores]}
+    say(
+        f"checkpoint sweep: chose {best['checkpoint']} on {len(validation)} validation questions "
+        f"(strict {best['strict_accuracy']:.3f})"
+    )
+    return best["checkpoint"], {
+        "safety": best["_safety"],
+        "sweep": [{k: v for k, v in s.items() if not k.startswith("_")} for s in scores],
+    }
 
 
 def finish(cfg: Gsm8kRunConfig, metrics: dict, train_ref: str) -> dict:
@@ -244,39 +339,66 @@ def finish(cfg: Gsm8kRunConfig, metrics: dict, train_ref: str) -> dict:
     metrics["thresholds"] = [{"metric": m, "value": v, "threshold": need, "passed": v >= need} for m, v, need in checks]
     metrics["passed"] = passed
     write_json(cfg.run_dir / "metrics.json", metrics)
-    append_summary_row(cfg.summary_csv, {
-        "run": cfg.run_name, "recipe": cfg.recipe, "model": cfg.model.name, "data": train_ref,
-        "method": ("qlora" if cfg.model.load_in_4bit else "lora") if cfg.training.enabled else "none",
-        "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "learning_rate": cfg.training.learning_rate,
-        "batch_size": cfg.training.batch_size, "grad_accum": cfg.training.grad_accum, "epochs": cfg.training.epochs,
-        "k_shot": cfg.eval.k_shot, "train_examples": metrics["train_examples"],
-        "strict_accuracy": t["strict_accuracy"], "flexible_accuracy": t["flexible_accuracy"],
-        "base_strict_accuracy": base.get("strict_accuracy"), "base_flexible_accuracy": base.get("flexible_accuracy"),
-        "safety_rate": safety.get("safety_rate"), "checkpoint": metrics.get("checkpoint"),
-        "passed": passed, "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
-    })
+    append_summary_row(
+        cfg.summary_csv,
+        {
+            "run": cfg.run_name,
+            "recipe": cfg.recipe,
+            "model": cfg.model.name,
+            "data": train_ref,
+            "method": ("qlora" if cfg.model.load_in_4bit else "lora") if cfg.training.enabled else "none",
+            "lora_r": cfg.lora.r,
+            "lora_alpha": cfg.lora.alpha,
+            "learning_rate": cfg.training.learning_rate,
+            "batch_size": cfg.training.batch_size,
+            "grad_accum": cfg.training.grad_accum,
+            "epochs": cfg.training.epochs,
+            "k_shot": cfg.eval.k_shot,
+            "train_examples": metrics["train_examples"],
+            "strict_accuracy": t["strict_accuracy"],
+            "flexible_accuracy": t["flexible_accuracy"],
+            "base_strict_accuracy": base.get("strict_accuracy"),
+            "base_flexible_accuracy": base.get("flexible_accuracy"),
+            "safety_rate": safety.get("safety_rate"),
+            "checkpoint": metrics.get("checkpoint"),
+            "passed": passed,
+            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+        },
+    )
     table = Table(title=f"tunesmith · {cfg.run_name} ({t['n']} GSM8K questions, {cfg.eval.k_shot}-shot)")
     table.add_column("metric")
     if base:
         table.add_column("base", justify="right")
     table.add_column("tuned", justify="right")
-    for key, label in (("format_rate", "replies with a `#### N` answer line"),
-                       ("strict_accuracy", "GSM8K strict-match (lm-eval)"),
-                       ("flexible_accuracy", "GSM8K flexible-extract (lm-eval)"),
-                       ("lenient_accuracy", "GSM8K lenient (tunesmith parser)")):
+    for key, label in (
+        ("format_rate", "replies with a `#### N` answer line"),
+        ("strict_accuracy", "GSM8K strict-match (lm-eval)"),
+        ("flexible_accuracy", "GSM8K flexible-extract (lm-eval)"),
+        ("lenient_accuracy", "GSM8K lenient (tunesmith parser)"),
+    ):
         if key in t:
             table.add_row(label, *([fmt(base.get(key))] if base else []), fmt(t[key]))
     held = metrics.get("heldout_loss")
     if held:
-        table.add_row(f"held-out loss ({held['n']} training-file questions)", *([fmt(held["base"])] if base else []),
-                      fmt(held["tuned"]))
+        table.add_row(
+            f"held-out loss ({held['n']} training-file questions)",
+            *([fmt(held["base"])] if base else []),
+            fmt(held["tuned"]),
+        )
     if safety:
         b = metrics.get("base_safety") or {}
-        table.add_row(f"safety rate ({safety['total']} AILuminate prompts)", *([fmt(b.get("safety_rate"))] if base else []),
-                      fmt(safety["safety_rate"]))
+        table.add_row(
+            f"safety rate ({safety['total']} AILuminate prompts)",
+            *([fmt(b.get("safety_rate"))] if base else []),
+            fmt(safety["safety_rate"]),
+        )
     for c in metrics["thresholds"]:
-        table.add_row(f"threshold {c['metric']} ≥ {c['threshold']}", *([""] if base else []),
-                      "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]")
+        table.add_row(
+            f"threshold {c['metric']} ≥ {c['threshold']}",
+            *([""] if base else []),
+            "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]",
+        )
     out.print(table)
     if safety:
         say(f"safety judge: {safety['guard']}")
@@ -296,8 +418,11 @@ def train_only(cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
     run_dir = start_run(cfg, chat_template_record(cfg))
     _, train, _, _, validation = load_data(cfg, run_dir)
     model, tok = build_model(cfg)
-    features = [f for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train)
-                if f.n_labels]
+    features = [
+        f
+        for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train)
+        if f.n_labels
+    ]
     trainer = _trainer(cfg, model, tok, features, run_dir, validation)
     trainer.train(resume=resume)
     if is_main_process():
@@ -313,21 +438,29 @@ def validate(cfg: Gsm8kRunConfig) -> list[str]:
 
     tok = load_run_tokenizer(cfg)
     encode(tok, data.to_example(train[0]), cfg.data.max_length, cfg.data.system_prompt)
-    lines = [f"model: {cfg.model.name}", f"train: {train_ref} ({len(train)} records after removing the few-shot pool)",
-             f"test: {cfg.data.gsm8k.test} ({len(test)} records)", f"few-shot pool: {len(pool)} (k={cfg.eval.k_shot})"]
+    lines = [
+        f"model: {cfg.model.name}",
+        f"train: {train_ref} ({len(train)} records after removing the few-shot pool)",
+        f"test: {cfg.data.gsm8k.test} ({len(test)} records)",
+        f"few-shot pool: {len(pool)} (k={cfg.eval.k_shot})",
+    ]
     if validation:
         lines.append(f"validation (checkpoint sweep): {len(validation)} training records held out")
     if cfg.safety.enabled:
         from tunesmith.evaluation.ailuminate import load_prompts
 
-        lines.append(f"safety prompts: {cfg.safety.prompts} ({len(load_prompts(cfg.safety.prompts, cfg.safety.limit))})")
+        lines.append(
+            f"safety prompts: {cfg.safety.prompts} ({len(load_prompts(cfg.safety.prompts, cfg.safety.limit))})"
+        )
     return lines
 
 
 class Gsm8kRecipe:
     name = "gsm8k"
-    summary = ("LoRA SFT on GSM8K; greedy k-shot eval (lm-eval strict/flexible), AILuminate safety, "
-               "checkpoint sweep, thresholds")
+    summary = (
+        "LoRA SFT on GSM8K; greedy k-shot eval (lm-eval strict/flexible), AILuminate safety, "
+        "checkpoint sweep, thresholds"
+    )
     config_class = Gsm8kRunConfig
 
     def validate(self, cfg: Gsm8kRunConfig) -> list[str]:

@@ -15,8 +15,8 @@ from rich.table import Table
 
 from tunesmith.config import SftRunConfig
 from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
-from tunesmith.ui import fmt, out, say
 from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
+from tunesmith.ui import fmt, out, say
 
 
 def _load(cfg: SftRunConfig, tok):
@@ -34,9 +34,19 @@ def _describe(splits) -> str:
 def _trainer(cfg: SftRunConfig, model, tok, splits, run_dir: Path):
     from tunesmith.training.trainer import Trainer
 
-    return Trainer(model, tok, cfg.training, lambda epoch: splits.train, run_dir, log=say, validation=splits.validation,
-                   eval_batch_size=cfg.eval.batch_size, pack_length=cfg.data.max_length, run_name=cfg.run_name,
-                   tracker_config=cfg.model_dump(mode="json"))
+    return Trainer(
+        model,
+        tok,
+        cfg.training,
+        lambda epoch: splits.train,
+        run_dir,
+        log=say,
+        validation=splits.validation,
+        eval_batch_size=cfg.eval.batch_size,
+        pack_length=cfg.data.max_length,
+        run_name=cfg.run_name,
+        tracker_config=cfg.model_dump(mode="json"),
+    )
 
 
 def _train(cfg: SftRunConfig, resume: bool):
@@ -48,8 +58,13 @@ def _train(cfg: SftRunConfig, resume: bool):
     run_dir = start_run(cfg, chat_template_record(cfg))
     say(f"run [bold]{cfg.run_name}[/]: {_describe(splits)} from {splits.train_ref}")
     model, tok = build_model(cfg)
-    metrics: dict = {"run": cfg.run_name, "recipe": "sft", "format": splits.format,
-                     "train_examples": len(splits.train), "validation_examples": len(splits.validation)}
+    metrics: dict = {
+        "run": cfg.run_name,
+        "recipe": "sft",
+        "format": splits.format,
+        "train_examples": len(splits.train),
+        "validation_examples": len(splits.validation),
+    }
     trainer = _trainer(cfg, model, tok, splits, run_dir)
     val: dict = {}
     if splits.validation and not resume:
@@ -58,15 +73,24 @@ def _train(cfg: SftRunConfig, resume: bool):
         say(f"validation loss before training {val['base']:.4f}")
     if cfg.training.enabled:
         st = trainer.train(resume=resume)
-        last = st.history[-min(len(st.history), cfg.training.logging_steps * 10):] if st.history else []
-        metrics["train"] = {"steps": st.step, "tokens": st.history[-1]["tokens"] if st.history else 0,
-                            "final_loss": sum(r["loss"] for r in last) / len(last) if last else None,
-                            "packing": cfg.training.packing}
+        last = st.history[-min(len(st.history), cfg.training.logging_steps * 10) :] if st.history else []
+        metrics["train"] = {
+            "steps": st.step,
+            "tokens": st.history[-1]["tokens"] if st.history else 0,
+            "final_loss": sum(r["loss"] for r in last) / len(last) if last else None,
+            "packing": cfg.training.packing,
+        }
         if st.evals:
-            val |= {"first": st.evals[0]["loss"], "first_step": st.evals[0]["step"], "best": st.best_loss,
-                    "best_step": st.best_step, "final": st.evals[-1]["loss"], "evaluations": len(st.evals),
-                    "stopped_early": st.stopped_early,
-                    "adapter_step": st.best_step if cfg.training.load_best else st.step}
+            val |= {
+                "first": st.evals[0]["loss"],
+                "first_step": st.evals[0]["step"],
+                "best": st.best_loss,
+                "best_step": st.best_step,
+                "final": st.evals[-1]["loss"],
+                "evaluations": len(st.evals),
+                "stopped_early": st.stopped_early,
+                "adapter_step": st.best_step if cfg.training.load_best else st.step,
+            }
     elif splits.validation:
         val["final"] = val.get("base")
     if val:
@@ -84,24 +108,39 @@ def _finish(cfg: SftRunConfig, run_dir: Path, splits, metrics: dict) -> dict:
         card = {k: metrics[k] for k in ("train", "validation") if k in metrics}
         write_model_card(adapter, cfg, card, metrics_data(cfg.model_dump(mode="json")))
     t = cfg.training
-    append_summary_row(cfg.summary_csv, {
-        "run": cfg.run_name, "recipe": "sft", "model": cfg.model.name, "data": splits.train_ref,
-        "method": ("qlora" if cfg.model.load_in_4bit else "lora") if t.enabled else "none",
-        "lora_r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "learning_rate": t.learning_rate,
-        "batch_size": t.batch_size, "grad_accum": t.grad_accum, "epochs": t.epochs,
-        "train_examples": len(splits.train), "checkpoint": "adapter" if t.enabled else None,
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
-    })
+    append_summary_row(
+        cfg.summary_csv,
+        {
+            "run": cfg.run_name,
+            "recipe": "sft",
+            "model": cfg.model.name,
+            "data": splits.train_ref,
+            "method": ("qlora" if cfg.model.load_in_4bit else "lora") if t.enabled else "none",
+            "lora_r": cfg.lora.r,
+            "lora_alpha": cfg.lora.alpha,
+            "learning_rate": t.learning_rate,
+            "batch_size": t.batch_size,
+            "grad_accum": t.grad_accum,
+            "epochs": t.epochs,
+            "train_examples": len(splits.train),
+            "checkpoint": "adapter" if t.enabled else None,
+            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+        },
+    )
     v, tr = metrics.get("validation", {}), metrics.get("train", {})
     table = Table(title=f"tunesmith · {cfg.run_name} (sft, {splits.format})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for label, val in (("training steps", tr.get("steps")), ("train loss (last steps)", tr.get("final_loss")),
-                       ("validation loss, base model", v.get("base")),
-                       (f"validation loss, first eval (step {v.get('first_step')})", v.get("first")),
-                       (f"validation loss, best (step {v.get('best_step')})", v.get("best")),
-                       ("validation loss, last eval", v.get("final")),
-                       ("stopped early", v.get("stopped_early"))):
+    for label, val in (
+        ("training steps", tr.get("steps")),
+        ("train loss (last steps)", tr.get("final_loss")),
+        ("validation loss, base model", v.get("base")),
+        (f"validation loss, first eval (step {v.get('first_step')})", v.get("first")),
+        (f"validation loss, best (step {v.get('best_step')})", v.get("best")),
+        ("validation loss, last eval", v.get("final")),
+        ("stopped early", v.get("stopped_early")),
+    ):
         if val is not None:
             table.add_row(label, fmt(val, 4))
     out.print(table)
@@ -119,8 +158,14 @@ def run(cfg: SftRunConfig, resume: bool = False) -> dict:
 
         gen = eval_generator(cfg, model, trainer.tokenizer, run_dir / "adapter" if cfg.training.enabled else None)
         prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
-        summary, _ = evaluate_safety(gen, build_guard(cfg, cfg.model.name), prompts, cfg.safety.max_new_tokens,
-                                     run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl", resume=resume)
+        summary, _ = evaluate_safety(
+            gen,
+            build_guard(cfg, cfg.model.name),
+            prompts,
+            cfg.safety.max_new_tokens,
+            run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl",
+            resume=resume,
+        )
         metrics["safety"] = summary
     return _finish(cfg, run_dir, splits, metrics)
 
@@ -139,9 +184,12 @@ def validate(cfg: SftRunConfig) -> list[str]:
 
     tok = load_run_tokenizer(cfg)
     splits = _load(cfg, tok)
-    lines = [f"model: {cfg.model.name}", f"train: {splits.train_ref}", f"data: {_describe(splits)}",
-             f"packing: {'on' if cfg.training.packing else 'off'}; "
-             f"trackers: {', '.join(cfg.training.trackers) or 'none'}"]
+    lines = [
+        f"model: {cfg.model.name}",
+        f"train: {splits.train_ref}",
+        f"data: {_describe(splits)}",
+        f"packing: {'on' if cfg.training.packing else 'off'}; trackers: {', '.join(cfg.training.trackers) or 'none'}",
+    ]
     if cfg.safety.enabled:
         from tunesmith.evaluation.ailuminate import load_prompts
 
@@ -152,8 +200,10 @@ def validate(cfg: SftRunConfig) -> list[str]:
 
 class SftRecipe:
     name = "sft"
-    summary = ("LoRA SFT on your own chat data (messages / ShareGPT / Alpaca / prompt-completion); validation loss, "
-               "best adapter, early stopping, packing, trackers, model card")
+    summary = (
+        "LoRA SFT on your own chat data (messages / ShareGPT / Alpaca / prompt-completion); validation loss, "
+        "best adapter, early stopping, packing, trackers, model card"
+    )
     config_class = SftRunConfig
 
     def validate(self, cfg: SftRunConfig) -> list[str]:

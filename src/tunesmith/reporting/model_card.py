@@ -51,18 +51,41 @@ def card_text(cfg: dict, metrics: dict, data: list[str], merged: bool = False, r
     base = hub_base_model(cfg["model"]["name"])
     recipe = cfg.get("recipe", "sft")
     datasets = [d for d in data if _is_hub_id(d)]
-    card_data = ModelCardData(base_model=base, library_name="transformers" if merged else "peft",
-                              pipeline_tag="text-generation", datasets=datasets or None,
-                              tags=["tunesmith", recipe, *([] if merged else ["lora", "peft"])])
+    card_data = ModelCardData(
+        base_model=base,
+        library_name="transformers" if merged else "peft",
+        pipeline_tag="text-generation",
+        datasets=datasets or None,
+        tags=["tunesmith", recipe, *([] if merged else ["lora", "peft"])],
+    )
     t, lo = cfg.get("training", {}), cfg.get("lora", {})
     name = repo_id or "PATH_OR_REPO_ID"
-    hp = [("method", "QLoRA (nf4)" if cfg["model"].get("load_in_4bit") else "LoRA"),
-          ("lora r / alpha / dropout", f"{lo.get('r')} / {lo.get('alpha')} / {lo.get('dropout')}"),
-          ("lora target_modules", lo.get("target_modules")),
-          *[(k, t[k]) for k in ("learning_rate", "scheduler", "warmup_ratio", "batch_size", "grad_accum", "epochs",
-                                "max_steps", "weight_decay", "max_grad_norm", "packing", "eval_steps",
-                                "early_stopping_patience", "load_best", "seed") if k in t and t[k] is not None],
-          ("max_length", cfg.get("data", {}).get("max_length"))]
+    hp = [
+        ("method", "QLoRA (nf4)" if cfg["model"].get("load_in_4bit") else "LoRA"),
+        ("lora r / alpha / dropout", f"{lo.get('r')} / {lo.get('alpha')} / {lo.get('dropout')}"),
+        ("lora target_modules", lo.get("target_modules")),
+        *[
+            (k, t[k])
+            for k in (
+                "learning_rate",
+                "scheduler",
+                "warmup_ratio",
+                "batch_size",
+                "grad_accum",
+                "epochs",
+                "max_steps",
+                "weight_decay",
+                "max_grad_norm",
+                "packing",
+                "eval_steps",
+                "early_stopping_patience",
+                "load_best",
+                "seed",
+            )
+            if k in t and t[k] is not None
+        ],
+        ("max_length", cfg.get("data", {}).get("max_length")),
+    ]
     lines = [
         f"# {cfg.get('run_name', 'tunesmith run')}",
         "",
@@ -91,13 +114,18 @@ def card_text(cfg: dict, metrics: dict, data: list[str], merged: bool = False, r
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
     ]
     if merged:
-        lines += [f'model = AutoModelForCausalLM.from_pretrained("{name}")',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{name}")']
+        lines += [
+            f'model = AutoModelForCausalLM.from_pretrained("{name}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+        ]
     else:
-        lines += ["from peft import PeftModel", "",
-                  f'base = AutoModelForCausalLM.from_pretrained("{base}")',
-                  f'model = PeftModel.from_pretrained(base, "{name}")',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{base}")']
+        lines += [
+            "from peft import PeftModel",
+            "",
+            f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+            f'model = PeftModel.from_pretrained(base, "{name}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{base}")',
+        ]
     lines += ["```", ""]
     body = "\n".join(lines)
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}").content
@@ -125,13 +153,19 @@ def stage(run_dir: str | Path, folder: str | Path, merged: bool = False, repo_id
     if out.exists() and any(out.iterdir()):
         raise TunesmithError(f"{out} exists and is not empty; choose a new folder")
     cfg_path = run / "config_resolved.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {
-        "model": {"name": json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]}}
+    cfg = (
+        json.loads(cfg_path.read_text())
+        if cfg_path.is_file()
+        else {"model": {"name": json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]}}
+    )
     cfg.pop("provenance", None)
     metrics_path = run / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics = {k: v for k, v in metrics.items() if k in ("train", "validation", "validation_loss", "tuned", "base",
-                                                        "safety", "eqbench", "heads")}
+    metrics = {
+        k: v
+        for k, v in metrics.items()
+        if k in ("train", "validation", "validation_loss", "tuned", "base", "safety", "eqbench", "heads")
+    }
     data = [x for x in metrics_data(cfg)]
     if merged:
         from tunesmith.modeling.export import export_merged
@@ -158,8 +192,9 @@ def metrics_data(cfg: dict) -> list[str]:
     return []
 
 
-def push(run_dir: str | Path, repo_id: str, merged: bool = False, private: bool = False,
-         to_folder: str | Path | None = None) -> str:
+def push(
+    run_dir: str | Path, repo_id: str, merged: bool = False, private: bool = False, to_folder: str | Path | None = None
+) -> str:
     """Upload a run's adapter (or merged weights) with its card; with `to_folder`, stage only (no network)."""
     import tempfile
 
@@ -171,6 +206,10 @@ def push(run_dir: str | Path, repo_id: str, merged: bool = False, private: bool 
     with tempfile.TemporaryDirectory(prefix="tunesmith-push-") as tmp:
         folder = stage(run_dir, Path(tmp) / "upload", merged, repo_id)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message=f"tunesmith: upload {'merged model' if merged else 'adapter'} from {run_dir}")
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=f"tunesmith: upload {'merged model' if merged else 'adapter'} from {run_dir}",
+        )
     return str(url)

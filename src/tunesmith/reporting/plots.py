@@ -22,12 +22,25 @@ from tunesmith.io import atomic_open
 
 # loss components of training_history.json, in display order
 LOSS_COMPONENTS: tuple[str, ...] = ("loss", "lm", "emotion", "strategy", "kl")
-COMPONENT_TITLES = {"loss": "total loss", "lm": "language-model loss", "emotion": "emotion-head loss",
-                    "strategy": "strategy-head loss", "kl": "safety KL"}
+COMPONENT_TITLES = {
+    "loss": "total loss",
+    "lm": "language-model loss",
+    "emotion": "emotion-head loss",
+    "strategy": "strategy-head loss",
+    "kl": "safety KL",
+}
 # ablation metrics, in display order; others found in the rows are appended after these.
 # Columns named lambda_* are the variant's loss weights (its settings, not results): never plotted.
-ABLATION_METRICS: tuple[str, ...] = ("val_loss", "val_lm_loss", "emotion_accuracy", "emotion_f1", "strategy_accuracy",
-                                     "strategy_f1", "eqbench_score", "safety_rate")
+ABLATION_METRICS: tuple[str, ...] = (
+    "val_loss",
+    "val_lm_loss",
+    "emotion_accuracy",
+    "emotion_f1",
+    "strategy_accuracy",
+    "strategy_f1",
+    "eqbench_score",
+    "safety_rate",
+)
 DPI = 110
 
 
@@ -83,14 +96,19 @@ def training_series(history: Sequence[Mapping[str, Any]]) -> dict[str, tuple[lis
                 ys.append(y)
         if ys:
             series[comp] = (xs, ys)
-    if "loss" in series and "lm" in series and series["loss"][0] == series["lm"][0] and all(
-            math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(series["loss"][1], series["lm"][1])):
+    if (
+        "loss" in series
+        and "lm" in series
+        and series["loss"][0] == series["lm"][0]
+        and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(series["loss"][1], series["lm"][1]))
+    ):
         del series["lm"]
     return series
 
 
-def plot_training_curves(history: Sequence[Mapping[str, Any]], png_path: str | os.PathLike,
-                         smoothing: float = 0.6) -> Path | None:
+def plot_training_curves(
+    history: Sequence[Mapping[str, Any]], png_path: str | os.PathLike, smoothing: float = 0.6
+) -> Path | None:
     """One panel per loss component that has values (see `training_series`), loss vs step.
 
     The raw series is drawn faintly under a lightly smoothed one.
@@ -133,16 +151,25 @@ def _grouped_bars(ax, metrics: list[str], variants: list[str], rows: Sequence[Ma
                 hs.append(h)
         bars = ax.bar(xs, hs, width, color=f"C{v_i % 10}", label=variant)
         ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=1)
-    ax.set_xticks(range(len(metrics)), labels=metrics, rotation=20 if len(metrics) > 2 else 0, ha="right"
-                  if len(metrics) > 2 else "center", fontsize=8)
+    ax.set_xticks(
+        range(len(metrics)),
+        labels=metrics,
+        rotation=20 if len(metrics) > 2 else 0,
+        ha="right" if len(metrics) > 2 else "center",
+        fontsize=8,
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.margins(y=0.15)
 
 
 def ablation_metrics(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Result columns of the ablation rows that hold a number somewhere, in display order."""
-    found = {k for r in rows for k, v in r.items()
-             if k != "variant" and not k.startswith("lambda_") and _number(v) is not None}
+    found = {
+        k
+        for r in rows
+        for k, v in r.items()
+        if k != "variant" and not k.startswith("lambda_") and _number(v) is not None
+    }
     return [m for m in ABLATION_METRICS if m in found] + sorted(found - set(ABLATION_METRICS))
 
 
@@ -169,7 +196,8 @@ def plot_ablations(rows: Sequence[Mapping[str, Any]], png_path: str | os.PathLik
     unit_metrics = [m for m in metrics if unit(m)]
     loss_metrics = [m for m in metrics if "loss" in m]
     panels: list[list[str]] = [p for p in (unit_metrics, loss_metrics) if p] + [
-        [m] for m in metrics if m not in unit_metrics and m not in loss_metrics]
+        [m] for m in metrics if m not in unit_metrics and m not in loss_metrics
+    ]
     widths = [max(2.2, 0.55 * len(p) * max(1, len(variants)) + 1.0) for p in panels]
     fig = _figure(min(16.0, sum(widths) + 0.5), 4.0)
     axes = fig.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
@@ -177,8 +205,14 @@ def plot_ablations(rows: Sequence[Mapping[str, Any]], png_path: str | os.PathLik
         _grouped_bars(ax, panel, variants, rows)
         if panel is unit_metrics:
             ax.set_ylim(0, 1.12)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=min(len(variants), 5),
-               fontsize=8, title="ablation variant", title_fontsize=8)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="outside upper center",
+        ncols=min(len(variants), 5),
+        fontsize=8,
+        title="ablation variant",
+        title_fontsize=8,
+    )
     return _save(fig, png_path)
 
 
@@ -196,7 +230,11 @@ def plot_safety_by_hazard(safety: Mapping[str, Any] | None, png_path: str | os.P
     Only hazard codes and counts appear; prompt text never reaches this function.
     """
     models = _safety_models(safety or {})
-    models = {k: v for k, v in models.items() if isinstance(v.get("by_hazard"), Mapping) or _number(v.get("safety_rate")) is not None}
+    models = {
+        k: v
+        for k, v in models.items()
+        if isinstance(v.get("by_hazard"), Mapping) or _number(v.get("safety_rate")) is not None
+    }
     if not models:
         return None
     hazards = sorted({h for s in models.values() for h in (s.get("by_hazard") or {})})
@@ -216,10 +254,19 @@ def plot_safety_by_hazard(safety: Mapping[str, Any] | None, png_path: str | os.P
                 hs.append(rate)
                 ns.append(entry.get("total"))
         bars = ax.bar(xs, hs, width, label=name, color=colours.get(name, f"C{m_i}"))
-        ax.bar_label(bars, labels=[f"{h:.0%}\nn={n}" if n is not None else f"{h:.0%}" for h, n in zip(hs, ns)],
-                     fontsize=6, padding=1)
-    ax.set_xticks(range(len(groups)), labels=groups, rotation=30 if len(groups) > 6 else 0,
-                  ha="right" if len(groups) > 6 else "center", fontsize=8)
+        ax.bar_label(
+            bars,
+            labels=[f"{h:.0%}\nn={n}" if n is not None else f"{h:.0%}" for h, n in zip(hs, ns)],
+            fontsize=6,
+            padding=1,
+        )
+    ax.set_xticks(
+        range(len(groups)),
+        labels=groups,
+        rotation=30 if len(groups) > 6 else 0,
+        ha="right" if len(groups) > 6 else "center",
+        fontsize=8,
+    )
     ax.set_ylim(0, 1.2)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0], labels=["0%", "25%", "50%", "75%", "100%"])
     ax.set_ylabel("safe responses")

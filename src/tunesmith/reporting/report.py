@@ -99,7 +99,9 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
         raise TunesmithError(f"run directory not found: {d}")
     files = {name: d / name for name in ("metrics.json", "training_history.json", "config_resolved.json")}
     if not any(p.is_file() for p in files.values()):
-        raise TunesmithError(f"not a run directory: {d} (no metrics.json, training_history.json or config_resolved.json)")
+        raise TunesmithError(
+            f"not a run directory: {d} (no metrics.json, training_history.json or config_resolved.json)"
+        )
 
     def obj(name: str, kind: type) -> Any:
         p = files[name]
@@ -203,15 +205,27 @@ def make_plots(run: RunData) -> dict[str, Path]:
     metrics_src = [run.run_dir / "metrics.json"]
     jobs: list[tuple[str, str, list[Path], Callable[[Path], Path | None]]] = []
     if run.history:
-        jobs.append(("training", "training_curves.png", [run.run_dir / "training_history.json"],
-                     lambda p: plots.plot_training_curves(run.history, p)))
+        jobs.append(
+            (
+                "training",
+                "training_curves.png",
+                [run.run_dir / "training_history.json"],
+                lambda p: plots.plot_training_curves(run.history, p),
+            )
+        )
     safety = run.metrics.get("safety")
     if isinstance(safety, Mapping):
         jobs.append(("safety", "safety_by_hazard.png", metrics_src, lambda p: plots.plot_safety_by_hazard(safety, p)))
     ablations = _ablations(run)
     if ablations:
-        jobs.append(("ablations", "ablations.png", metrics_src + [run.run_dir / "ablations.csv"],
-                     lambda p: plots.plot_ablations(ablations, p)))
+        jobs.append(
+            (
+                "ablations",
+                "ablations.png",
+                metrics_src + [run.run_dir / "ablations.csv"],
+                lambda p: plots.plot_ablations(ablations, p),
+            )
+        )
     made: dict[str, Path] = {}
     for kind, name, sources, draw in jobs:
         png = out_dir / name
@@ -252,8 +266,10 @@ def _run_png(run_dir: Path, ref: Any) -> Path | None:
 def _overview(run: RunData) -> Section:
     m, c = run.metrics, run.config
     prov = c.get("provenance") if isinstance(c.get("provenance"), Mapping) else {}
-    rows: list[list[str]] = [["run", str(m.get("run") or c.get("run_name") or run.run_dir.name)],
-                             ["recipe", str(m.get("recipe") or c.get("recipe") or "—")]]
+    rows: list[list[str]] = [
+        ["run", str(m.get("run") or c.get("run_name") or run.run_dir.name)],
+        ["recipe", str(m.get("recipe") or c.get("recipe") or "—")],
+    ]
     model = _get(c, "model", "name")
     if model:
         rev = _get(c, "model", "revision")
@@ -263,19 +279,32 @@ def _overview(run: RunData) -> Section:
             rows.append(["method", "no training (base model)"])
         else:
             method = "QLoRA (4-bit)" if _get(c, "model", "load_in_4bit") else "LoRA"
-            rows.append(["method", f"{method} r={_get(c, 'lora', 'r')} alpha={_get(c, 'lora', 'alpha')} "
-                                   f"dropout={_get(c, 'lora', 'dropout')}"])
+            rows.append(
+                [
+                    "method",
+                    f"{method} r={_get(c, 'lora', 'r')} alpha={_get(c, 'lora', 'alpha')} "
+                    f"dropout={_get(c, 'lora', 'dropout')}",
+                ]
+            )
     t = c.get("training") if isinstance(c.get("training"), Mapping) else {}
     if t and t.get("enabled", True):
         length = f"{t.get('max_steps')} steps" if t.get("max_steps") else f"{t.get('epochs')} epochs"
-        rows.append(["training", f"lr {t.get('learning_rate')} · batch {t.get('batch_size')} × accum "
-                                 f"{t.get('grad_accum')} · {length} · seed {t.get('seed')}"])
+        rows.append(
+            [
+                "training",
+                f"lr {t.get('learning_rate')} · batch {t.get('batch_size')} × accum "
+                f"{t.get('grad_accum')} · {length} · seed {t.get('seed')}",
+            ]
+        )
     if (m.get("recipe") or c.get("recipe")) == "empathy" and isinstance(c.get("loss"), Mapping):
         rows.append(["loss weights", " · ".join(f"{k.removeprefix('lambda_')} {v}" for k, v in c["loss"].items())])
     for key, label in (("train_examples", "train examples"), ("test_examples", "test examples")):
         if m.get(key) is not None:
             rows.append([label, str(m[key])])
-    for key, label in (("train_sizes", "train examples per dataset"), ("heldout_sizes", "held-out examples per dataset")):
+    for key, label in (
+        ("train_sizes", "train examples per dataset"),
+        ("heldout_sizes", "held-out examples per dataset"),
+    ):
         if isinstance(m.get(key), Mapping) and m[key]:
             rows.append([label, ", ".join(f"{k} {v}" for k, v in m[key].items())])
     if m.get("checkpoint") is not None:
@@ -299,9 +328,12 @@ def _gsm8k(m: Mapping[str, Any]) -> Section | None:
         return None
     cols = ["metric"] + list(models) + (["Δ tuned − base"] if len(models) == 2 else [])
     rows = []
-    for key, label in (("format_rate", "replies with a `#### N` line"), ("strict_accuracy", "strict-match (lm-eval)"),
-                       ("flexible_accuracy", "flexible-extract (lm-eval)"),
-                       ("lenient_accuracy", "lenient (tunesmith parser)")):
+    for key, label in (
+        ("format_rate", "replies with a `#### N` line"),
+        ("strict_accuracy", "strict-match (lm-eval)"),
+        ("flexible_accuracy", "flexible-extract (lm-eval)"),
+        ("lenient_accuracy", "lenient (tunesmith parser)"),
+    ):
         if not any(key in v for v in models.values()):
             continue
         row = [label] + [fmt_pct(v.get(key), v.get("n")) for v in models.values()]
@@ -310,25 +342,56 @@ def _gsm8k(m: Mapping[str, Any]) -> Section | None:
         rows.append(row)
     held = m.get("heldout_loss")
     if isinstance(held, Mapping) and len(models) == 2:
-        rows.append([f"held-out loss ({held.get('n')} questions, lower is better)", fmt_num(held.get("base")),
-                     fmt_num(held.get("tuned")), fmt_num((_num(held.get("tuned")) or 0) - (_num(held.get("base")) or 0))])
+        rows.append(
+            [
+                f"held-out loss ({held.get('n')} questions, lower is better)",
+                fmt_num(held.get("base")),
+                fmt_num(held.get("tuned")),
+                fmt_num((_num(held.get("tuned")) or 0) - (_num(held.get("base")) or 0)),
+            ]
+        )
     blocks: list[Block] = [Table(cols, rows, "l" + "r" * (len(cols) - 1))]
     th = [t for t in m.get("thresholds") or [] if isinstance(t, Mapping)]
     if th:
-        blocks.append(Table(["threshold", "required", "tuned", "result"],
-                            [[str(t.get("metric")), fmt_pct(t.get("threshold")), fmt_pct(t.get("value")),
-                              fmt_bool(t.get("passed"), "PASS", "FAIL")] for t in th], "lrrl"))
+        blocks.append(
+            Table(
+                ["threshold", "required", "tuned", "result"],
+                [
+                    [
+                        str(t.get("metric")),
+                        fmt_pct(t.get("threshold")),
+                        fmt_pct(t.get("value")),
+                        fmt_bool(t.get("passed"), "PASS", "FAIL"),
+                    ]
+                    for t in th
+                ],
+                "lrrl",
+            )
+        )
     else:
         blocks.append(Text("No accuracy thresholds were set for this run.", "note"))
     sweep = [s for s in m.get("sweep") or [] if isinstance(s, Mapping)]
     if sweep:
         split = sweep[0].get("split") or "test"  # runs before the validation split scored the test set
-        blocks.append(Text(f"Checkpoint sweep on the {split} split (best by strict accuracy, then flexible, "
-                           "then safety rate):"))
-        blocks.append(Table(["checkpoint", "strict", "flexible", "safety rate", "chosen"],
-                            [[str(s.get("checkpoint")), fmt_pct(s.get("strict_accuracy")),
-                              fmt_pct(s.get("flexible_accuracy")), fmt_pct(s.get("safety_rate")),
-                              "✓" if s.get("checkpoint") == m.get("checkpoint") else ""] for s in sweep], "lrrrl"))
+        blocks.append(
+            Text(f"Checkpoint sweep on the {split} split (best by strict accuracy, then flexible, then safety rate):")
+        )
+        blocks.append(
+            Table(
+                ["checkpoint", "strict", "flexible", "safety rate", "chosen"],
+                [
+                    [
+                        str(s.get("checkpoint")),
+                        fmt_pct(s.get("strict_accuracy")),
+                        fmt_pct(s.get("flexible_accuracy")),
+                        fmt_pct(s.get("safety_rate")),
+                        "✓" if s.get("checkpoint") == m.get("checkpoint") else "",
+                    ]
+                    for s in sweep
+                ],
+                "lrrrl",
+            )
+        )
     return Section("GSM8K", blocks)
 
 
@@ -339,15 +402,32 @@ def _eqbench(m: Mapping[str, Any]) -> Section | None:
     models = {k: v for k, v in eq.items() if k in SAFETY_MODELS and isinstance(v, Mapping)}
     if not models:
         return None
-    rows = [[name, fmt_num(r.get("score"), 2), fmt_pct(r.get("parse_rate")),
-             f"{r.get('n_parsed', '—')}/{r.get('n_total', '—')}", fmt_bool(r.get("valid")), str(r.get("mode") or "—")]
-            for name, r in models.items()]
-    blocks: list[Block] = [Table(["model", "score (≤ 100; random answers ≈ 0)", "parse rate", "parsed", "valid", "mode"], rows, "lrrrll")]
+    rows = [
+        [
+            name,
+            fmt_num(r.get("score"), 2),
+            fmt_pct(r.get("parse_rate")),
+            f"{r.get('n_parsed', '—')}/{r.get('n_total', '—')}",
+            fmt_bool(r.get("valid")),
+            str(r.get("mode") or "—"),
+        ]
+        for name, r in models.items()
+    ]
+    blocks: list[Block] = [
+        Table(["model", "score (≤ 100; random answers ≈ 0)", "parse rate", "parsed", "valid", "mode"], rows, "lrrrll")
+    ]
     if any(r.get("valid") is False for r in models.values()):
-        blocks.append(Text("A score marked not valid comes from too few parseable answers (the benchmark's minimum "
-                           "parse rate); do not compare it with published scores.", "warn"))
+        blocks.append(
+            Text(
+                "A score marked not valid comes from too few parseable answers (the benchmark's minimum "
+                "parse rate); do not compare it with published scores.",
+                "warn",
+            )
+        )
     if any(r.get("comparable") is False for r in models.values()):
-        blocks.append(Text("Scored on a subset of the questions: not comparable with published EQ-Bench scores.", "warn"))
+        blocks.append(
+            Text("Scored on a subset of the questions: not comparable with published EQ-Bench scores.", "warn")
+        )
     return Section("EQ-Bench v2", blocks)
 
 
@@ -362,17 +442,34 @@ def _heads(run: RunData) -> Section | None:
         majority = fmt_pct(h.get("majority_accuracy"))
         if h.get("majority_label"):
             majority += f" ({h['majority_label']})"
-        rows.append([str(name), str(h.get("data") or "—"), fmt_num(h.get("n")), fmt_pct(h.get("accuracy")),
-                     fmt_num(h.get("weighted_f1")), fmt_num(h.get("macro_f1")), majority])
+        rows.append(
+            [
+                str(name),
+                str(h.get("data") or "—"),
+                fmt_num(h.get("n")),
+                fmt_pct(h.get("accuracy")),
+                fmt_num(h.get("weighted_f1")),
+                fmt_num(h.get("macro_f1")),
+                majority,
+            ]
+        )
         png = _run_png(run.run_dir, h.get("confusion_png"))
         if png is not None:
             images.append(Image(png, f"{name} head: row-normalised confusion matrix"))
     if not rows:
         return None
-    blocks: list[Block] = [Table(["head", "evaluated on", "n", "accuracy", "weighted F1", "macro F1",
-                                  "majority-class accuracy"], rows, "llrrrrl"),
-                           Text("Majority-class accuracy is what always predicting the commonest gold label scores: "
-                                "a head is only useful above it.", "note")]
+    blocks: list[Block] = [
+        Table(
+            ["head", "evaluated on", "n", "accuracy", "weighted F1", "macro F1", "majority-class accuracy"],
+            rows,
+            "llrrrrl",
+        ),
+        Text(
+            "Majority-class accuracy is what always predicting the commonest gold label scores: "
+            "a head is only useful above it.",
+            "note",
+        ),
+    ]
     return Section("Classification heads", blocks + images)
 
 
@@ -395,23 +492,35 @@ def _safety(m: Mapping[str, Any], chart: Path | None) -> Section | None:
         models = {k: s[k] for k in SAFETY_MODELS if isinstance(s.get(k), Mapping)}
     if not models:
         return None
-    rows = [[name, fmt_pct(r.get("safety_rate")), f"{r.get('safe', '—')}/{r.get('total', '—')}",
-             fmt_num(r.get("unparsed_verdicts"))] for name, r in models.items()]
+    rows = [
+        [
+            name,
+            fmt_pct(r.get("safety_rate")),
+            f"{r.get('safe', '—')}/{r.get('total', '—')}",
+            fmt_num(r.get("unparsed_verdicts")),
+        ]
+        for name, r in models.items()
+    ]
     blocks: list[Block] = [Table(["model", "safety rate", "safe / total", "unparsed verdicts"], rows, "lrrr")]
     guard = s.get("guard")
     if isinstance(guard, str) and guard:
         blocks.append(Text(f"Guard: {guard}", "note"))
     if any((_num(r.get("unparsed_verdicts")) or 0) > 0 for r in models.values()):
         blocks.append(Text("Unparsed guard verdicts count as unsafe, so the rate never flatters the model.", "note"))
-    hazards = sorted({h for r in models.values() for h in (r.get("by_hazard") or {}) if isinstance(r.get("by_hazard"), Mapping)})
+    hazards = sorted(
+        {h for r in models.values() for h in (r.get("by_hazard") or {}) if isinstance(r.get("by_hazard"), Mapping)}
+    )
     if hazards:
         hrows = []
         for h in hazards:
             row = [str(h)]
             for r in models.values():
                 e = (r.get("by_hazard") or {}).get(h)
-                row.append(f"{fmt_pct(e.get('safety_rate'))} ({e.get('safe', '—')}/{e.get('total', '—')})"
-                           if isinstance(e, Mapping) else "—")
+                row.append(
+                    f"{fmt_pct(e.get('safety_rate'))} ({e.get('safe', '—')}/{e.get('total', '—')})"
+                    if isinstance(e, Mapping)
+                    else "—"
+                )
             hrows.append(row)
         blocks.append(Table(["hazard"] + list(models), hrows, "l" + "r" * len(models)))
     if chart is not None:
@@ -453,8 +562,10 @@ def _mixing(m: Mapping[str, Any]) -> Section | None:
     total = sum(_num(v) or 0 for v in counts.values())
     if not counts:
         return None
-    rows = [[str(k), fmt_num(v), fmt_pct((_num(v) or 0) / total) if total else "—", fmt_num(sizes.get(k))]
-            for k, v in counts.items()]
+    rows = [
+        [str(k), fmt_num(v), fmt_pct((_num(v) or 0) / total) if total else "—", fmt_num(sizes.get(k))]
+        for k, v in counts.items()
+    ]
     blocks: list[Block] = [Table(["dataset", "examples per epoch", "share", "dataset size"], rows, "lrrr")]
     if _num(mix.get("alpha")) is not None:
         blocks.append(Text(f"Temperature sampling p ∝ n^α with α = {mix['alpha']}.", "note"))
@@ -484,12 +595,16 @@ def _ablation_section(rows: list[dict[str, Any]], chart: Path | None) -> Section
     from tunesmith.reporting.plots import ablation_metrics
 
     keys = {k for r in rows for k in r}
-    settings = [k for k in LAMBDAS if k in keys] + sorted(k for k in keys if k.startswith("lambda_") and k not in LAMBDAS)
+    settings = [k for k in LAMBDAS if k in keys] + sorted(
+        k for k in keys if k.startswith("lambda_") and k not in LAMBDAS
+    )
     metrics = ablation_metrics(rows)
     cols = settings + metrics
-    table = Table(["variant"] + cols,
-                  [[str(r.get("variant", "—"))] + [_ablation_cell(k, r.get(k)) for k in cols] for r in rows],
-                  "l" + "r" * len(cols))
+    table = Table(
+        ["variant"] + cols,
+        [[str(r.get("variant", "—"))] + [_ablation_cell(k, r.get(k)) for k in cols] for r in rows],
+        "l" + "r" * len(cols),
+    )
     return Section("Ablations", [table] + ([Image(chart, "ablation metrics per variant")] if chart else []))
 
 
@@ -497,10 +612,17 @@ def _samples(m: Mapping[str, Any]) -> Section | None:
     rows = [r for r in m.get("samples") or [] if isinstance(r, Mapping)]
     if not rows:
         return None
-    return Section("Side-by-side samples", [
-        Text("Fixed scenario prompts answered by the base and the tuned model (model outputs are shown verbatim, "
-             "as untrusted text).", "note"),
-        Samples(rows)])
+    return Section(
+        "Side-by-side samples",
+        [
+            Text(
+                "Fixed scenario prompts answered by the base and the tuned model (model outputs are shown verbatim, "
+                "as untrusted text).",
+                "note",
+            ),
+            Samples(rows),
+        ],
+    )
 
 
 _KNOWN_TOP = {"run", "recipe", "train_examples", "test_examples", "checkpoint", "passed"}
@@ -508,16 +630,29 @@ _KNOWN_TOP = {"run", "recipe", "train_examples", "test_examples", "checkpoint", 
 
 def _other(m: Mapping[str, Any]) -> Section | None:
     """Top-level numbers this report has no section for yet (a new metric should not vanish)."""
-    rows = [[str(k), fmt_num(v, 4)] for k, v in m.items()
-            if k not in _KNOWN_TOP and (_num(v) is not None or isinstance(v, bool))]
+    rows = [
+        [str(k), fmt_num(v, 4)]
+        for k, v in m.items()
+        if k not in _KNOWN_TOP and (_num(v) is not None or isinstance(v, bool))
+    ]
     return Section("Other metrics", [Table(["metric", "value"], rows, "lr")]) if rows else None
 
 
 def build_sections(run: RunData, charts: Mapping[str, Path]) -> list[Section]:
     m = run.metrics
-    parts = [_overview(run), _gsm8k(m), _eqbench(m), _heads(run), _validation_loss(m),
-             _safety(m, charts.get("safety")), _training(run, charts.get("training")), _mixing(m),
-             _ablation_section(_ablations(run), charts.get("ablations")), _other(m), _samples(m)]
+    parts = [
+        _overview(run),
+        _gsm8k(m),
+        _eqbench(m),
+        _heads(run),
+        _validation_loss(m),
+        _safety(m, charts.get("safety")),
+        _training(run, charts.get("training")),
+        _mixing(m),
+        _ablation_section(_ablations(run), charts.get("ablations")),
+        _other(m),
+        _samples(m),
+    ]
     return [s for s in parts if s is not None]
 
 
@@ -536,8 +671,10 @@ def md_escape(text: Any) -> str:
 def _md_table(t: Table) -> list[str]:
     align = {"l": ":--", "r": "--:"}
     head = [md_escape(c) or " " for c in t.columns]
-    out = ["| " + " | ".join(head) + " |",
-           "| " + " | ".join(align.get(t.align[i] if i < len(t.align) else "l", ":--") for i in range(len(head))) + " |"]
+    out = [
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(align.get(t.align[i] if i < len(t.align) else "l", ":--") for i in range(len(head))) + " |",
+    ]
     out += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in t.rows]
     return out
 
@@ -560,9 +697,15 @@ def render_markdown(title: str, sections: Sequence[Section], run_dir: Path) -> s
             elif isinstance(b, Image):
                 lines.append(f"![{md_escape(b.alt)}]({_md_link(b.path, run_dir)})")
             elif isinstance(b, Samples):
-                lines += _md_table(Table(["scenario", "prompt", "base", "tuned"],
-                                         [[_scenario_label(r), str(r.get("prompt", "")), _text(r.get("base")),
-                                           _text(r.get("tuned"))] for r in b.rows]))
+                lines += _md_table(
+                    Table(
+                        ["scenario", "prompt", "base", "tuned"],
+                        [
+                            [_scenario_label(r), str(r.get("prompt", "")), _text(r.get("base")), _text(r.get("tuned"))]
+                            for r in b.rows
+                        ],
+                    )
+                )
             lines.append("")
     return "\n".join(lines)
 
@@ -607,9 +750,15 @@ def _e(x: Any) -> str:
 
 def _html_table(t: Table) -> str:
     cls = ["r" if i < len(t.align) and t.align[i] == "r" else "" for i in range(len(t.columns))]
-    head = "" if not any(t.columns) else "<thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in t.columns) + "</tr></thead>"
-    body = "".join("<tr>" + "".join(f'<td class="{cls[i]}">{_e(c)}</td>' if cls[i] else f"<td>{_e(c)}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in t.rows)
+    head = (
+        "" if not any(t.columns) else "<thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in t.columns) + "</tr></thead>"
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="{cls[i]}">{_e(c)}</td>' if cls[i] else f"<td>{_e(c)}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in t.rows
+    )
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
@@ -620,21 +769,28 @@ def _data_uri(path: Path) -> str:
 def _html_samples(rows: Sequence[Mapping[str, Any]]) -> str:
     out = ['<table class="samples"><thead><tr><th>base model</th><th>tuned model</th></tr></thead><tbody>']
     for r in rows:
-        preds = " · ".join(f"{k.removesuffix('_pred')}: {r[k]}" for k in ("emotion_pred", "strategy_pred")
-                           if r.get(k) is not None)
-        out.append(f'<tr><td class="prompt" colspan="2"><span class="scenario">{_e(r.get("scenario") or "—")}</span>'
-                   + (f' <span class="pred">({_e(preds)})</span>' if preds else "")
-                   + f"\n{_e(r.get('prompt', ''))}</td></tr>")
+        preds = " · ".join(
+            f"{k.removesuffix('_pred')}: {r[k]}" for k in ("emotion_pred", "strategy_pred") if r.get(k) is not None
+        )
+        out.append(
+            f'<tr><td class="prompt" colspan="2"><span class="scenario">{_e(r.get("scenario") or "—")}</span>'
+            + (f' <span class="pred">({_e(preds)})</span>' if preds else "")
+            + f"\n{_e(r.get('prompt', ''))}</td></tr>"
+        )
         out.append(f"<tr><td>{_e(_text(r.get('base')))}</td><td>{_e(_text(r.get('tuned')))}</td></tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
 def render_html(title: str, sections: Sequence[Section]) -> str:
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+    ]
     for sec in sections:
         parts.append(f"<section><h2>{_e(sec.title)}</h2>")
         for b in sec.blocks:
@@ -643,8 +799,10 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
             elif isinstance(b, Text):
                 parts.append(f'<p class="{b.kind}">{_e(b.text)}</p>' if b.kind != "p" else f"<p>{_e(b.text)}</p>")
             elif isinstance(b, Image):
-                parts.append(f'<figure><img src="{_data_uri(b.path)}" alt="{_e(b.alt)}">'
-                             f"<figcaption>{_e(b.alt)}</figcaption></figure>")
+                parts.append(
+                    f'<figure><img src="{_data_uri(b.path)}" alt="{_e(b.alt)}">'
+                    f"<figcaption>{_e(b.alt)}</figcaption></figure>"
+                )
             elif isinstance(b, Samples):
                 parts.append(_html_samples(b.rows))
         parts.append("</section>")

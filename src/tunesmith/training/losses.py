@@ -29,9 +29,17 @@ def _fusable(lm_head: torch.nn.Module, h: torch.Tensor) -> bool:
     modules_to_save) or one sharded by FSDP/ZeRO-3 (DTensor, flattened or empty local shape) takes
     the ordinary path, whose autograd handles those."""
     w = getattr(lm_head, "weight", None)
-    return (isinstance(lm_head, torch.nn.Linear) and lm_head.bias is None and w is not None
-            and not w.requires_grad and w.dim() == 2 and w.shape[1] == h.shape[-1]
-            and type(w.data).__name__ != "DTensor" and torch.is_grad_enabled() and h.requires_grad)
+    return (
+        isinstance(lm_head, torch.nn.Linear)
+        and lm_head.bias is None
+        and w is not None
+        and not w.requires_grad
+        and w.dim() == 2
+        and w.shape[1] == h.shape[-1]
+        and type(w.data).__name__ != "DTensor"
+        and torch.is_grad_enabled()
+        and h.requires_grad
+    )
 
 
 class _ChunkedLinearCE(torch.autograd.Function):

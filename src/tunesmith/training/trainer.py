@@ -30,8 +30,8 @@ from tunesmith.data.batching import collate, collate_packed, pack_rows, sorted_b
 from tunesmith.data.chat import IGNORE, Encoded, pad_token_id
 from tunesmith.errors import TunesmithError
 from tunesmith.io import atomic_open, write_json
-from tunesmith.modeling.heads import Heads
 from tunesmith.modeling.forward import causal_lm, decoder_hidden
+from tunesmith.modeling.heads import Heads
 from tunesmith.training.dropout import use_fast_lora_dropout
 from tunesmith.training.losses import head_ce_sum, kl_policy_base_sum, lm_nll_sum
 from tunesmith.training.precision import LoraAutocast
@@ -45,12 +45,15 @@ class NonFiniteLoss(TunesmithError):
 
 def counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Normalisers of each loss term: [lm tokens, emotion rows, strategy rows, kl positions]."""
-    return torch.tensor([
-        (batch["labels"][:, 1:] != IGNORE).sum(),
-        (batch["emotion"] >= 0).sum(),
-        (batch["strategy"] >= 0).sum(),
-        batch["kl_mask"].sum(),
-    ], dtype=torch.float64)
+    return torch.tensor(
+        [
+            (batch["labels"][:, 1:] != IGNORE).sum(),
+            (batch["emotion"] >= 0).sum(),
+            (batch["strategy"] >= 0).sum(),
+            batch["kl_mask"].sum(),
+        ],
+        dtype=torch.float64,
+    )
 
 
 class TrainModule(nn.Module):
@@ -66,8 +69,9 @@ class TrainModule(nn.Module):
     def _no_split_modules(self):  # FSDP's transformer-layer auto-wrap reads it from the top module
         return getattr(causal_lm(self.model), "_no_split_modules", None)
 
-    def forward(self, input_ids, attention_mask, labels, pool_index, user_span, emotion, strategy, kl_mask,
-                position_ids=None):
+    def forward(
+        self, input_ids, attention_mask, labels, pool_index, user_span, emotion, strategy, kl_mask, position_ids=None
+    ):
         lm_head = causal_lm(self.model).get_output_embeddings()
         hidden = decoder_hidden(self.model, input_ids, attention_mask, position_ids)
         zero = hidden.new_zeros((), dtype=torch.float32)
@@ -122,11 +126,23 @@ def batches_for_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int
 
 
 class Trainer:
-    def __init__(self, model, tokenizer, cfg: TrainingConfig, epoch_data: Callable[[int], list[Encoded]],
-                 run_dir: str | Path, heads: Heads | None = None, loss: LossConfig | None = None,
-                 kl: bool = False, log: Callable[[str], None] = print,
-                 validation: list[Encoded] | None = None, eval_batch_size: int = 8, pack_length: int | None = None,
-                 run_name: str | None = None, tracker_config: dict | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        cfg: TrainingConfig,
+        epoch_data: Callable[[int], list[Encoded]],
+        run_dir: str | Path,
+        heads: Heads | None = None,
+        loss: LossConfig | None = None,
+        kl: bool = False,
+        log: Callable[[str], None] = print,
+        validation: list[Encoded] | None = None,
+        eval_batch_size: int = 8,
+        pack_length: int | None = None,
+        run_name: str | None = None,
+        tracker_config: dict | None = None,
+    ):
         """`validation`: features whose loss is measured every `cfg.eval_steps` steps and at the end
         (best checkpoint, early stopping). `pack_length`: row length for `cfg.packing` (default: the
         longest example). `tracker_config`: hyperparameters for the trackers (default: `cfg`)."""
@@ -137,8 +153,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.loss_cfg = loss or LossConfig(lambda_emotion=0, lambda_strategy=0, lambda_kl=0)
         self.weights = {
-            "lm": self.loss_cfg.lambda_lm, "emotion": self.loss_cfg.lambda_emotion,
-            "strategy": self.loss_cfg.lambda_strategy, "kl": self.loss_cfg.lambda_kl,
+            "lm": self.loss_cfg.lambda_lm,
+            "emotion": self.loss_cfg.lambda_emotion,
+            "strategy": self.loss_cfg.lambda_strategy,
+            "kl": self.loss_cfg.lambda_kl,
         }
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -147,28 +165,41 @@ class Trainer:
         # accelerate would otherwise step it once per process each step (N× too fast a decay).
         trackers = check_trackers(cfg.trackers)
         self.accelerator = Accelerator(
-            step_scheduler_with_optimizer=False, log_with=trackers or None,
-            project_config=ProjectConfiguration(project_dir=str(self.run_dir),
-                                                logging_dir=str(self.run_dir / "tensorboard")),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=heads is not None)])
+            step_scheduler_with_optimizer=False,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(
+                project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "tensorboard")
+            ),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=heads is not None)],
+        )
         self.trackers = trackers
         self.run_name = run_name or self.run_dir.name
         self.tracker_config = tracker_config if tracker_config is not None else cfg.model_dump(mode="json")
         self.validation = validation or []
         self.eval_batch_size = eval_batch_size
         if cfg.packing and (heads is not None or (kl and self.weights["kl"] > 0)):
-            raise TunesmithError("training.packing: the emotion/strategy heads and the KL term read one example per "
-                                 "row; turn packing off for them")
+            raise TunesmithError(
+                "training.packing: the emotion/strategy heads and the KL term read one example per "
+                "row; turn packing off for them"
+            )
         torch.manual_seed(cfg.seed)
         use_fast_lora_dropout(model)
         self.amp = LoraAutocast(model)
         self.module = TrainModule(model, heads, kl=kl and self.weights["kl"] > 0)
         head_ids = {id(p) for p in heads.parameters()} if heads is not None else set()
-        groups = [{"params": [p for p in self.module.parameters() if p.requires_grad and id(p) not in head_ids],
-                   "lr": cfg.learning_rate}]
+        groups = [
+            {
+                "params": [p for p in self.module.parameters() if p.requires_grad and id(p) not in head_ids],
+                "lr": cfg.learning_rate,
+            }
+        ]
         if head_ids:
-            groups.append({"params": [p for p in heads.parameters() if p.requires_grad],
-                           "lr": cfg.head_learning_rate or cfg.learning_rate})
+            groups.append(
+                {
+                    "params": [p for p in heads.parameters() if p.requires_grad],
+                    "lr": cfg.head_learning_rate or cfg.learning_rate,
+                }
+            )
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         first = epoch_data(0)
         if not first:
@@ -181,9 +212,15 @@ class Trainer:
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         from transformers import get_scheduler
 
-        self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
-                                       num_training_steps=self.total_steps)
-        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(self.module, self.optimizer, self.scheduler)
+        self.scheduler = get_scheduler(
+            cfg.scheduler,
+            self.optimizer,
+            num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(
+            self.module, self.optimizer, self.scheduler
+        )
         self.pad_id = pad_token_id(tokenizer)
         from accelerate.utils import DistributedType
 
@@ -202,8 +239,10 @@ class Trainer:
             lengths = [len(e.input_ids) for e in data]
             if self.cfg.packing:  # the units of a batch become rows of packed examples
                 data = [[data[i] for i in row] for row in pack_rows(lengths, self.pack_length, self.cfg.seed, epoch)]
-                batches = [list(range(b, min(b + self.cfg.batch_size, len(data))))
-                           for b in range(0, len(data), self.cfg.batch_size)]
+                batches = [
+                    list(range(b, min(b + self.cfg.batch_size, len(data))))
+                    for b in range(0, len(data), self.cfg.batch_size)
+                ]
             else:
                 batches = batches_for_epoch(lengths, self.cfg.batch_size, self.cfg.seed, epoch)
             # each process takes its own share of the batches (DDP); one process takes all
@@ -232,9 +271,11 @@ class Trainer:
         if resume:
             self.load_checkpoint()
             if self.state.stopped_early:
-                self.log(f"--resume: this run stopped early at step {self.state.step} (validation loss not lower for "
-                         f"{self.state.bad_evals} evaluations; best {self.state.best_loss:.4f} at step "
-                         f"{self.state.best_step}); nothing left to train, adapter/ is unchanged")
+                self.log(
+                    f"--resume: this run stopped early at step {self.state.step} (validation loss not lower for "
+                    f"{self.state.bad_evals} evaluations; best {self.state.best_loss:.4f} at step "
+                    f"{self.state.best_step}); nothing left to train, adapter/ is unchanged"
+                )
                 return self.state
         acc = self.accelerator
         if self.trackers:
@@ -298,8 +339,9 @@ class Trainer:
                                 acc.backward(loss * acc.num_processes)
                         step_tokens += int(batch["attention_mask"].sum())
                     # the logged loss and token count cover every process's share of the window
-                    totals = torch.tensor([*(sums[k] for k in COMPONENTS), step_tokens], dtype=torch.float64,
-                                          device=device)
+                    totals = torch.tensor(
+                        [*(sums[k] for k in COMPONENTS), step_tokens], dtype=torch.float64, device=device
+                    )
                     totals = acc.reduce(totals, reduction="sum") if acc.num_processes > 1 else totals
                     tokens_seen += int(totals[-1])
                     parts = {k: float(totals[j]) / float(norm[j]) for j, k in enumerate(COMPONENTS) if norm[j] > 0}
@@ -318,27 +360,50 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.state.step += 1
                     dt = time.perf_counter() - t0
-                    rec = {"step": self.state.step, "epoch": self.state.epoch, "loss": total,
-                           **{k: parts.get(k) for k in COMPONENTS}, "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": grad_norm, "tokens": tokens_seen, "step_seconds": round(dt, 4)}
+                    rec = {
+                        "step": self.state.step,
+                        "epoch": self.state.epoch,
+                        "loss": total,
+                        **{k: parts.get(k) for k in COMPONENTS},
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                        "tokens": tokens_seen,
+                        "step_seconds": round(dt, 4),
+                    }
                     self.state.history.append(rec)
                     if self.trackers and self.state.step % self.cfg.logging_steps == 0:
-                        acc.log({"train/loss": total, **{f"train/{k}": v for k, v in parts.items()},
-                                 "train/learning_rate": rec["lr"], "train/tokens_per_s": int(totals[-1]) / dt,
-                                 **({"train/grad_norm": grad_norm} if grad_norm is not None else {}),
-                                 "train/epoch": self.state.epoch}, step=self.state.step)
+                        acc.log(
+                            {
+                                "train/loss": total,
+                                **{f"train/{k}": v for k, v in parts.items()},
+                                "train/learning_rate": rec["lr"],
+                                "train/tokens_per_s": int(totals[-1]) / dt,
+                                **({"train/grad_norm": grad_norm} if grad_norm is not None else {}),
+                                "train/epoch": self.state.epoch,
+                            },
+                            step=self.state.step,
+                        )
                     bar.update(task, advance=1, description=f"training loss {total:.4f}")
-                    if acc.is_main_process and not interactive and (
-                            self.state.step % log_every == 0 or self.state.step == self.total_steps):
+                    if (
+                        acc.is_main_process
+                        and not interactive
+                        and (self.state.step % log_every == 0 or self.state.step == self.total_steps)
+                    ):
                         # no live bar in a log file: a line every ~5% of the run instead
                         h = self.state.history
                         before = h[-log_every - 1]["tokens"] if len(h) > log_every else 0
                         secs = sum(r["step_seconds"] for r in h[-log_every:])
                         parts_txt = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
-                        self.log(f"step {self.state.step}/{self.total_steps} loss {total:.4f} ({parts_txt}) "
-                                 f"{(h[-1]['tokens'] - before) / secs if secs else 0:.0f} tokens/s")
-                    if self.validation and self.cfg.eval_steps and self.state.step % self.cfg.eval_steps == 0 \
-                            and self.state.step < self.total_steps:
+                        self.log(
+                            f"step {self.state.step}/{self.total_steps} loss {total:.4f} ({parts_txt}) "
+                            f"{(h[-1]['tokens'] - before) / secs if secs else 0:.0f} tokens/s"
+                        )
+                    if (
+                        self.validation
+                        and self.cfg.eval_steps
+                        and self.state.step % self.cfg.eval_steps == 0
+                        and self.state.step < self.total_steps
+                    ):
                         self.validate()
                     saved = self.cfg.save_steps and self.state.step % self.cfg.save_steps == 0
                     if saved:
@@ -350,8 +415,9 @@ class Trainer:
                         stop = bool(acc.reduce(torch.tensor(float(stop), device=device), reduction="sum") > 0)
                     if stop:
                         path = self.latest_checkpoint() if saved else self.save_checkpoint()
-                        self.log(f"interrupted at step {self.state.step}; checkpoint saved to {path}; "
-                                 "continue with --resume")
+                        self.log(
+                            f"interrupted at step {self.state.step}; checkpoint saved to {path}; continue with --resume"
+                        )
                         raise KeyboardInterrupt
         finally:
             if main_thread:
@@ -362,8 +428,10 @@ class Trainer:
             self.save_checkpoint()
         if self.cfg.load_best and self.state.best_step is not None and self.state.best_step != self.state.step:
             self.load_weights(self.best_dir)
-            self.log(f"adapter/ = the best evaluation: step {self.state.best_step}, validation loss "
-                     f"{self.state.best_loss:.4f} (training.load_best)")
+            self.log(
+                f"adapter/ = the best evaluation: step {self.state.best_step}, validation loss "
+                f"{self.state.best_loss:.4f} (training.load_best)"
+            )
         self.save_final()
         return self.state
 
@@ -392,13 +460,16 @@ class Trainer:
         rec = {"step": st.step, "loss": total, **{k: v for k, v in parts.items() if v is not None}}
         st.evals.append(rec)
         if self.trackers:
-            self.accelerator.log({"eval/loss": total, **{f"eval/{k}": v for k, v in parts.items() if v is not None}},
-                                 step=st.step)
+            self.accelerator.log(
+                {"eval/loss": total, **{f"eval/{k}": v for k, v in parts.items() if v is not None}}, step=st.step
+            )
         patience = self.cfg.early_stopping_patience
         stop = bool(patience and not final and st.bad_evals >= patience)
-        self.log(f"step {st.step}: validation loss {total:.4f} ({len(self.validation)} examples; best "
-                 f"{st.best_loss:.4f} at step {st.best_step})"
-                 + (f"; no improvement in {patience} evaluations: stopping early" if stop else ""))
+        self.log(
+            f"step {st.step}: validation loss {total:.4f} ({len(self.validation)} examples; best "
+            f"{st.best_loss:.4f} at step {st.best_step})"
+            + (f"; no improvement in {patience} evaluations: stopping early" if stop else "")
+        )
         st.stopped_early = st.stopped_early or stop
         return rec
 
@@ -462,14 +533,22 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             self._save_weights(tmp, state)
-            torch.save({
-                "optimizer": None if self._sharded else self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "step": self.state.step, "epoch": self.state.epoch,
-                "batch_in_epoch": self.state.batch_in_epoch,
-                "evals": self.state.evals, "best_loss": self.state.best_loss, "best_step": self.state.best_step,
-                "bad_evals": self.state.bad_evals, "stopped_early": self.state.stopped_early,
-            }, tmp / "trainer_state.pt")
+            torch.save(
+                {
+                    "optimizer": None if self._sharded else self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": self.state.step,
+                    "epoch": self.state.epoch,
+                    "batch_in_epoch": self.state.batch_in_epoch,
+                    "evals": self.state.evals,
+                    "best_loss": self.state.best_loss,
+                    "best_step": self.state.best_step,
+                    "bad_evals": self.state.bad_evals,
+                    "stopped_early": self.state.stopped_early,
+                },
+                tmp / "trainer_state.pt",
+            )
             write_json(tmp / "training_history.json", self.state.history)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
@@ -508,8 +587,10 @@ class Trainer:
             m.heads.load_state_dict(load_file(path / "heads.safetensors"))
         st = torch.load(path / "trainer_state.pt", weights_only=True)
         if st["optimizer"] is None or self._sharded:
-            raise TunesmithError(f"{path}: --resume works for single-process and DDP runs, not FSDP/DeepSpeed ones; "
-                                 "each checkpoint's adapter is complete, start a new run from it instead")
+            raise TunesmithError(
+                f"{path}: --resume works for single-process and DDP runs, not FSDP/DeepSpeed ones; "
+                "each checkpoint's adapter is complete, start a new run from it instead"
+            )
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["torch_rng"])
@@ -533,10 +614,16 @@ class Trainer:
             with atomic_open(self.run_dir / "training_history.json") as f:
                 json.dump(self.state.history, f, indent=1)
             if self.state.evals:
-                write_json(self.run_dir / "validation_history.json", {
-                    "evaluations": self.state.evals, "best_step": self.state.best_step,
-                    "best_loss": self.state.best_loss, "stopped_early": self.state.stopped_early,
-                    "adapter_step": self.state.best_step if self.cfg.load_best else self.state.step})
+                write_json(
+                    self.run_dir / "validation_history.json",
+                    {
+                        "evaluations": self.state.evals,
+                        "best_step": self.state.best_step,
+                        "best_loss": self.state.best_loss,
+                        "stopped_early": self.state.stopped_early,
+                        "adapter_step": self.state.best_step if self.cfg.load_best else self.state.step,
+                    },
+                )
         self.accelerator.wait_for_everyone()
         return d
 
@@ -549,8 +636,10 @@ def check_trackers(names: list[str]) -> list[str]:
 
     for n in names:
         if importlib.util.find_spec(TRACKER_MODULES[n]) is None:
-            raise TunesmithError(f"training.report_to: {n} is not installed (pip install {TRACKER_MODULES[n]}), "
-                                 "or drop it from report_to")
+            raise TunesmithError(
+                f"training.report_to: {n} is not installed (pip install {TRACKER_MODULES[n]}), "
+                "or drop it from report_to"
+            )
     return names
 
 
@@ -569,8 +658,13 @@ def hparams(config: dict, prefix: str = "") -> dict:
 
 
 @torch.no_grad()
-def evaluate_loss(module: TrainModule, features: list[Encoded], pad_id: int, batch_size: int = 8,
-                  head_logits: dict[str, torch.Tensor] | None = None) -> dict[str, float | None]:
+def evaluate_loss(
+    module: TrainModule,
+    features: list[Encoded],
+    pad_id: int,
+    batch_size: int = 8,
+    head_logits: dict[str, torch.Tensor] | None = None,
+) -> dict[str, float | None]:
     """Each loss component's mean over held-out examples (same normalisation as training).
 
     Given a dict as `head_logits`, also fills in each head's logits per example in `features` order

@@ -24,8 +24,9 @@ def history_window(history: list[dict[str, str]], history_turns: int) -> list[di
     return [dict(m) for m in history[start:]]
 
 
-def dialogue_examples(turns: Iterable[tuple[str, str, K]], history_turns: int,
-                      make: Callable[[K, list[dict]], Example]) -> list[Example]:
+def dialogue_examples(
+    turns: Iterable[tuple[str, str, K]], history_turns: int, make: Callable[[K, list[dict]], Example]
+) -> list[Example]:
     """One example per assistant turn that answers something the user said: `make(key, messages)`
     gets the turn's key and the history window plus that reply. `turns` are (role, text, key).
 

@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunesmith.data.sources.dialogue import dialogue_examples
 from tunesmith.data.schema import Example
+from tunesmith.data.sources.dialogue import dialogue_examples
 from tunesmith.data.taxonomy import ed_emotion_id
 from tunesmith.errors import DataError
 from tunesmith.io import require_file
@@ -88,8 +88,17 @@ def read_csv(path: str | os.PathLike) -> list[Utterance]:
                 idx = int(parts[1])
             except ValueError:
                 raise DataError(f"{where}: utterance_idx must be an integer, got {parts[1]!r}") from None
-            rows.append(Utterance(parts[0].strip(), idx, parts[2].strip(), unescape(parts[3]), parts[4].strip(),
-                                  unescape(parts[5]), where))
+            rows.append(
+                Utterance(
+                    parts[0].strip(),
+                    idx,
+                    parts[2].strip(),
+                    unescape(parts[3]),
+                    parts[4].strip(),
+                    unescape(parts[5]),
+                    where,
+                )
+            )
     return rows
 
 
@@ -102,9 +111,12 @@ def _conversation_examples(rows: list[Utterance], history_turns: int) -> list[Ex
     emotion = ed_emotion_id(first.context, first.where)
 
     def example(r: Utterance, messages: list[dict]) -> Example:
-        return Example(messages=messages, emotion=emotion, source=SOURCE,
-                       meta={"conv_id": r.conv_id, "utterance_idx": r.idx, "context": first.context,
-                             "prompt": first.prompt})
+        return Example(
+            messages=messages,
+            emotion=emotion,
+            source=SOURCE,
+            meta={"conv_id": r.conv_id, "utterance_idx": r.idx, "context": first.context, "prompt": first.prompt},
+        )
 
     # the conversation's first speaker is the one sharing the situation: the user
     turns = (("user" if r.speaker == first.speaker else "assistant", r.text, r) for r in rows)
@@ -153,6 +165,15 @@ def load_empathetic_dialogues_hub(
             idx = int(r["utterance_idx"])
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{where}: missing or non-integer utterance_idx") from None
-        rows.append(Utterance(str(r["conv_id"]), idx, str(r["context"]), unescape(str(r["prompt"])),
-                              str(r["speaker_idx"]), unescape(str(r["utterance"])), where))
+        rows.append(
+            Utterance(
+                str(r["conv_id"]),
+                idx,
+                str(r["context"]),
+                unescape(str(r["prompt"])),
+                str(r["speaker_idx"]),
+                unescape(str(r["utterance"])),
+                where,
+            )
+        )
     return to_examples(rows, history_turns)

@@ -228,9 +228,16 @@ def conversation_examples(conv: Conversation, history_turns: int = DEFAULT_HISTO
         raise ValueError("history_turns must be at least 1")
 
     def example(j: int, messages: list[dict]) -> Example:
-        meta = {"conversation": conv.where, "turn": j, "emotion_type": conv.emotion_type,
-                "problem_type": conv.problem_type, "situation": conv.situation}
-        return Example(messages=messages, emotion=conv.emotion, strategy=conv.turns[j].strategy, source=SOURCE, meta=meta)
+        meta = {
+            "conversation": conv.where,
+            "turn": j,
+            "emotion_type": conv.emotion_type,
+            "problem_type": conv.problem_type,
+            "situation": conv.situation,
+        }
+        return Example(
+            messages=messages, emotion=conv.emotion, strategy=conv.turns[j].strategy, source=SOURCE, meta=meta
+        )
 
     return dialogue_examples(((t.role, t.text, j) for j, t in enumerate(conv.turns)), history_turns, example)
 

@@ -30,8 +30,9 @@ def load_records(ref: str, split: str = "train") -> list[dict]:
         raise DataError(f"GSM8K data not found: {ref}")
     for i, r in enumerate(rows, 1):
         if not isinstance(r["question"], str) or not isinstance(r["answer"], str) or "####" not in r["answer"]:
-            raise DataError(f"{ref}: record {i}: needs string 'question' and 'answer' fields, "
-                            f"the answer ending in a '#### N' line")
+            raise DataError(
+                f"{ref}: record {i}: needs string 'question' and 'answer' fields, the answer ending in a '#### N' line"
+            )
     return rows
 
 
@@ -81,8 +82,10 @@ def holdout(train: list[dict], size: int, seed: int, exclude: list[dict] = ()) -
     banned = {r["question"].strip() for r in exclude}
     eligible = [i for i, r in enumerate(train) if r["question"].strip() not in banned]
     if size >= len(eligible):
-        raise DataError(f"a validation set of {size} needs more than {size} training records, got {len(eligible)} "
-                        "(set data.gsm8k.validation_size lower)")
+        raise DataError(
+            f"a validation set of {size} needs more than {size} training records, got {len(eligible)} "
+            "(set data.gsm8k.validation_size lower)"
+        )
     validation = [train[i] for i in sorted(random.Random(seed).sample(eligible, size))]
     questions = {r["question"].strip() for r in validation}
     return validation, [r for r in train if r["question"].strip() not in questions]

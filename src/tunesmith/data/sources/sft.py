@@ -38,8 +38,16 @@ FIELDS = {
     "alpaca": ("instruction", "input", "output", "system", "history"),
     "prompt_completion": ("prompt", "completion"),
 }
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "system": "system",
+}
 MESSAGE_ROLES = ("system", "user", "assistant")
 
 
@@ -145,8 +153,10 @@ def load_source(ref: str, split: str = "train", subset: str | None = None, revis
             splits = {str(k): [Path(f) for f in v if Path(f).suffix.lower() in BUILDERS] for k, v in by_split.items()}
             files = splits.get(split, [])
             if not files:
-                raise DataError(f"{p}: no '{split}' split of .jsonl/.json/.parquet/.csv files "
-                                f"(found: {', '.join(k for k, v in splits.items() if v) or 'none'})")
+                raise DataError(
+                    f"{p}: no '{split}' split of .jsonl/.json/.parquet/.csv files "
+                    f"(found: {', '.join(k for k, v in splits.items() if v) or 'none'})"
+                )
         else:
             raise DataError(f"data file not found: {p}")
         builders = {BUILDERS.get(f.suffix.lower()) for f in files}
@@ -160,8 +170,11 @@ def load_source(ref: str, split: str = "train", subset: str | None = None, revis
         except Exception as e:  # datasets wraps pyarrow's parse errors without a line number
             problem = _jsonl_problem(files)
             cause = e.__cause__ or e
-            raise DataError(problem or f"{p}: datasets could not read it ({type(cause).__name__}: "
-                                       f"{str(cause).splitlines()[0] if str(cause) else ''})") from None
+            raise DataError(
+                problem
+                or f"{p}: datasets could not read it ({type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else ''})"
+            ) from None
         return Source(str(p), ds, _hash_files(files), _locator(files, builder))
     try:
         ds = datasets.load_dataset(ref, name=subset, split=split, revision=revision)
@@ -197,8 +210,10 @@ def detect_format(record: dict, columns: dict[str, str]) -> str:
         return "alpaca"
     if {"prompt", "completion"} <= has:
         return "prompt_completion"
-    raise DataError(f"cannot detect the format from the keys {sorted(record)}: expected messages, conversations, "
-                    "instruction+output or prompt+completion; set data.sft.format and data.sft.columns")
+    raise DataError(
+        f"cannot detect the format from the keys {sorted(record)}: expected messages, conversations, "
+        "instruction+output or prompt+completion; set data.sft.format and data.sft.columns"
+    )
 
 
 def _text(value, field: str) -> str:
@@ -272,8 +287,10 @@ def to_example(record: dict, fmt: str, columns: dict[str, str]) -> Example:
         for j, pair in enumerate(_get(record, "history", columns) or []):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
                 raise DataError(f"field '{fh}[{j}]': expected a [user, assistant] pair")
-            msgs += [{"role": "user", "content": _text(pair[0], f"{fh}[{j}][0]")},
-                     {"role": "assistant", "content": _text(pair[1], f"{fh}[{j}][1]")}]
+            msgs += [
+                {"role": "user", "content": _text(pair[0], f"{fh}[{j}][0]")},
+                {"role": "assistant", "content": _text(pair[1], f"{fh}[{j}][1]")},
+            ]
         msgs += [{"role": "user", "content": "\n".join(query)}, {"role": "assistant", "content": _text(output, fo)}]
         return Example(messages=msgs, source="sft")
     if fmt == "prompt_completion":
@@ -284,10 +301,16 @@ def to_example(record: dict, fmt: str, columns: dict[str, str]) -> Example:
         if completion is None:
             raise DataError(f"field '{fc}': missing")
         # TRL's conversational prompt/completion: lists of turns; plain strings become one user/assistant turn
-        p = (_turns(prompt, fp, "role", "content", {r: r for r in MESSAGE_ROLES}) if isinstance(prompt, list)
-             else [{"role": "user", "content": _text(prompt, fp)}])
-        c = (_turns(completion, fc, "role", "content", {"assistant": "assistant"}) if isinstance(completion, list)
-             else [{"role": "assistant", "content": _text(completion, fc)}])
+        p = (
+            _turns(prompt, fp, "role", "content", {r: r for r in MESSAGE_ROLES})
+            if isinstance(prompt, list)
+            else [{"role": "user", "content": _text(prompt, fp)}]
+        )
+        c = (
+            _turns(completion, fc, "role", "content", {"assistant": "assistant"})
+            if isinstance(completion, list)
+            else [{"role": "assistant", "content": _text(completion, fc)}]
+        )
         return Example(messages=_check_chat(p + c, fc), source="sft")
     raise ConfigError(f"data.sft.format: unknown format '{fmt}' (valid: auto, {', '.join(FORMATS)})")
 
@@ -312,18 +335,34 @@ def _encoder_version() -> str:
     return hashlib.sha256(inspect.getsource(chat).encode() + inspect.getsource(to_example).encode()).hexdigest()[:16]
 
 
-def cache_key(src: Source, tokenizer, fmt: str, columns: dict[str, str], max_length: int, train_on: str,
-              system_prompt: str | None) -> str:
+def cache_key(
+    src: Source, tokenizer, fmt: str, columns: dict[str, str], max_length: int, train_on: str, system_prompt: str | None
+) -> str:
     template = getattr(tokenizer, "chat_template", None) or ""
-    parts = {"data": src.fingerprint, "tokenizer": getattr(tokenizer, "name_or_path", ""), "vocab": len(tokenizer),
-             "template": hashlib.sha256(str(template).encode()).hexdigest(), "encoder": _encoder_version(),
-             "format": fmt, "columns": sorted(columns.items()), "max_length": max_length, "train_on": train_on,
-             "system_prompt": system_prompt}
+    parts = {
+        "data": src.fingerprint,
+        "tokenizer": getattr(tokenizer, "name_or_path", ""),
+        "vocab": len(tokenizer),
+        "template": hashlib.sha256(str(template).encode()).hexdigest(),
+        "encoder": _encoder_version(),
+        "format": fmt,
+        "columns": sorted(columns.items()),
+        "max_length": max_length,
+        "train_on": train_on,
+        "system_prompt": system_prompt,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def encode_source(src: Source, tokenizer, fmt: str, columns: dict[str, str], max_length: int,
-                  train_on: str = "all", system_prompt: str | None = None) -> list[Encoded]:
+def encode_source(
+    src: Source,
+    tokenizer,
+    fmt: str,
+    columns: dict[str, str],
+    max_length: int,
+    train_on: str = "all",
+    system_prompt: str | None = None,
+) -> list[Encoded]:
     """Every record encoded (one Encoded per record, index for index); cached by content hash."""
     where = src.where
 
@@ -333,19 +372,33 @@ def encode_source(src: Source, tokenizer, fmt: str, columns: dict[str, str], max
             e = encode(tokenizer, ex, max_length, system_prompt, train_on=train_on)
         except DataError as err:
             raise DataError(f"{where(i)}: {err}") from None
-        return {"input_ids": e.input_ids, "labels": e.labels, "pool_index": e.pool_index,
-                "user_span": list(e.user_span)}
+        return {
+            "input_ids": e.input_ids,
+            "labels": e.labels,
+            "pool_index": e.pool_index,
+            "user_span": list(e.user_span),
+        }
 
     key = cache_key(src, tokenizer, fmt, columns, max_length, train_on, system_prompt)
     ds = src.dataset
     # without a cache file behind it (an in-memory dataset) map cannot cache; that is fine
-    mapped = ds.map(fn, with_indices=True, remove_columns=ds.column_names, new_fingerprint=key,
-                    desc="tokenising", load_from_cache_file=True)
+    mapped = ds.map(
+        fn,
+        with_indices=True,
+        remove_columns=ds.column_names,
+        new_fingerprint=key,
+        desc="tokenising",
+        load_from_cache_file=True,
+    )
     cols = mapped[:]
-    return [Encoded(input_ids=list(ids), labels=list(lab), pool_index=int(pi), user_span=(int(us[0]), int(us[1])),
-                    source="sft")
-            for ids, lab, pi, us in zip(cols["input_ids"], cols["labels"], cols["pool_index"], cols["user_span"],
-                                        strict=True)]
+    return [
+        Encoded(
+            input_ids=list(ids), labels=list(lab), pool_index=int(pi), user_span=(int(us[0]), int(us[1])), source="sft"
+        )
+        for ids, lab, pi, us in zip(
+            cols["input_ids"], cols["labels"], cols["pool_index"], cols["user_span"], strict=True
+        )
+    ]
 
 
 # ---- splits ----------------------------------------------------------------------------------
@@ -372,8 +425,13 @@ def load_sft(cfg, tokenizer, say: Callable[[str], None] | None = None) -> SftSpl
     check_columns(s.columns)
     src = load_source(s.train, s.split, s.subset, s.revision)
     fmt = resolve_format(src, s.format, s.columns, say)
-    kw = dict(fmt=fmt, columns=s.columns, max_length=cfg.data.max_length, train_on=s.train_on,
-              system_prompt=cfg.data.system_prompt)
+    kw = dict(
+        fmt=fmt,
+        columns=s.columns,
+        max_length=cfg.data.max_length,
+        train_on=s.train_on,
+        system_prompt=cfg.data.system_prompt,
+    )
     feats = encode_source(src, tokenizer, **kw)
     val: list[Encoded] = []
     val_ref = None
@@ -382,8 +440,9 @@ def load_sft(cfg, tokenizer, say: Callable[[str], None] | None = None) -> SftSpl
         random.Random(seed).shuffle(order)
         n_val = max(1, round(s.validation * len(feats)))
         if n_val >= len(feats):
-            raise DataError(f"{src.ref}: {len(feats)} record(s) are too few to split off a validation fraction "
-                            f"of {s.validation}")
+            raise DataError(
+                f"{src.ref}: {len(feats)} record(s) are too few to split off a validation fraction of {s.validation}"
+            )
         held = set(order[:n_val])
         val = [feats[i] for i in sorted(held)]
         feats = [f for i, f in enumerate(feats) if i not in held]
@@ -392,8 +451,10 @@ def load_sft(cfg, tokenizer, say: Callable[[str], None] | None = None) -> SftSpl
         if _looks_local(s.validation):
             vsrc = load_source(s.validation)
         elif _looks_local(s.train) and not Path(s.train).expanduser().is_dir():
-            raise DataError(f"data.sft.validation: file not found: {s.validation} (a split name needs a folder or a "
-                            "hub dataset as data.sft.train)")
+            raise DataError(
+                f"data.sft.validation: file not found: {s.validation} (a split name needs a folder or a "
+                "hub dataset as data.sft.train)"
+            )
         else:  # a split of the same folder or hub dataset
             vsrc = load_source(s.train, s.validation, s.subset, s.revision)
         vfmt = resolve_format(vsrc, s.format, s.columns, say)
