@@ -129,3 +129,12 @@ def test_cases_through_lm_eval_itself(text, gold, strict, flexible):
         for p in metric["regexes_to_ignore"]:
             cleaned = re.sub(p, "", cleaned)
         assert extract_answer(text, mode) == (INVALID if pred == INVALID else cleaned.lower()), f["name"]
+
+
+def test_lenient_scores_against_the_full_answer_field():
+    # the recipe passes GSM8K's whole `answer` (solution + "#### N"), as it does for strict and flexible
+    field = "John has $300.\nHe needs $100 more.\n#### 100"
+    assert is_correct(extract_answer("so $100.\n#### $100", "lenient"), field, "lenient")
+    assert is_correct(extract_answer("#### 100.0", "lenient"), field, "lenient")
+    assert not is_correct(extract_answer("#### 99", "lenient"), field, "lenient")
+    assert is_correct(extract_answer("#### 100", "strict"), field, "strict")

@@ -86,9 +86,10 @@ def is_correct(pred: str, gold: str, mode: Mode = "strict") -> bool:
     `gold` the GSM8K answer field or its number. strict/flexible: lm-eval's exact match; lenient: numeric."""
     if pred == INVALID:
         return False
+    ref = reference(gold)  # the answer field's final number (a bare number passes through)
     if mode != "lenient":
-        return pred == reference(gold)
+        return pred == ref
     try:
-        return abs(float(pred) - float(gold)) < 1e-6
+        return abs(float(pred) - float(ref)) < 1e-6
     except ValueError:
-        return pred == gold
+        return pred == ref

@@ -214,6 +214,8 @@ def make_plots(run: RunData) -> dict[str, Path]:
             )
         )
     safety = run.metrics.get("safety")
+    if isinstance(safety, Mapping) and isinstance(run.metrics.get("base_safety"), Mapping):
+        safety = {"base": run.metrics["base_safety"], "tuned": safety}  # a gsm8k run that also judged its base
     if isinstance(safety, Mapping):
         jobs.append(("safety", "safety_by_hazard.png", metrics_src, lambda p: plots.plot_safety_by_hazard(safety, p)))
     ablations = _ablations(run)
