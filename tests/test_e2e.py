@@ -185,6 +185,15 @@ def check_outputs(tmp: Path, cfg: dict, n_test: int, n_safety: int, n_train: int
     if classifier:
         assert metrics["safety"]["safety_rate"] == 1.0
     assert len(metrics["sweep"]) == len(scores)
+    # what a short run can move, base beside tuned wherever tuned is shown: answer format, safety, samples
+    for side in ("base", "tuned"):
+        preds = read_jsonl(run / f"gsm8k_preds_e2e{'-base' if side == 'base' else ''}.jsonl")
+        assert metrics[side]["format_rate"] == sum(p["strict"] != "[invalid]" for p in preds) / n_test
+    assert metrics["base_safety"]["total"] == n_safety and metrics["safety"]["guard"]
+    assert (run / "ailuminate_safety_e2e-base.jsonl").is_file()
+    assert [r["prompt"] for r in metrics["samples"]] == [p["question"] for p in preds[: len(metrics["samples"])]]
+    assert all(r["base"] is not None and r["tuned"] is not None for r in metrics["samples"])
+    assert (run / "report.html").is_file()
     chosen = next(s["checkpoint"] for s in scores if s["chosen"] == "True")
     assert metrics["checkpoint"] == chosen
 
