@@ -230,6 +230,12 @@ def chat_settings(cfg) -> dict:
     }
 
 
+def load_run_model(cfg):
+    """The run's model (a RunConfig's `model:` section), without LoRA."""
+    m = cfg.model
+    return load_model(m.name, m.dtype, m.load_in_4bit, m.revision, m.trust_remote_code, m.attn_implementation)
+
+
 def load_run_tokenizer(cfg):
     """The tokenizer of the run's model (a RunConfig), chat template as the config sets it up."""
     return load_tokenizer(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, **chat_settings(cfg))

@@ -158,20 +158,13 @@ def preference_margins(model, tok, pairs: list[dict], beta: float, max_length: i
 # ---- model ----------------------------------------------------------------------------------
 def load_start_model(cfg: DpoRunConfig):
     """(tokenizer, base model with the SFT adapter merged in, SFT adapter dir or None)."""
-    from tunesmith.modeling.loading import load_model, load_run_tokenizer
+    from tunesmith.modeling.loading import load_run_model, load_run_tokenizer
 
     sft = Path(cfg.dpo.sft_adapter) if cfg.dpo.sft_adapter else None
     if sft is not None and not (sft / "adapter_config.json").is_file():
         raise ModelError(f"dpo.sft_adapter: {sft} is not an adapter folder (no adapter_config.json)")
     tok = load_run_tokenizer(cfg)
-    model = load_model(
-        cfg.model.name,
-        cfg.model.dtype,
-        cfg.model.load_in_4bit,
-        cfg.model.revision,
-        cfg.model.trust_remote_code,
-        cfg.model.attn_implementation,
-    )
+    model = load_run_model(cfg)
     if sft is not None:
         from peft import PeftModel
 

@@ -65,19 +65,12 @@ def chat_template_record(cfg: RunConfig) -> dict:
 
 
 def build_model(cfg: RunConfig, with_lora: bool = True):
-    from tunesmith.modeling.loading import add_lora, load_model, load_run_tokenizer
+    from tunesmith.modeling.loading import add_lora, load_run_model, load_run_tokenizer
 
     tok = load_run_tokenizer(cfg)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(
-            cfg.model.name,
-            cfg.model.dtype,
-            cfg.model.load_in_4bit,
-            cfg.model.revision,
-            cfg.model.trust_remote_code,
-            cfg.model.attn_implementation,
-        )
+        model = load_run_model(cfg)
     for w in caught:
         if "QLoRA" in str(w.message):
             say(f"[yellow]warning:[/] {w.message}")

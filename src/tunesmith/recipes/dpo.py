@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tunesmith.config import DpoRunConfig
+from tunesmith.errors import ConfigError
 from tunesmith.io import write_json
 from tunesmith.modeling.export import combine_adapters
 from tunesmith.modeling.heads import HEADS_FILE
@@ -29,6 +30,7 @@ from tunesmith.preference.dpo import (
     preference_margins,
     split_pairs,
 )
+from tunesmith.recipes.base import Recipe
 from tunesmith.recipes.common import chat_template_record, check_inputs
 from tunesmith.reporting.model_card import write_model_card
 from tunesmith.runs import append_summary_row, git_commit, start_run
@@ -167,23 +169,33 @@ def print_margins(cfg: DpoRunConfig, m: dict) -> None:
     out.print(t)
 
 
-class DpoRecipe:
-    name = "dpo"
-    summary = "preference tuning (TRL DPOTrainer) of a new adapter on top of an SFT adapter; held-out reward margin"
-    config_class = DpoRunConfig
+def validate(cfg: DpoRunConfig) -> list[str]:
+    check_inputs(cfg)
+    train, held = split_pairs(cfg)
+    return [
+        f"model: {cfg.model.name}",
+        f"sft adapter: {cfg.dpo.sft_adapter or '(none: the base model)'}",
+        f"pairs: {cfg.dpo.pairs} ({len(train)} train / {len(held)} held out)",
+    ]
 
-    def validate(self, cfg: DpoRunConfig) -> list[str]:
-        check_inputs(cfg)
-        train, held = split_pairs(cfg)
-        return [
-            f"model: {cfg.model.name}",
-            f"sft adapter: {cfg.dpo.sft_adapter or '(none: the base model)'}",
-            f"pairs: {cfg.dpo.pairs} ({len(train)} train / {len(held)} held out)",
-        ]
 
-    def train(self, cfg: DpoRunConfig, resume: bool = False) -> Path:
-        run_dpo(cfg)
-        return cfg.run_dir / "adapter"
+def run(cfg: DpoRunConfig, resume: bool = False) -> dict:
+    if resume:
+        # TRL's run here saves no checkpoints (they would hold pickled training args)
+        raise ConfigError("--resume: the dpo recipe keeps no checkpoints; run it again from the start")
+    return run_dpo(cfg)
 
-    def run(self, cfg: DpoRunConfig, resume: bool = False) -> dict:
-        return run_dpo(cfg)
+
+def train(cfg: DpoRunConfig, resume: bool = False) -> Path:
+    run(cfg, resume)
+    return cfg.run_dir / "adapter"
+
+
+RECIPE = Recipe(
+    name="dpo",
+    summary="preference tuning (TRL DPOTrainer) of a new adapter on top of an SFT adapter; held-out reward margin",
+    config_class=DpoRunConfig,
+    validate=validate,
+    train=train,
+    run=run,
+)

@@ -25,6 +25,7 @@ from tunesmith.generation.protocol import Generator
 from tunesmith.io import read_jsonl, write_json, write_jsonl
 from tunesmith.modeling.forward import head_logits
 from tunesmith.modeling.heads import Heads
+from tunesmith.recipes.base import Recipe
 from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
 from tunesmith.reporting.report import write_report
 from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
@@ -453,19 +454,14 @@ def validate(cfg: EmpathyRunConfig) -> list[str]:
     )
 
 
-class EmpathyRecipe:
-    name = "empathy"
-    summary = (
+RECIPE = Recipe(
+    name="empathy",
+    summary=(
         "multi-task LoRA: LM + emotion/strategy heads + KL to the base on ESConv/GoEmotions/ED; "
         "EQ-Bench v2, head metrics, safety, samples"
-    )
-    config_class = EmpathyRunConfig
-
-    def validate(self, cfg: EmpathyRunConfig) -> list[str]:
-        return validate(cfg)
-
-    def train(self, cfg: EmpathyRunConfig, resume: bool = False) -> Path:
-        return train_only(cfg, resume)
-
-    def run(self, cfg: EmpathyRunConfig, resume: bool = False) -> dict:
-        return run(cfg, resume)
+    ),
+    config_class=EmpathyRunConfig,
+    validate=validate,
+    train=train_only,
+    run=run,
+)

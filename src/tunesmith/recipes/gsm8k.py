@@ -25,6 +25,7 @@ from tunesmith.errors import DataError
 from tunesmith.evaluation.gsm8k import INVALID, MODES, extract_answer, is_correct
 from tunesmith.generation.protocol import Generator
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
+from tunesmith.recipes.base import Recipe
 from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
 from tunesmith.reporting.report import write_report
 from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
@@ -455,19 +456,14 @@ def validate(cfg: Gsm8kRunConfig) -> list[str]:
     return lines
 
 
-class Gsm8kRecipe:
-    name = "gsm8k"
-    summary = (
+RECIPE = Recipe(
+    name="gsm8k",
+    summary=(
         "LoRA SFT on GSM8K; greedy k-shot eval (lm-eval strict/flexible), AILuminate safety, "
         "checkpoint sweep, thresholds"
-    )
-    config_class = Gsm8kRunConfig
-
-    def validate(self, cfg: Gsm8kRunConfig) -> list[str]:
-        return validate(cfg)
-
-    def train(self, cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
-        return train_only(cfg, resume)
-
-    def run(self, cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
-        return run(cfg, resume)
+    ),
+    config_class=Gsm8kRunConfig,
+    validate=validate,
+    train=train_only,
+    run=run,
+)

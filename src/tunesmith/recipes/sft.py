@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tunesmith.config import SftRunConfig
+from tunesmith.recipes.base import Recipe
 from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
 from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
 from tunesmith.ui import fmt, out, say
@@ -198,19 +199,14 @@ def validate(cfg: SftRunConfig) -> list[str]:
     return lines
 
 
-class SftRecipe:
-    name = "sft"
-    summary = (
+RECIPE = Recipe(
+    name="sft",
+    summary=(
         "LoRA SFT on your own chat data (messages / ShareGPT / Alpaca / prompt-completion); validation loss, "
         "best adapter, early stopping, packing, trackers, model card"
-    )
-    config_class = SftRunConfig
-
-    def validate(self, cfg: SftRunConfig) -> list[str]:
-        return validate(cfg)
-
-    def train(self, cfg: SftRunConfig, resume: bool = False) -> Path:
-        return train_only(cfg, resume)
-
-    def run(self, cfg: SftRunConfig, resume: bool = False) -> dict:
-        return run(cfg, resume)
+    ),
+    config_class=SftRunConfig,
+    validate=validate,
+    train=train_only,
+    run=run,
+)
