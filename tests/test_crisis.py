@@ -144,7 +144,7 @@ def test_context_raises_the_risk_of_the_quarry_example(detector):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known miss: context P(crisis) 0.63 < threshold 0.82 (embeddings + linear model; see README, crisis layer)",
+    reason="known miss: context P(crisis) 0.69 < threshold 0.80 (embeddings + small MLP; see README, crisis layer)",
 )
 def test_quarry_example_is_flagged(detector):
     r = detector.check_conversation(
