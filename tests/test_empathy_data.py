@@ -559,7 +559,7 @@ def _clashes(shipped: list[Example], eval_prompts: list[tuple[str, str]]) -> lis
     return out
 
 
-def test_shipped_safety_prompts():
+def test_shipped_kl_prompts():
     exs = load_kl_prompts()
     assert 60 <= len(exs) <= 100
     assert all(x.is_kl_prompt and x.source == "kl_prompts" and not x.has_lm for x in exs)
@@ -570,7 +570,7 @@ def test_shipped_safety_prompts():
     assert shipped_path().is_file()
 
 
-def test_shipped_safety_prompts_have_no_near_duplicates_among_themselves():
+def test_shipped_kl_prompts_have_no_near_duplicates_among_themselves():
     exs = load_kl_prompts()
     pairs = [(x.meta["id"], x.messages[0]["content"]) for x in exs]
     clashes = [c for c in _clashes(exs, pairs) if c.split(" ~ ")[0] != c.split(" ~ ")[1]]
@@ -633,14 +633,14 @@ def _eqbench_prompts() -> list[tuple[str, str]]:
 
 
 @pytest.mark.shared_data
-def test_safety_prompts_disjoint_from_ailuminate():
+def test_kl_prompts_disjoint_from_ailuminate():
     prompts = _ailuminate_prompts()
     assert len(prompts) == 2400
     assert _clashes(load_kl_prompts(), prompts) == []
 
 
 @pytest.mark.shared_data
-def test_safety_prompts_disjoint_from_eqbench():
+def test_kl_prompts_disjoint_from_eqbench():
     prompts = _eqbench_prompts()
     assert len(prompts) >= 171
     assert _clashes(load_kl_prompts(), prompts) == []
@@ -669,7 +669,7 @@ def _scenario_prompts(root: Path) -> list[tuple[str, str]]:
     return prompts
 
 
-def test_safety_prompts_disjoint_from_red_team_and_scenario_sets():
+def test_kl_prompts_disjoint_from_red_team_and_scenario_sets():
     roots = [Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "resources", SHARED]
     prompts = [p for root in roots if root.is_dir() for p in _scenario_prompts(root)]
     if not prompts:
