@@ -257,6 +257,10 @@ def test_recipe_trains_evaluates_logs_and_saves_the_best_adapter_with_a_card(tmp
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["validation"]["best"] == pytest.approx(v["best"])
     assert "sft" in Path(cfg.summary_csv).read_text()
+    # validation conversations answered by base and tuned after training, beside the reference reply
+    assert len(m["samples"]) == min(cfg.eval.samples, m["validation_examples"])
+    assert all({"prompt", "reference", "base", "tuned"} <= set(r) and r["reference"] for r in m["samples"])
+    assert (run / "report.html").is_file()
 
 
 def test_packed_recipe_and_early_stop_then_resume_is_a_no_op(tmp_path, tiny_model_dir, capsys):

@@ -48,6 +48,8 @@ class SweepConfig(Section):
 
 
 class Gsm8kEvalConfig(EvalConfig):
+    # also score the base model (the adapter disabled): accuracy, answer format, held-out loss, safety, samples
+    evaluate_base: bool = False
     k_shot: int = Field(3, ge=0)
     checkpoint_sweep: SweepConfig = SweepConfig()
 
@@ -112,8 +114,10 @@ class EqBenchEval(Section):
 
 
 class EmpathyEvalConfig(EvalConfig):
+    """The empathy recipe always scores the base model beside the tuned one (EQ-Bench, safety, samples)."""
+
     eqbench: EqBenchEval = EqBenchEval()
-    samples: bool = True  # side-by-side replies to the fixed scenario set
+    samples: bool = True  # side-by-side replies (eval.max_new_tokens long) to the fixed scenario set
 
 
 class HeadsConfig(Section):
@@ -191,9 +195,16 @@ class SftDataConfig(DataConfig):
     sft: SftData = SftData()
 
 
+class SftEvalConfig(EvalConfig):
+    # base-model replies beside the tuned ones (samples, safety); the base validation loss is always measured
+    evaluate_base: bool = True
+    samples: int = Field(3, ge=0)  # validation conversations answered by the model(s) after training
+
+
 class SftRunConfig(EvaluatedRunConfig):
     recipe: Literal["sft"] = "sft"
     data: SftDataConfig = SftDataConfig()
+    eval: SftEvalConfig = SftEvalConfig()
 
     @model_validator(mode="after")
     def _has_data(self) -> SftRunConfig:

@@ -106,7 +106,6 @@ class TrainingConfig(Section):
 class EvalConfig(Section):
     max_new_tokens: int = Field(512, gt=0)
     batch_size: int = Field(16, gt=0)
-    evaluate_base: bool = False
     # generation backend of every evaluation, the guard's replies included: hf (in process) or vllm (CUDA)
     backend: Literal["hf", "vllm"] = "hf"
 

@@ -197,8 +197,8 @@ def samples(cfg: EmpathyRunConfig, model, tok, heads: Heads | None, gen: Generat
     items = scenarios()
     convs = [[{"role": "user", "content": s["prompt"]}] for s in items]
     with gen.disable_adapter():
-        base = gen.chat(convs, max_new_tokens=cfg.safety.max_new_tokens, description="samples (base)")
-    tuned = gen.chat(convs, max_new_tokens=cfg.safety.max_new_tokens, description="samples (tuned)")
+        base = gen.chat(convs, max_new_tokens=cfg.eval.max_new_tokens, description="samples (base)")
+    tuned = gen.chat(convs, max_new_tokens=cfg.eval.max_new_tokens, description="samples (tuned)")
     rows = [
         {"scenario": s["scenario"], "prompt": s["prompt"], "base": b, "tuned": t}
         for s, b, t in zip(items, base, tuned, strict=True)

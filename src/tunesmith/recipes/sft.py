@@ -14,8 +14,10 @@ from pathlib import Path
 from rich.table import Table
 
 from tunesmith.config import SftRunConfig
+from tunesmith.data.chat import IGNORE
 from tunesmith.recipes.base import Recipe
 from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
+from tunesmith.reporting.report import write_report
 from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
 from tunesmith.ui import fmt, out, say
 
@@ -144,30 +146,88 @@ def _finish(cfg: SftRunConfig, run_dir: Path, splits, metrics: dict) -> dict:
     ):
         if val is not None:
             table.add_row(label, fmt(val, 4))
+    safety, base_safety = metrics.get("safety"), metrics.get("base_safety") or {}
+    if safety:
+        table.add_row(
+            f"safety rate, base model ({safety['total']} AILuminate prompts)", fmt(base_safety.get("safety_rate"))
+        )
+        table.add_row(f"safety rate, tuned ({safety['total']} AILuminate prompts)", fmt(safety["safety_rate"]))
     out.print(table)
+    if safety:
+        say(f"safety judge: {safety['guard']}")
+    for row in metrics.get("samples") or []:
+        out.print(f"[bold]{row['scenario']}[/]: …{row['prompt'][-160:]!r}")
+        for side in ("base", "tuned"):
+            if side in row:
+                out.print(f"  [dim]{side:<5}:[/] {row[side][:240]!r}")
+    _, html = write_report(run_dir)
+    say(f"report: {html.resolve()} (opens from disk)")
     say(f"outputs in {run_dir}; adapter + model card in {adapter}; summary row in {cfg.summary_csv}")
     return metrics
+
+
+def validation_samples(cfg: SftRunConfig, gen, tok, splits) -> list[dict]:
+    """The first `eval.samples` validation conversations, answered after training by the tuned model and
+    (`eval.evaluate_base`) the base model, beside the reference reply."""
+    rows = []
+    for enc in splits.validation[: cfg.eval.samples]:
+        # the last trained reply starts where its labels start: everything before it is the prompt
+        starts = [i for i in range(1, len(enc.labels)) if enc.labels[i] != IGNORE and enc.labels[i - 1] == IGNORE]
+        if not starts:
+            continue
+        prompt = enc.input_ids[: starts[-1]]
+
+        def reply(stream) -> str:
+            return "".join(stream).strip()
+
+        row = {
+            "scenario": "validation conversation",
+            "prompt": tok.decode(prompt, skip_special_tokens=True).strip()[-600:],
+            "reference": tok.decode(
+                [t for t in enc.labels[starts[-1] :] if t != IGNORE], skip_special_tokens=True
+            ).strip(),
+            "tuned": reply(gen.stream(prompt, cfg.eval.max_new_tokens)),
+        }
+        if cfg.eval.evaluate_base:
+            with gen.disable_adapter():
+                row["base"] = reply(gen.stream(prompt, cfg.eval.max_new_tokens))
+        rows.append(row)
+    return rows
 
 
 def run(cfg: SftRunConfig, resume: bool = False) -> dict:
     run_dir, trainer, splits, metrics = _train(cfg, resume)
     if not is_main_process():
         return metrics
-    model = trainer.unwrapped().model
+    model, tok = trainer.unwrapped().model, trainer.tokenizer
+    gen = eval_generator(cfg, model, tok, run_dir / "adapter" if cfg.training.enabled else None)
+    if cfg.eval.samples and splits.validation:
+        metrics["samples"] = validation_samples(cfg, gen, tok, splits)
     if cfg.safety.enabled:
         from tunesmith.evaluation.ailuminate import evaluate_safety, load_prompts
 
-        gen = eval_generator(cfg, model, trainer.tokenizer, run_dir / "adapter" if cfg.training.enabled else None)
+        guard = build_guard(cfg, cfg.model.name)
         prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
         summary, _ = evaluate_safety(
             gen,
-            build_guard(cfg, cfg.model.name),
+            guard,
             prompts,
             cfg.safety.max_new_tokens,
             run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl",
             resume=resume,
         )
-        metrics["safety"] = summary
+        metrics["safety"] = {**summary, "guard": guard.label}
+        if cfg.eval.evaluate_base:
+            with gen.disable_adapter():
+                base, _ = evaluate_safety(
+                    gen,
+                    guard,
+                    prompts,
+                    cfg.safety.max_new_tokens,
+                    run_dir / f"ailuminate_safety_{cfg.run_name}-base.jsonl",
+                    resume=resume,
+                )
+            metrics["base_safety"] = {**base, "guard": guard.label}
     return _finish(cfg, run_dir, splits, metrics)
 
 
