@@ -28,6 +28,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/tunesmith run configs/demo.yaml
+	$(VENV)/bin/tunesmith run configs/sft-demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
