@@ -385,3 +385,19 @@ def test_layer_logs_flag_and_reason_but_not_the_message(caplog):
     assert "tonight" not in caplog.text
     quiet = layer.screen("what a lovely day")
     assert not quiet.result.flagged and quiet.banner is None and not quiet.session_flagged
+
+
+def test_guard_model_is_a_further_signal_in_the_chat_commands(tiny_model_dir):
+    # `tunesmith chat/serve/redteam --guard MODEL`: a real generative guard (here a tiny random model,
+    # whose verdicts are noise) is asked about every user message beside the detector
+    from tunesmith.cli.chat import _crisis_layer
+
+    layer = _crisis_layer(None, str(tiny_model_dir), "fp32")
+    asked = []
+    real = layer.detector.guard
+    layer.detector.guard = lambda text: (asked.append(text), real(text))[1]
+    r = layer.detector.check("the weather is lovely and I am making pancakes")
+    assert asked == ["the weather is lovely and I am making pancakes"]
+    assert not r.flagged or r.reason.startswith("guard:")  # the detector alone does not flag pancakes
+    unsafe, codes = real("the weather is lovely")
+    assert unsafe in (True, False, None) and isinstance(codes, list)

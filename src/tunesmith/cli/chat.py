@@ -29,6 +29,12 @@ LocaleOpt = Annotated[
 SystemOpt = Annotated[
     str | None, typer.Option("--system", help="system prompt (default: the adapter's run config, else the model's own)")
 ]
+GuardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--guard", help="a Llama Guard style model whose verdict on each user message is a further crisis signal"
+    ),
+]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | bf16 | fp16 | fp32")]
 
 
@@ -42,11 +48,24 @@ def load_chat_model(model: str, adapter: Path | None, dtype: str = "auto"):
     return m, tok, heads, run_system_prompt(adapter)
 
 
-def _check_locale(locale: str | None):
-    from tunesmith.chat.crisis import CrisisLayer
+def _crisis_layer(locale: str | None, guard: str | None = None, dtype: str = "auto"):
+    """The crisis layer; with `guard` (a Llama Guard style model reference) its verdict on each user
+    message (S11 self-harm, S1 violent crimes) is a further signal beside the detector."""
+    from tunesmith.chat.crisis import CrisisDetector, CrisisLayer
 
     layer = CrisisLayer()
     layer.resources.resolve(locale)  # fail before loading a model
+    if guard:
+        from tunesmith.chat.crisis import guard_signal
+        from tunesmith.evaluation.ailuminate import GenerativeGuard, load_categories
+        from tunesmith.generation.factory import make_generator
+        from tunesmith.modeling.loading import load_model, load_tokenizer
+
+        tok = load_tokenizer(guard)
+        gen = make_generator("hf", load_model(guard, dtype), tok, batch_size=1, max_new_tokens=10)
+        d = layer.detector
+        judge = GenerativeGuard(gen, load_categories(None), "", guard)
+        layer.detector = CrisisDetector(d.model, d.rules, d.featurizer, guard=guard_signal(judge))
     return layer
 
 
@@ -102,6 +121,7 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 256,
     system: SystemOpt = None,
     dtype: DtypeOpt = "auto",
+    guard: GuardOpt = None,
     message: Annotated[
         list[str] | None, typer.Option("--message", "-m", help="send these messages in order and exit (no prompt)")
     ] = None,
@@ -113,7 +133,7 @@ def chat(
 
     quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    layer = _check_locale(locale)
+    layer = _crisis_layer(locale, guard, dtype)
     console = Console(highlight=False)
     with console.status("loading model…"):
         m, tok, heads, run_system = load_chat_model(model, adapter, dtype)
@@ -194,6 +214,7 @@ def serve(
     ] = 256,
     system: SystemOpt = None,
     dtype: DtypeOpt = "auto",
+    guard: GuardOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="model id reported by /v1/models")] = None,
 ):
     """Serve a local chat page and an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
@@ -214,7 +235,7 @@ def serve(
             f"[bold yellow]warning:[/] listening on {host}: anyone who can reach this address can use the model "
             "(no authentication, no TLS)"
         )
-    layer = _check_locale(locale)
+    layer = _crisis_layer(locale, guard, dtype)
     with err.status("loading model…"):
         m, tok, heads, run_system = load_chat_model(model, adapter, dtype)
     backend = ChatBackend(
@@ -254,6 +275,7 @@ def redteam(
     sheet: Annotated[Path | None, typer.Option("--sheet", help="red-team JSONL (default: the shipped sheet)")] = None,
     system: SystemOpt = None,
     dtype: DtypeOpt = "auto",
+    guard: GuardOpt = None,
 ):
     """Run the red-team sheet through the full chat pipeline; PASS/FAIL on crisis recall, benign false positives and resources-first."""
     from rich.console import Console
@@ -264,7 +286,7 @@ def redteam(
 
     quiet_libraries()
     items = load_sheet(sheet)
-    layer = _check_locale(locale)
+    layer = _crisis_layer(locale, guard, dtype)
     err = Console(stderr=True)
     with err.status("loading model…"):
         m, tok, heads, run_system = load_chat_model(model, adapter, dtype)
