@@ -196,6 +196,9 @@ def check_outputs(tmp: Path, cfg: dict, n_test: int, n_safety: int, n_train: int
     assert (run / "report.html").is_file()
     chosen = next(s["checkpoint"] for s in scores if s["chosen"] == "True")
     assert metrics["checkpoint"] == chosen
+    # adapter/ (what users load and push) is the chosen checkpoint, whose test scores are reported
+    adapter = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert adapter == (run / "checkpoints" / chosen / "adapter_model.safetensors").read_bytes()
 
     summary = tmp / "results" / "summary.csv"
     with summary.open(newline="") as f:

@@ -10,6 +10,7 @@ import pytest
 from conftest import shared
 
 from tunesmith.config import parse_config
+from tunesmith.data.mixing import subset
 from tunesmith.data.sources import gsm8k as data
 from tunesmith.errors import DataError
 from tunesmith.evaluation.gsm8k import INVALID, extract_answer, is_correct
@@ -109,12 +110,12 @@ def test_load_data_saves_the_pool_and_keeps_it_out_of_training(tmp_path):
 
 def test_subset_is_deterministic_and_ordered():
     rows = records(20)
-    a = data.subset(rows, 5, seed=1)
-    assert a == data.subset(rows, 5, seed=1)
+    a = subset(rows, 5, seed=1)
+    assert a == subset(rows, 5, seed=1)
     assert len(a) == 5
     assert [rows.index(r) for r in a] == sorted(rows.index(r) for r in a)
-    assert data.subset(rows, None, 0) == rows
-    assert data.subset(rows, 100, 0) == rows
+    assert subset(rows, None, 0) == rows
+    assert subset(rows, 100, 0) == rows
 
 
 # ---- loading errors ----------------------------------------------------------------------------

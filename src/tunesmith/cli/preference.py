@@ -180,18 +180,6 @@ def pairs(
         say("chosen: " + ", ".join(f"{k} {v}" for k, v in src.most_common()))
 
 
-def dpo(
-    config: Annotated[Path, typer.Argument(help="YAML config with a dpo: section, e.g. configs/empathy-dpo.yaml")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config key: --set dpo.beta=0.2")] = None,
-):
-    """Preference-tune (DPO) a new adapter on top of the SFT adapter; held-out reward margin before/after."""
-    quiet_libraries()
-    from tunesmith.config import load_config
-    from tunesmith.preference.dpo import run_dpo
-
-    run_dpo(load_config(config, set_))
-
-
 def export(
     adapter: Annotated[Path, typer.Argument(help="adapter folder, e.g. runs/<run>/adapter")],
     out: Annotated[Path, typer.Argument(help="new folder for the merged model")],

@@ -29,7 +29,7 @@ class GSM8KData(Section):
     fewshot_seed: int = 42
     limit_train: int | None = Field(None, gt=0)
     limit_test: int | None = Field(None, gt=0)
-    # take the test subset from the end of the shuffled test file (fixed by this seed)
+    # the seed of the random test subset (limit_test)
     test_seed: int = 0
     # training questions held out (seeded; disjoint from the few-shot pool and the test file) as the validation
     # set: the checkpoint sweep chooses on it (never on the test set) and training.eval_steps / early stopping

@@ -163,3 +163,11 @@ def mix(
         return [], mixture_counts({name: len(ds) for name, ds in datasets.items()}, alpha, 0)
     sampler = MixtureSampler(datasets, alpha=alpha, epoch_size=total, seed=seed)
     return sampler.take(sampler.epoch_size), dict(sampler.counts)
+
+
+def subset(items: list, limit: int | None, seed: int) -> list:
+    """`limit` items drawn without replacement (seeded), in their original order; all of them when fewer."""
+    if limit is None or limit >= len(items):
+        return items
+    idx = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in idx]

@@ -22,8 +22,9 @@ def make_generator(
     adapter_dir: str | Path | None = None,
     dtype: str = "auto",
     seed: int = 0,
+    trust_remote_code: bool = False,
 ) -> Generator:
-    """ "hf": `HFGenerator` on the model in memory (a PeftModel's adapter is its tuned state);
+    """The generator of `backend`. "hf": `HFGenerator` on the model in memory (a PeftModel's adapter is its tuned state);
     "vllm": `VLLMGenerator` on `model_ref` with `adapter_dir` served as a LoRA. A missing vLLM is a
     one-line error (`VLLMUnavailable`)."""
     if backend == "vllm":
@@ -40,6 +41,7 @@ def make_generator(
             dtype=dtype,
             seed=seed,
             batch_size=max(batch_size, 256),
+            trust_remote_code=trust_remote_code,
         )
     if backend != "hf":
         raise ConfigError(f"unknown generation backend '{backend}' ({' or '.join(BACKENDS)})")

@@ -136,12 +136,15 @@ def benchmark_config(
 
 def run_benchmark(name: str, cfg: EvaluatedRunConfig, adapter: Path | None) -> dict:
     from tunesmith.io import write_json
-    from tunesmith.modeling.loading import load_for_inference
+    from tunesmith.modeling.loading import load_for_inference, load_run_model, load_run_tokenizer
     from tunesmith.recipes.common import chat_template_record, check_inputs, eval_generator
     from tunesmith.runs import start_run
 
     check_inputs(cfg)
-    model, tok, heads = load_for_inference(adapter, cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code)
+    if adapter is None:  # the config's own chat template settings, revision and dtype
+        model, tok, heads = load_run_model(cfg).eval(), load_run_tokenizer(cfg), None
+    else:  # the adapter talks through the template its run was trained with
+        model, tok, heads = load_for_inference(adapter, cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code)
     start_run(cfg, chat_template_record(cfg))
     gen = eval_generator(cfg, model, tok, adapter)
     metrics = {

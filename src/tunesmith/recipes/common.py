@@ -143,4 +143,5 @@ def eval_generator(cfg: EvaluatedRunConfig, model, tok, adapter_dir: Path | None
         adapter_dir=adapter_dir,
         dtype=cfg.model.dtype,
         seed=cfg.training.seed,
+        trust_remote_code=cfg.model.trust_remote_code,
     )

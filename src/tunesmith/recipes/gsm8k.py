@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import shutil
 from pathlib import Path
 
 from rich.table import Table
 
 from tunesmith.config import Gsm8kRunConfig
 from tunesmith.data.chat import encode
+from tunesmith.data.mixing import subset
 from tunesmith.data.reasoning import split_reasoning
 from tunesmith.data.sources import gsm8k as data
 from tunesmith.errors import DataError
@@ -103,8 +105,8 @@ def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
         data.save_pool(pool, run_dir / "data" / "fewshot_pool.jsonl")
         if validation:
             data.save_pool(validation, run_dir / "data" / "validation.jsonl")
-    train = data.subset(train, g.limit_train, cfg.training.seed)
-    test = data.subset(test, g.limit_test, g.test_seed)
+    train = subset(train, g.limit_train, cfg.training.seed)
+    test = subset(test, g.limit_test, g.test_seed)
     if cfg.training.enabled and not train:
         raise DataError(f"{train_ref}: no training records left after removing the {len(pool)}-question few-shot pool")
     if not test:
@@ -112,18 +114,16 @@ def load_data(cfg: Gsm8kRunConfig, run_dir: Path | None):
     return train_ref, train, test, pool, validation
 
 
+def features_of(cfg: Gsm8kRunConfig, tok, records: list[dict]) -> list:
+    """Encoded examples of GSM8K records; one whose answer was cut off entirely has nothing to train on."""
+    feats = (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in records)
+    return [f for f in feats if f.n_labels]
+
+
 def _trainer(cfg: Gsm8kRunConfig, model, tok, features, run_dir: Path, validation: list[dict]):
     from tunesmith.training.trainer import Trainer
 
-    val = (
-        [
-            f
-            for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in validation)
-            if f.n_labels
-        ]
-        if cfg.training.eval_steps
-        else None
-    )
+    val = features_of(cfg, tok, validation) if cfg.training.eval_steps else None
     return Trainer(
         model,
         tok,
@@ -164,8 +164,7 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
 
     checkpoint = None
     if cfg.training.enabled:
-        features = [encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train]
-        features = [f for f in features if f.n_labels]
+        features = features_of(cfg, tok, train)
         trainer = _trainer(cfg, model, tok, features, run_dir, validation)
         trainer.train(resume=resume)
         checkpoint = "adapter"
@@ -198,6 +197,9 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
     if cfg.training.enabled and cfg.eval.checkpoint_sweep.enabled:
         checkpoint, sweep_metrics = sweep(cfg, trainer, gen, validation, pool, safety_of, run_dir, resume)
         metrics.update(sweep_metrics)
+        # adapter/ is what a user loads and pushes: it must be the checkpoint whose scores are reported
+        for f in ("adapter_model.safetensors", "adapter_config.json"):
+            shutil.copy2(run_dir / "checkpoints" / checkpoint / f, run_dir / "adapter" / f)
     metrics["tuned"] = evaluate_gsm8k(
         gen, test, pool, cfg.eval.k_shot, run_dir / f"gsm8k_preds_{name}.jsonl", cfg.eval.max_new_tokens, resume
     )
@@ -419,11 +421,7 @@ def train_only(cfg: Gsm8kRunConfig, resume: bool = False) -> Path:
     run_dir = start_run(cfg, chat_template_record(cfg))
     _, train, _, _, validation = load_data(cfg, run_dir)
     model, tok = build_model(cfg)
-    features = [
-        f
-        for f in (encode(tok, data.to_example(r), cfg.data.max_length, cfg.data.system_prompt) for r in train)
-        if f.n_labels
-    ]
+    features = features_of(cfg, tok, train)
     trainer = _trainer(cfg, model, tok, features, run_dir, validation)
     trainer.train(resume=resume)
     if is_main_process():

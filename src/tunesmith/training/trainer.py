@@ -574,17 +574,11 @@ class Trainer:
         return c[-1] if c else None
 
     def load_checkpoint(self, path: Path | None = None) -> None:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         path = path or self.latest_checkpoint()
         if path is None:
             self.log("--resume: no checkpoint found, starting from scratch")
             return
-        m = self.unwrapped()
-        set_peft_model_state_dict(m.model, load_file(path / "adapter_model.safetensors"))
-        if m.heads is not None and (path / "heads.safetensors").is_file():
-            m.heads.load_state_dict(load_file(path / "heads.safetensors"))
+        self.load_weights(path)
         st = torch.load(path / "trainer_state.pt", weights_only=True)
         if st["optimizer"] is None or self._sharded:
             raise TunesmithError(

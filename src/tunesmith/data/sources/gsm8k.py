@@ -104,10 +104,3 @@ def fewshot_turns(pool: list[dict], k: int) -> list[dict]:
 
 def save_pool(pool: list[dict], path: str | Path) -> None:
     write_jsonl(path, pool)
-
-
-def subset(records: list[dict], limit: int | None, seed: int) -> list[dict]:
-    if limit is None or limit >= len(records):
-        return records
-    idx = sorted(random.Random(seed).sample(range(len(records)), limit))
-    return [records[i] for i in idx]

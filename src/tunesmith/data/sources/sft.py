@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tunesmith.data import chat
 from tunesmith.data.chat import Encoded, encode
+from tunesmith.data.mixing import subset
 from tunesmith.data.schema import Example
 from tunesmith.errors import ConfigError, DataError
 
@@ -412,13 +413,6 @@ class SftSplits:
     dropped: int  # examples without a single label token left after truncation
 
 
-def _subset(items: list, limit: int | None, seed: int) -> list:
-    if limit is None or limit >= len(items):
-        return items
-    idx = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in idx]
-
-
 def load_sft(cfg, tokenizer, say: Callable[[str], None] | None = None) -> SftSplits:
     """Train and validation features for a Config with `recipe: sft`."""
     s, seed = cfg.data.sft, cfg.training.seed
@@ -464,8 +458,8 @@ def load_sft(cfg, tokenizer, say: Callable[[str], None] | None = None) -> SftSpl
     feats = [f for f in feats if f.n_labels]
     val = [f for f in val if f.n_labels]
     dropped = n - len(feats) - len(val)
-    feats = _subset(feats, s.limit_train, seed)
-    val = _subset(val, s.limit_validation, seed)
+    feats = subset(feats, s.limit_train, seed)
+    val = subset(val, s.limit_validation, seed)
     if not feats:
         raise DataError(f"{src.ref}: no training examples with a reply inside data.max_length={cfg.data.max_length}")
     return SftSplits(feats, val, fmt, src.ref, val_ref, dropped)
