@@ -248,3 +248,14 @@ def test_validation_pass_returns_the_head_logits_of_a_separate_pass(tiny_model_d
     ce = torch.nn.functional.cross_entropy(want["emotion"][labelled], torch.tensor([exs[i].emotion for i in labelled]))
     assert losses["emotion"] == pytest.approx(float(ce), abs=1e-4)
     assert heads.training  # evaluation left the modules in the mode it found them
+
+
+def test_a_fresh_run_does_not_inherit_an_earlier_runs_checkpoints(tmp_path, tiny_model_dir, tokenizer):
+    stale = tmp_path / "checkpoints" / "checkpoint-99"
+    stale.mkdir(parents=True)
+    (stale / "adapter_model.safetensors").write_bytes(b"old")
+    feats = features(tokenizer)
+    cfg = TrainingConfig(learning_rate=1e-3, batch_size=2, max_steps=2, save_steps=1, report_to="none")
+    t = Trainer(lora_model(tiny_model_dir), tokenizer, cfg, lambda e: feats, tmp_path, log=lambda m: None)
+    t.train()
+    assert [p.name for p in t.checkpoints()] == ["checkpoint-1", "checkpoint-2"]

@@ -268,6 +268,15 @@ class Trainer:
 
     # ---- loop -------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> TrainState:
+        if not resume and self.ckpt_root.is_dir() and self.accelerator.is_main_process:
+            # a fresh run in an earlier run's directory: its checkpoints would join this run's in the
+            # sweep and in the rotation
+            old = sorted(p.name for p in self.ckpt_root.iterdir() if p.is_dir())
+            if old:
+                self.log(
+                    f"fresh run (no --resume): removing {len(old)} checkpoint(s) of an earlier run in {self.ckpt_root}"
+                )
+                shutil.rmtree(self.ckpt_root)
         if resume:
             self.load_checkpoint()
             if self.state.stopped_early:
