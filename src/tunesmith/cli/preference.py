@@ -137,15 +137,17 @@ def pairs(
         from tunesmith.generation.factory import make_generator
 
         if backend is BackendKind.vllm:
-            from tunesmith.modeling.export import base_model_ref
+            from tunesmith.modeling.loading import base_model_ref, load_tokenizer, run_chat_settings
 
+            ref = base_model_ref(adapter, model) if adapter else model
             gen = make_generator(
                 "vllm",
+                tokenizer=load_tokenizer(ref, **run_chat_settings(adapter)),  # the SFT run's chat template
                 max_new_tokens=max_new_tokens,
                 system_prompt=system_prompt,
                 dtype=dtype,
                 seed=seed,
-                model_ref=base_model_ref(adapter, model) if adapter else model,
+                model_ref=ref,
                 adapter_dir=adapter,
             )
         else:

@@ -328,6 +328,21 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: str | list[str]
     return get_peft_model(model, cfg)
 
 
+def run_chat_settings(adapter_dir: str | Path | None) -> dict:
+    """load_tokenizer's chat keywords of the run an adapter was trained in (template override file, kwargs,
+    system fallback): an adapter talks through the template it was trained with. {} without a run config."""
+    run = read_run_config(adapter_dir)
+    if not run:
+        return {}
+    data = run.get("data", {})
+    template = data.get("chat_template")
+    return {
+        "chat_template": template if template and Path(template).is_file() else None,
+        "chat_template_kwargs": run.get("model", {}).get("chat_template_kwargs") or {},
+        "system_prompt_fallback": data.get("system_prompt_fallback", "fold"),
+    }
+
+
 def base_model_ref(adapter_dir: str | Path, model_ref: str | None = None) -> str:
     """The base model of an adapter: `model_ref` when given, else the model its run was trained
     from (the run's config_resolved.json), else the adapter's own base_model_name_or_path."""
@@ -358,18 +373,7 @@ def load_for_inference(
         if adapter is None:
             raise ModelError("give a model reference or an adapter folder")
         model_ref = base_model_ref(adapter, None)
-    # the adapter talks through the chat template it was trained with (override file, kwargs, system fallback)
-    run = read_run_config(adapter)
-    chat = {}
-    if run:
-        data = run.get("data", {})
-        template = data.get("chat_template")
-        chat = {
-            "chat_template": template if template and Path(template).is_file() else None,
-            "chat_template_kwargs": run.get("model", {}).get("chat_template_kwargs") or {},
-            "system_prompt_fallback": data.get("system_prompt_fallback", "fold"),
-        }
-    tok = load_tokenizer(model_ref, trust_remote_code=trust_remote_code, **chat)
+    tok = load_tokenizer(model_ref, trust_remote_code=trust_remote_code, **run_chat_settings(adapter))
     model = load_model(model_ref, dtype, trust_remote_code=trust_remote_code)
     heads = None
     if adapter is not None:
