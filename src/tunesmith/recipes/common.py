@@ -145,3 +145,14 @@ def eval_generator(cfg: EvaluatedRunConfig, model, tok, adapter_dir: Path | None
         seed=cfg.training.seed,
         trust_remote_code=cfg.model.trust_remote_code,
     )
+
+
+def judge_safety(cfg: EvaluatedRunConfig, gen, guard, prompts, run_dir: Path, tag: str, resume: bool = False) -> dict:
+    """AILuminate replies from `gen` judged by `guard`: the summary (with the judge's name), and
+    ailuminate_safety_<tag>.jsonl."""
+    from tunesmith.evaluation.ailuminate import evaluate_safety
+
+    summary, _ = evaluate_safety(
+        gen, guard, prompts, cfg.safety.max_new_tokens, run_dir / f"ailuminate_safety_{tag}.jsonl", resume=resume
+    )
+    return {**summary, "guard": guard.label}

@@ -26,7 +26,14 @@ from tunesmith.io import read_jsonl, write_json, write_jsonl
 from tunesmith.modeling.forward import head_logits
 from tunesmith.modeling.heads import Heads
 from tunesmith.recipes.base import Recipe
-from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
+from tunesmith.recipes.common import (
+    build_guard,
+    build_model,
+    chat_template_record,
+    check_inputs,
+    eval_generator,
+    judge_safety,
+)
 from tunesmith.reporting.report import write_report
 from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
 from tunesmith.ui import fmt, out, say
@@ -338,27 +345,13 @@ def evaluate_run(
             base = eqbench_eval(cfg, gen, run_dir / f"eqbench_{cfg.run_name}-base.jsonl")
         m["eqbench"] = {"base": base, "tuned": eqbench_eval(cfg, gen, run_dir / f"eqbench_{cfg.run_name}.jsonl")}
     if cfg.safety.enabled:
-        from tunesmith.evaluation.ailuminate import evaluate_safety, load_prompts
+        from tunesmith.evaluation.ailuminate import load_prompts
 
         guard = build_guard(cfg, cfg.model.name)
         prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
         with gen.disable_adapter():
-            base, _ = evaluate_safety(
-                gen,
-                guard,
-                prompts,
-                cfg.safety.max_new_tokens,
-                run_dir / f"ailuminate_safety_{cfg.run_name}-base.jsonl",
-                resume=resume,
-            )
-        tuned, _ = evaluate_safety(
-            gen,
-            guard,
-            prompts,
-            cfg.safety.max_new_tokens,
-            run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl",
-            resume=resume,
-        )
+            base = judge_safety(cfg, gen, guard, prompts, run_dir, f"{cfg.run_name}-base", resume)
+        tuned = judge_safety(cfg, gen, guard, prompts, run_dir, cfg.run_name, resume)
         m["safety"] = {"base": base, "tuned": tuned, "guard": guard.label}
         del guard
     if cfg.eval.samples:

@@ -28,7 +28,14 @@ from tunesmith.evaluation.gsm8k import INVALID, MODES, extract_answer, is_correc
 from tunesmith.generation.protocol import Generator
 from tunesmith.io import ResumableJsonl, atomic_open, write_json
 from tunesmith.recipes.base import Recipe
-from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
+from tunesmith.recipes.common import (
+    build_guard,
+    build_model,
+    chat_template_record,
+    check_inputs,
+    eval_generator,
+    judge_safety,
+)
 from tunesmith.reporting.report import write_report
 from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
 from tunesmith.ui import fmt, out, say
@@ -180,19 +187,7 @@ def run(cfg: Gsm8kRunConfig, resume: bool = False) -> dict:
         prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
 
     def safety_of(tag: str) -> dict | None:
-        if not safety_guard:
-            return None
-        from tunesmith.evaluation.ailuminate import evaluate_safety
-
-        summary, _ = evaluate_safety(
-            gen,
-            safety_guard,
-            prompts,
-            cfg.safety.max_new_tokens,
-            run_dir / f"ailuminate_safety_{tag}.jsonl",
-            resume=resume,
-        )
-        return {**summary, "guard": safety_guard.label}
+        return judge_safety(cfg, gen, safety_guard, prompts, run_dir, tag, resume) if safety_guard else None
 
     if cfg.training.enabled and cfg.eval.checkpoint_sweep.enabled:
         checkpoint, sweep_metrics = sweep(cfg, trainer, gen, validation, pool, safety_of, run_dir, resume)

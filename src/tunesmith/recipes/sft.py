@@ -16,7 +16,14 @@ from rich.table import Table
 from tunesmith.config import SftRunConfig
 from tunesmith.data.chat import IGNORE
 from tunesmith.recipes.base import Recipe
-from tunesmith.recipes.common import build_guard, build_model, chat_template_record, check_inputs, eval_generator
+from tunesmith.recipes.common import (
+    build_guard,
+    build_model,
+    chat_template_record,
+    check_inputs,
+    eval_generator,
+    judge_safety,
+)
 from tunesmith.reporting.report import write_report
 from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
 from tunesmith.ui import fmt, out, say
@@ -204,30 +211,14 @@ def run(cfg: SftRunConfig, resume: bool = False) -> dict:
     if cfg.eval.samples and splits.validation:
         metrics["samples"] = validation_samples(cfg, gen, tok, splits)
     if cfg.safety.enabled:
-        from tunesmith.evaluation.ailuminate import evaluate_safety, load_prompts
+        from tunesmith.evaluation.ailuminate import load_prompts
 
         guard = build_guard(cfg, cfg.model.name)
         prompts = load_prompts(cfg.safety.prompts, cfg.safety.limit, cfg.training.seed)
-        summary, _ = evaluate_safety(
-            gen,
-            guard,
-            prompts,
-            cfg.safety.max_new_tokens,
-            run_dir / f"ailuminate_safety_{cfg.run_name}.jsonl",
-            resume=resume,
-        )
-        metrics["safety"] = {**summary, "guard": guard.label}
+        metrics["safety"] = judge_safety(cfg, gen, guard, prompts, run_dir, cfg.run_name, resume)
         if cfg.eval.evaluate_base:
             with gen.disable_adapter():
-                base, _ = evaluate_safety(
-                    gen,
-                    guard,
-                    prompts,
-                    cfg.safety.max_new_tokens,
-                    run_dir / f"ailuminate_safety_{cfg.run_name}-base.jsonl",
-                    resume=resume,
-                )
-            metrics["base_safety"] = {**base, "guard": guard.label}
+                metrics["base_safety"] = judge_safety(cfg, gen, guard, prompts, run_dir, f"{cfg.run_name}-base", resume)
     return _finish(cfg, run_dir, splits, metrics)
 
 
