@@ -21,25 +21,33 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return p
 
 
-def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Read a JSONL file; every record must be an object holding the `required` keys."""
-    p = require_file(path, "JSONL file")
-    required = tuple(required)
-    rows = []
+def iter_jsonl(path: str | os.PathLike, what: str = "JSONL file") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`file:line`, record) for every non-blank line; a line that is not a JSON object is one error
+    naming file:line."""
+    p = require_file(path, what)
     with p.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"{p}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{lineno}: malformed JSON ({e.msg})") from None
+                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise DataError(f"{p}:{lineno}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield where, row
+
+
+def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Read a JSONL file; every record must be an object holding the `required` keys."""
+    required = tuple(required)
+    rows = []
+    for where, row in iter_jsonl(path):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        rows.append(row)
     return rows
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesmith.errors import DataError
+from tunesmith.io import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +101,8 @@ def conversation_text(turns: list[str] | tuple[str, ...]) -> str:
 
 def load_statements(path: str | Path) -> list[Statement]:
     """Rows `{"text" | "messages", "label", "category", "kind", "lang"}`; errors name file:line."""
-    p = Path(path)
     rows = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DataError(f"cannot read {p}: {e.strerror or e}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            o = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(o, dict):
-            raise DataError(f"{where}: expected a JSON object")
+    for where, o in iter_jsonl(path, "crisis statements file"):
         label, cat, lang = o.get("label"), o.get("category"), o.get("lang", "en")
         if label not in (CRISIS, BENIGN):
             raise DataError(f"{where}: label must be crisis or benign, got {label!r}")
@@ -139,7 +126,7 @@ def load_statements(path: str | Path) -> list[Statement]:
             text, turns = o["text"], ()
         rows.append(Statement(text, label, cat if label == CRISIS else None, str(o.get("kind", "")), lang, turns))
     if not rows:
-        raise DataError(f"{p}: no rows")
+        raise DataError(f"{path}: no rows")
     return rows
 
 

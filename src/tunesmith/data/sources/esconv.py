@@ -45,7 +45,7 @@ from tunesmith.data.schema import Example
 from tunesmith.data.sources.dialogue import dialogue_examples
 from tunesmith.data.taxonomy import esconv_emotion_id, strategy_id
 from tunesmith.errors import DataError
-from tunesmith.io import require_file
+from tunesmith.io import iter_jsonl, require_file
 
 log = logging.getLogger(__name__)
 
@@ -177,19 +177,10 @@ def read_original(path: str | os.PathLike) -> list[Conversation]:
 
 def read_lines(path: str | os.PathLike) -> list[Conversation]:
     """Conversations from the split release (JSON Lines, one conversation per line)."""
-    p = require_file(path, "ESConv file")
     convs = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{p}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
-            n = len(raw.get("dialog", [])) if isinstance(raw, dict) and isinstance(raw.get("dialog"), list) else 0
-            convs.append(_conversation(raw, where, [f"{where}: dialog[{j}]" for j in range(n)]))
+    for where, raw in iter_jsonl(path, "ESConv file"):
+        n = len(raw["dialog"]) if isinstance(raw.get("dialog"), list) else 0
+        convs.append(_conversation(raw, where, [f"{where}: dialog[{j}]" for j in range(n)]))
     return convs
 
 
