@@ -1,6 +1,7 @@
 """The crisis detector on the held-out evaluation set (benchmarks/data/crisis_heldout.jsonl).
 
     python benchmarks/crisis_eval.py [--data FILE] [--boot 2000] [--json OUT] [--misses]
+                                     [--background DIR | --no-background] [--background-n 1000]
 
 The set was written in a separate pass from the training data and from the calibration set
 (resources/crisis/calibration.jsonl, which standardises, calibrates and thresholds the scores) and
@@ -47,10 +48,18 @@ def background_rates(det, shared: Path, n: int, boot: int, rng) -> dict[str, tup
     pick = np.random.default_rng(0)
     from tunesmith.chat.crisis_model import unmask_goemotions
 
-    comments = [unmask_goemotions(e.text) for e in load_goemotions(shared / "goemotions", "test")]
-    questions = [r["question"] for r in load_records(str(shared / "gsm8k" / "test.jsonl"))]
+    sources = []
+    if (shared / "goemotions" / "test.tsv").is_file():
+        comments = [unmask_goemotions(e.text) for e in load_goemotions(shared / "goemotions", "test")]
+        sources.append(("GoEmotions test comments", comments))
+    if (shared / "gsm8k" / "test.jsonl").is_file():
+        sources.append(
+            ("GSM8K test questions", [r["question"] for r in load_records(str(shared / "gsm8k" / "test.jsonl"))])
+        )
+    if not sources:
+        print(f"background: neither goemotions/test.tsv nor gsm8k/test.jsonl under {shared}")
     out = {}
-    for name, texts in (("GoEmotions test comments", comments), ("GSM8K test questions", questions)):
+    for name, texts in sources:
         sample = [texts[i] for i in pick.choice(len(texts), min(n, len(texts)), replace=False)]
         hits = np.asarray([det.check(t).flagged for t in sample], dtype=float)
         out[name] = (len(sample), rate_ci(hits, boot, rng))
@@ -67,6 +76,7 @@ def main() -> None:
         "--misses", action="store_true", help="also print the per-kind table and each error's lang, kind, reason"
     )
     ap.add_argument("--background", default=str(SHARED) if SHARED.is_dir() else None, help="../shared/data folder")
+    ap.add_argument("--no-background", dest="background", action="store_const", const=None)
     ap.add_argument("--background-n", type=int, default=1000)
     args = ap.parse_args()
     rows = load_statements(args.data)

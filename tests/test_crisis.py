@@ -322,9 +322,78 @@ def test_shipped_coefficients_match_the_data_and_encoders():
     shipped = json.loads((RESOURCES / "crisis" / M.MODEL_FILE).read_text())
     assert shipped["digest"] == M.current_digest()
     assert not {p.suffix for p in (RESOURCES / "crisis").rglob("*")} & {".pkl", ".pickle", ".joblib", ".bin", ".pt"}
-    cal = shipped["stats"]["calibration"]  # the threshold rule, on the calibration set
-    assert cal["fpr"] <= M.MAX_CAL_FPR
-    assert all(v["fpr"] is None or v["fpr"] <= M.MAX_LANG_FPR for v in cal["by_lang"].values())
+
+
+def test_shipped_threshold_keeps_the_calibration_fpr(detector):
+    # recomputed from the shipped weights, not read back from the stats the fit wrote
+    cal = _calibration_rows()
+    p = np.asarray(detector.scores([r.text for r in cal])[0])
+    y = np.asarray([r.crisis for r in cal])
+    langs = np.asarray([r.lang for r in cal])
+    flagged = p >= detector.threshold
+    assert flagged[~y].mean() <= M.MAX_CAL_FPR
+    for lang in M.LANGS:
+        assert flagged[~y & (langs == lang)].mean() <= M.MAX_LANG_FPR, lang
+    assert flagged[y].mean() >= 0.9  # and the threshold is not so high that it misses crisis rows wholesale
+
+
+@pytest.fixture(scope="module")
+def spare_featurizer():
+    # a MiniLM of its own: the shared one already carries the shipped adapter
+    from tunesmith.chat.encoder import SentenceEncoder
+
+    return M.Featurizer((SentenceEncoder(M.default_featurizer().minilm.path), M.default_featurizer().encoders[1]))
+
+
+def test_detector_with_a_model_of_its_own_attaches_the_adapter(spare_featurizer):
+    model = M.LearnedModel.from_json(json.loads((RESOURCES / "crisis" / M.MODEL_FILE).read_text()))
+    det = CrisisDetector(model=model, featurizer=spare_featurizer)
+    assert spare_featurizer.minilm.adapter is not None
+    assert det.check("honestly everyone in my life would have it easier if i just wasnt here anymore").flagged
+
+
+@pytest.fixture
+def detector_files(tmp_path, monkeypatch):
+    import shutil
+
+    src = RESOURCES / "crisis"
+    shutil.copytree(src / M.ADAPTER_DIR, tmp_path / M.ADAPTER_DIR)
+    shutil.copyfile(src / M.CALIBRATION_FILE, tmp_path / M.CALIBRATION_FILE)
+    monkeypatch.setattr(M, "data_path", lambda name: tmp_path / name)
+    return tmp_path, json.loads((src / M.MODEL_FILE).read_text())
+
+
+def test_load_model_refuses_broken_or_foreign_weights(detector_files):
+    from tunesmith.chat.encoder import SentenceEncoder
+    from tunesmith.errors import ModelError
+
+    folder, shipped = detector_files
+    use = M.default_featurizer().encoders[1]
+    fresh = lambda: M.Featurizer((SentenceEncoder(M.default_featurizer().minilm.path), use))  # noqa: E731
+    (folder / M.MODEL_FILE).write_text(json.dumps(shipped)[:100])
+    with pytest.raises(ModelError, match="unreadable crisis detector"):
+        M.load_model(fresh())
+    (folder / M.MODEL_FILE).write_text(json.dumps({**shipped, "format": 2}))
+    with pytest.raises(ModelError, match="format 2, expected"):
+        M.load_model(fresh())
+    parts = shipped["digest"].split("-")
+    (folder / M.MODEL_FILE).write_text(json.dumps({**shipped, "digest": "-".join(parts[:2] + ["0" * 12, parts[3]])}))
+    with pytest.raises(ModelError, match="other encoders or another adapter"):
+        M.load_model(fresh())
+    (folder / M.ADAPTER_DIR / "adapter_model.safetensors").unlink()
+    with pytest.raises(ModelError, match="no adapter_model.safetensors"):
+        M.load_model(fresh())
+
+
+def test_load_model_warns_when_fitted_on_other_data(detector_files, caplog):
+    from tunesmith.chat.encoder import SentenceEncoder
+
+    folder, shipped = detector_files  # the copy holds the calibration file only: "other data"
+    (folder / M.MODEL_FILE).write_text(json.dumps(shipped))
+    feat = M.Featurizer((SentenceEncoder(M.default_featurizer().minilm.path), M.default_featurizer().encoders[1]))
+    with caplog.at_level(logging.WARNING, logger="tunesmith.chat.crisis_model"):
+        model = M.load_model(feat)
+    assert model.threshold == shipped["threshold"] and "fitted on other training data" in caplog.text
 
 
 def test_choose_threshold_keeps_the_fpr():
@@ -390,7 +459,22 @@ def test_background_rows_are_everyday_comments_without_crisis_vocabulary(tmp_pat
     texts = [r.text for r in rows]
     assert len(rows) == 3 and all(r.label == "benign" and r.kind == "background" for r in rows)
     assert not any("die" in t or "pointless" in t or "[NAME]" in t for t in texts), texts
-    assert M.unmask_goemotions("[NAME] and [NAME]") == M.unmask_goemotions("[NAME] and [NAME]")  # deterministic
+    # names are picked by a hash of the comment: the same in every process
+    assert M.unmask_goemotions("[NAME] and [NAME]") == "Maria and Chris"
+    assert M.unmask_goemotions("a [RELIGION] priest") == "a Catholic priest"
+
+
+SHARED_GOEMOTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "goemotions"
+
+
+@pytest.mark.skipif(not (SHARED_GOEMOTIONS / "train.tsv").is_file(), reason="../shared/data/goemotions absent")
+def test_shipped_detector_was_fitted_on_these_background_rows():
+    import hashlib
+
+    rows = M.background_rows(str(SHARED_GOEMOTIONS))
+    sha = hashlib.sha256("\n".join(r.text for r in rows).encode()).hexdigest()[:12]
+    shipped = json.loads((RESOURCES / "crisis" / M.MODEL_FILE).read_text())["stats"]["background"]
+    assert (len(rows), sha) == (shipped["rows"], shipped["sha256"])
 
 
 def test_fit_refuses_a_one_class_set(tmp_path):

@@ -255,7 +255,11 @@ class CrisisDetector:
         from tunesmith.chat import crisis_model as M
 
         self.featurizer = featurizer or M.default_featurizer()
-        self.model = model if model is not None else M.load_model(self.featurizer)
+        if model is None:
+            self.model = M.load_model(self.featurizer)
+        else:  # a model of its own still scores with the shipped adapter's tuned embeddings
+            M.attach_adapter(self.featurizer)
+            self.model = model
         self.rules = rules
         self.guard = guard
 

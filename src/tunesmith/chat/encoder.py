@@ -114,15 +114,22 @@ class SentenceEncoder:
     def default(cls) -> SentenceEncoder:
         return _default_encoder()
 
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
     def load_adapter(self, folder: str | Path) -> None:
         """Load a LoRA adapter saved by `tune` (a peft folder) into a merged copy of the model:
         `encode` keeps returning the frozen embeddings, `encode(tuned=True)` the adapted ones. Merged,
-        the tuned pass costs what the frozen one does (peft's unmerged layers made a screening 2.5x slower)."""
+        the tuned pass costs what the frozen one does (with peft's unmerged layers a screening took
+        25.1 ms instead of 17.7, benchmarks/crisis_screening.py)."""
         import copy
 
         from peft import PeftModel
 
         folder = Path(folder)
+        if not (folder / "adapter_model.safetensors").is_file():  # never peft's pickle fallback (adapter_model.bin)
+            raise ModelError(f"{folder}: no adapter_model.safetensors")
         with self._lock:
             if self.adapter == folder:
                 return
@@ -139,18 +146,20 @@ class SentenceEncoder:
         # and on a busy CPU extra threads made one message cost 0.5 s instead of 10 ms (measured,
         # benchmarks/crisis_screening.py). Restored after, so generation keeps its threads (chat and
         # serve never screen while generating).
-        threads = torch.get_num_threads()
-        small = len(texts) <= 8
-        if small:
-            torch.set_num_threads(1)
-        try:
-            with self._lock, torch.inference_mode():
-                if tuned and self.adapter is None:
-                    raise ModelError("encode(tuned=True) needs load_adapter() first")
-                return self._encode(texts, batch_size, self.tuned_model if tuned else self.model)
-        finally:
+        with self._lock, torch.inference_mode():
+            if tuned and self.adapter is None:
+                raise ModelError("encode(tuned=True) needs load_adapter() first")
+            # the thread count is saved and restored under the lock: two overlapping calls must not
+            # leave the process on one thread
+            threads = torch.get_num_threads()
+            small = len(texts) <= 8
             if small:
-                torch.set_num_threads(threads)
+                torch.set_num_threads(1)
+            try:
+                return self._encode(texts, batch_size, self.tuned_model if tuned else self.model)
+            finally:
+                if small:
+                    torch.set_num_threads(threads)
 
     def _encode(self, texts: list[str], batch_size: int, model) -> np.ndarray:
         out = [
@@ -188,7 +197,6 @@ class TuneConfig:
     epochs: int = 3
     lr: float = 1e-3  # LoRA factors; the head learns at HEAD_LR
     batch_size: int = 32
-    max_tokens: int = MAX_TOKENS
     seed: int = 0
 
 
@@ -232,7 +240,7 @@ def tune(
         order = rng.permutation(n)
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            emb = _pooled(model, tokenizer, [texts[j] for j in idx], cfg.max_tokens)
+            emb = _pooled(model, tokenizer, [texts[j] for j in idx], MAX_TOKENS)  # as at inference
             logit = head(emb * HEAD_SCALE).squeeze(-1)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y[idx])
             opt.zero_grad()
