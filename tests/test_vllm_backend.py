@@ -132,3 +132,37 @@ def test_no_adapter_means_no_lora(fake_vllm, tiny_model_dir, tokenizer):
     assert "enable_lora" not in FakeLLM.instances[-1].kw and gen.active_lora is None
     gen.chat([[{"role": "user", "content": "Hi"}]])
     assert FakeLLM.instances[-1].calls[-1][2] is None
+
+
+# The generation-prompt tail of DeepSeek-R1-Distill's published chat template: the prompt opens the
+# think block, so the model's reply starts inside it.
+R1_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '<｜User｜>' + message['content'] }}{% elif message['role'] == 'assistant' %}"
+    "{{ '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
+)
+
+
+def test_both_backends_give_back_the_think_tag_a_prompt_opened(fake_vllm, tiny_model_dir, tokenizer):
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.data.reasoning import THINK_OPEN, split_reasoning
+
+    r1 = copy.deepcopy(tokenizer)
+    r1.chat_template = R1_TEMPLATE
+    convs = [[{"role": "user", "content": "What is 6 times 7?"}]]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    hf = make_generator("hf", model, r1, batch_size=1, max_new_tokens=3)
+    vl = make_generator("vllm", None, r1, batch_size=1, max_new_tokens=3, model_ref=str(tiny_model_dir))
+    for reply in (hf.chat(convs)[0], vl.chat(convs)[0]):
+        assert reply.startswith(THINK_OPEN), reply
+        assert split_reasoning(reply)[1] == "", reply  # an unfinished think block is reasoning, not the answer
+    # a template that does not open the block (the embedded ChatML one) leaves replies as generated
+    assert (
+        not make_generator("vllm", None, tokenizer, batch_size=1, max_new_tokens=3, model_ref=str(tiny_model_dir))
+        .chat(convs)[0]
+        .startswith(THINK_OPEN)
+    )

@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.data.chat import pad_token_id, prompt_text
-from tunesmith.data.reasoning import THINK_OPEN, prompt_opens_think
-from tunesmith.generation.protocol import eos_token_ids
+from tunesmith.generation.protocol import eos_token_ids, think_prefixes
 from tunesmith.ui import progress_bar
 
 
@@ -173,9 +172,7 @@ class HFGenerator:
         sampled with `temperature` > 0 (nucleus `top_p`, seeded)."""
         texts = [prompt_text(self.tokenizer, c, self.system_prompt) for c in conversations]
         prompts = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        # a template that opens the think block in the prompt (DeepSeek-R1 distills): the reply gets the tag back,
-        # so split_reasoning reads an unfinished think block as reasoning, never as the answer
-        opened = [THINK_OPEN if prompt_opens_think(t) else "" for t in texts]
+        opened = think_prefixes(texts)
 
         def text_of(i, t) -> str:
             return opened[i] + self.tokenizer.decode(t, skip_special_tokens=True).strip()

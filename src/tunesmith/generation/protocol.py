@@ -61,6 +61,15 @@ class Stream(Protocol):
     def cancel(self) -> None: ...
 
 
+def think_prefixes(prompt_texts: Sequence[str]) -> list[str]:
+    """What each reply gets in front of the generated text: the think tag its prompt opened (DeepSeek-R1
+    distills prefill `<think>\n`), so split_reasoning reads an unfinished think block as reasoning, never
+    as the answer. Both backends use it, so a reply reads the same whichever generated it."""
+    from tunesmith.data.reasoning import THINK_OPEN, prompt_opens_think
+
+    return [THINK_OPEN if prompt_opens_think(t) else "" for t in prompt_texts]
+
+
 def eos_token_ids(tokenizer, generation_eos: int | list[int] | None = None) -> list[int]:
     """The tokenizer's EOS plus the generation config's (chat models often end turns with a token
     that is not the tokenizer's EOS, e.g. <|im_end|> or <|eot_id|>)."""

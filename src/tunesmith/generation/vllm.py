@@ -22,9 +22,9 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tunesmith.data.chat import prompt_ids
+from tunesmith.data.chat import prompt_ids, prompt_text
 from tunesmith.errors import TunesmithError
-from tunesmith.generation.protocol import eos_token_ids
+from tunesmith.generation.protocol import eos_token_ids, think_prefixes
 from tunesmith.ui import progress_bar
 
 # vLLM accepts these LoRA ranks only (`max_lora_rank`); an adapter's rank is rounded up
@@ -217,6 +217,7 @@ class VLLMGenerator:
         """Replies to chat conversations (each a message list ending with a user turn); greedy
         unless `temperature` > 0 (then seeded sampling, for extra DPO candidates)."""
         reqs = self.requests(conversations)
+        opened = think_prefixes([prompt_text(self.tokenizer, c, self.system_prompt) for c in conversations])
         params = self.sampling_params(
             max_new_tokens or self.max_new_tokens, temperature, self.seed if seed is None else seed
         )
@@ -226,8 +227,8 @@ class VLLMGenerator:
             for start in range(0, len(reqs), self.batch_size):
                 chunk = reqs[start : start + self.batch_size]
                 results = self.llm.generate(chunk, params, lora_request=self.active_lora, use_tqdm=False)
-                texts = [r.outputs[0].text.strip() if r.outputs else "" for r in results]
                 idx = list(range(start, start + len(chunk)))
+                texts = [opened[i] + (r.outputs[0].text.strip() if r.outputs else "") for i, r in zip(idx, results)]
                 for i, t in zip(idx, texts, strict=True):
                     out[i] = t
                 if on_batch:
