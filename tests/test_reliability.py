@@ -919,3 +919,54 @@ def test_empathy_validation_logits_map_back_to_each_source(tmp_path, tiny_model_
             rows = ~torch.isnan(got).any(-1)  # rows from batches without any head label stay NaN
             assert rows.sum() > 0
             assert torch.allclose(got[rows], want[rows], atol=1e-5), (source, head)
+
+
+def test_empathy_validation_is_carved_from_training_and_keeps_conversations_whole(tmp_path, tiny_model_dir):
+    from tunesmith.config import parse_config
+    from tunesmith.recipes import empathy
+
+    raw = empathy_workspace(tmp_path, tiny_model_dir)
+    raw["training"]["eval_steps"] = 2
+    raw["data"]["empathy"]["validation_size"] = 3
+    cfg = parse_config(raw)
+    train, held = empathy.load_sources(cfg)
+    before = {k: list(v) for k, v in train.items()}
+    val = empathy.carve_validation(cfg, train)
+    assert set(val) == {"esconv", "goemotions"}
+    for name, rows in val.items():
+        assert rows and len(train[name]) + len(rows) == len(before[name]) and len(train[name]) >= len(rows)
+        assert not {id(x) for x in rows} & {id(x) for x in train[name]}
+    # an ESConv dialogue is in training or in validation, never split (its turns share their history)
+    convs = lambda rows: {x.meta["conversation"] for x in rows}  # noqa: E731
+    assert not convs(val["esconv"]) & convs(train["esconv"])
+    assert len(val["goemotions"]) == 3  # one example per comment: exactly the budget
+    # seeded: --resume carves the same set
+    again, _ = empathy.load_sources(cfg)
+    assert [x.meta for x in empathy.carve_validation(cfg, again)["esconv"]] == [x.meta for x in val["esconv"]]
+    # without eval_steps nothing moves
+    plain = parse_config(empathy_workspace(tmp_path, tiny_model_dir))
+    t2, _ = empathy.load_sources(plain)
+    assert empathy.carve_validation(plain, t2) == {} and len(t2["esconv"]) == len(before["esconv"])
+
+
+def test_empathy_checkpoint_choice_reads_the_carved_set_not_the_reported_one(tmp_path, tiny_model_dir, monkeypatch):
+    from tunesmith.config import parse_config
+    from tunesmith.recipes import empathy
+    from tunesmith.training import trainer as T
+
+    seen = []
+    real_init = T.Trainer.__init__
+
+    def spy(self, *a, validation=None, **kw):
+        seen.append(validation)
+        real_init(self, *a, validation=validation, **kw)
+
+    monkeypatch.setattr(T.Trainer, "__init__", spy)
+    raw = empathy_workspace(tmp_path, tiny_model_dir)
+    raw["training"] |= {"eval_steps": 2, "load_best": True}
+    raw["data"]["empathy"]["validation_size"] = 3
+    cfg = parse_config(raw)
+    metrics = empathy.run(cfg, evaluate=False)
+    sizes = metrics["validation_sizes"]
+    assert len(seen) == 1 and len(seen[0]) == sum(sizes.values())
+    assert metrics["train_sizes"]["esconv"] + sizes["esconv"] == len(empathy.load_sources(cfg)[0]["esconv"])

@@ -95,6 +95,10 @@ class EmpathyData(Section):
     examples_per_epoch: int | None = Field(None, gt=0)
     history_turns: int = Field(6, gt=0)
     limit_eval: int | None = Field(None, gt=0)
+    # with training.eval_steps: examples per labelled training source moved out of training (seeded;
+    # whole ESConv/ED conversations) as the validation set for early stopping and load_best, so the
+    # held-out sets the run reports were never used to choose a checkpoint
+    validation_size: int = Field(200, gt=0)
     # the base model's own reply to each safety prompt, generated once: the positions where the
     # kl term compares policy and base
     kl_response_tokens: int = Field(48, gt=0)

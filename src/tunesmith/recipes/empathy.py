@@ -75,6 +75,39 @@ def load_sources(cfg: EmpathyRunConfig) -> tuple[dict[str, list[Example]], dict[
     return train, held
 
 
+def carve_validation(cfg: EmpathyRunConfig, train: dict[str, list[Example]]) -> dict[str, list[Example]]:
+    """With `training.eval_steps`: up to `data.empathy.validation_size` examples per labelled source
+    moved out of `train` (in place) into the validation set that early stopping and load_best read.
+    Whole conversations move together (an ESConv dialogue yields one example per supporter turn, which
+    share their history), so no validation reply was seen in training as another example's context."""
+    import random
+    from collections import Counter
+
+    if not cfg.training.eval_steps:
+        return {}
+    rng = random.Random(cfg.training.seed)
+    val: dict[str, list[Example]] = {}
+    for name in ("esconv", "goemotions", "empathetic_dialogues"):
+        rows = train.get(name)
+        if not rows:
+            continue
+        group = [str(x.meta.get("conversation", i)) for i, x in enumerate(rows)]
+        sizes = Counter(group)
+        keys = sorted(sizes)
+        rng.shuffle(keys)
+        budget = min(cfg.data.empathy.validation_size, len(rows) // 2)  # training keeps at least half
+        chosen, n = set(), 0
+        for k in keys:  # whole conversations, never past the budget
+            if n + sizes[k] <= budget:
+                chosen.add(k)
+                n += sizes[k]
+        if not chosen:
+            continue
+        val[name] = [x for x, g in zip(rows, group, strict=True) if g in chosen]
+        train[name] = [x for x, g in zip(rows, group, strict=True) if g not in chosen]
+    return val
+
+
 class Features:
     """Tokenise each example once, on first use: an epoch draws only part of the big sources."""
 
@@ -241,10 +274,20 @@ def prepare(cfg: EmpathyRunConfig, resume: bool):
 
 
 def train_model(
-    cfg: EmpathyRunConfig, run_dir: Path, train_src, held_feats, model, tok, heads: Heads | None, resume: bool
+    cfg: EmpathyRunConfig,
+    run_dir: Path,
+    train_src,
+    held_feats,
+    model,
+    tok,
+    heads: Heads | None,
+    resume: bool,
+    val_feats: dict[str, list[Encoded]] | None = None,
 ):
-    """Train; then one pass over the held-out sets gives the validation loss and the heads' logits
-    (returned per source for `head_eval`)."""
+    """Train (early stopping and load_best on `val_feats`, carved from training); then one pass over
+    the held-out sets gives the reported held-out loss and the heads' logits (per source, for `head_eval`).
+    The reported total weighs lm, emotion and strategy; the KL term has no held-out counterpart (it is
+    measured on the training-time safety prompts only)."""
     from tunesmith.data.mixing import MixtureSampler
     from tunesmith.training.trainer import Trainer, TrainModule, evaluate_loss
 
@@ -259,7 +302,9 @@ def train_model(
         return [feats.get(name, i) for name, i in sampler.epoch_plan(epoch)]
 
     val = [f for feats_ in held_feats.values() for f in feats_]
-    # the held-out sets double as the validation set during training when eval_steps asks for it
+    selection = [f for feats_ in (val_feats or {}).values() for f in feats_]
+    if cfg.training.eval_steps and not selection:
+        raise DataError("training.eval_steps needs a validation set: no labelled training source to carve it from")
     trainer = Trainer(
         model,
         tok,
@@ -270,7 +315,7 @@ def train_model(
         loss=cfg.loss,
         kl="kl_prompts" in train_src,
         log=say,
-        validation=val if cfg.training.eval_steps else None,
+        validation=selection or None,
         eval_batch_size=cfg.eval.batch_size,
         run_name=cfg.run_name,
         tracker_config=cfg.model_dump(mode="json"),
@@ -306,16 +351,20 @@ def train_model(
 
 def run(cfg: EmpathyRunConfig, resume: bool = False, evaluate: bool = True) -> dict:
     run_dir, train_src, held, model, tok, heads = prepare(cfg, resume)
+    val = carve_validation(cfg, train_src)
     metrics: dict = {
         "run": cfg.run_name,
         "recipe": "empathy",
         "train_sizes": {k: len(v) for k, v in train_src.items()},
         "heldout_sizes": {k: len(v) for k, v in held.items()},
+        **({"validation_sizes": {k: len(v) for k, v in val.items()}} if val else {}),
     }
     held_feats = encode_heldout(cfg, tok, held)
     held_logits = None
     if cfg.training.enabled:
-        trained, held_logits = train_model(cfg, run_dir, train_src, held_feats, model, tok, heads, resume)
+        trained, held_logits = train_model(
+            cfg, run_dir, train_src, held_feats, model, tok, heads, resume, encode_heldout(cfg, tok, val)
+        )
         metrics |= trained
     if not is_main_process():
         return metrics  # under `accelerate launch` the other processes only train; rank 0 evaluates
