@@ -261,3 +261,30 @@ def test_unknown_tracker_package_is_a_clear_error(tmp_path, tiny_model_dir, toke
             tmp_path / "r",
             log=silent,
         )
+
+
+def test_best_weights_ahead_of_the_resumed_checkpoint_are_not_handed_out(tmp_path, tiny_model_dir, tokenizer):
+    # a crash after the step-4 evaluation saved checkpoints/best but before checkpoint-4 was kept:
+    # resuming from checkpoint-2 must not label step-4 weights as the best of steps <= 2
+    import json
+    import shutil
+
+    fs = feats(tokenizer)
+    cfg = TrainingConfig(
+        learning_rate=1e-2, batch_size=2, max_steps=4, eval_steps=2, save_steps=2, load_best=True, seed=0,
+        report_to="none",
+    )  # fmt: skip
+    run = tmp_path / "run"
+    first = Trainer(lora(tiny_model_dir), tokenizer, cfg, lambda e: fs[:4], run, log=silent, validation=fs[4:]).train()
+    best = json.loads((run / "checkpoints" / "best" / "best.json").read_text())
+    assert first.best_step in (2, 4) and best["step"] == first.best_step
+    # make best/ come from a step the resumed run has not reached
+    (run / "checkpoints" / "best" / "best.json").write_text(json.dumps({**best, "step": 4}))
+    shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+    msgs: list[str] = []
+    tr = Trainer(lora(tiny_model_dir), tokenizer, cfg, lambda e: fs[:4], run, log=msgs.append, validation=fs[4:])
+    tr.load_checkpoint()
+    assert not (run / "checkpoints" / "best").exists() and tr.state.best_step is None
+    assert any("does not match the resumed state" in m for m in msgs)
+    st = tr.train()
+    assert st.best_step == 4 and json.loads((run / "checkpoints" / "best" / "best.json").read_text())["step"] == 4

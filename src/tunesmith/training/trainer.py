@@ -603,7 +603,25 @@ class Trainer:
         self.state.evals = st.get("evals", [])
         self.state.best_loss, self.state.best_step = st.get("best_loss"), st.get("best_step")
         self.state.bad_evals, self.state.stopped_early = st.get("bad_evals", 0), st.get("stopped_early", False)
+        self._check_best_dir()
         self.log(f"resumed from {path} at step {self.state.step}")
+
+    def _check_best_dir(self) -> None:
+        """After a crash the best weights on disk may come from steps the resumed run has not reached
+        (saved after the checkpoint it resumes from), so they would be handed out under another step's
+        label. Such a folder is dropped and the best is re-established from the next evaluation."""
+        marker = self.best_dir / "best.json"
+        on_disk = json.loads(marker.read_text()).get("step") if marker.is_file() else None
+        if on_disk == self.state.best_step or (on_disk is None and not self.cfg.load_best):
+            return
+        if self.accelerator.is_main_process:
+            shutil.rmtree(self.best_dir, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.log(
+            f"checkpoints/best (step {on_disk}) does not match the resumed state (best step {self.state.best_step}): "
+            "dropped; the next evaluation sets the best again"
+        )
+        self.state.best_loss, self.state.best_step, self.state.bad_evals = None, None, 0
 
     def save_final(self) -> Path:
         d = self.run_dir / "adapter"
