@@ -47,6 +47,27 @@ COLUMNS = [
 ]
 
 
+def summary_row(cfg, **fields) -> dict:
+    """A summary.csv row: the run's training settings, when it finished and at which commit, then the
+    recipe's own `fields` (which win)."""
+    t = cfg.training
+    return {
+        "run": cfg.run_name,
+        "recipe": cfg.recipe,
+        "model": cfg.model.name,
+        "method": ("qlora" if cfg.model.load_in_4bit else "lora") if t.enabled else "none",
+        "lora_r": cfg.lora.r,
+        "lora_alpha": cfg.lora.alpha,
+        "learning_rate": t.learning_rate,
+        "batch_size": t.batch_size,
+        "grad_accum": t.grad_accum,
+        "epochs": t.epochs,
+        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        **fields,
+    }
+
+
 def append_summary_row(path: str | os.PathLike, row: dict) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from rich.table import Table
 from tunesmith.config import EmpathyRunConfig
 from tunesmith.errors import ConfigError
 from tunesmith.io import atomic_open, write_json
+from tunesmith.reporting.plots import ABLATION_METRICS
 from tunesmith.reporting.report import write_report
 from tunesmith.ui import fmt, out, say
 
@@ -31,21 +32,8 @@ RENAMED = {
     "lambda_safe": "lambda_kl",
     "lambda_safety_kl": "lambda_kl",
 }
-COLUMNS = [
-    "variant",
-    "lambda_lm",
-    "lambda_emotion",
-    "lambda_strategy",
-    "lambda_kl",
-    "val_loss",
-    "val_lm_loss",
-    "emotion_accuracy",
-    "emotion_f1",
-    "strategy_accuracy",
-    "strategy_f1",
-    "eqbench_score",
-    "safety_rate",
-]
+# the plots read the same metric columns, in the same order
+COLUMNS = ["variant", "lambda_lm", "lambda_emotion", "lambda_strategy", "lambda_kl", *ABLATION_METRICS]
 
 
 def parse_grid(specs: list[str]) -> dict[str, dict[str, float]]:

@@ -10,7 +10,6 @@ work unchanged), metrics.json, training_history.json, config_resolved.json; a su
 
 from __future__ import annotations
 
-import datetime as dt
 import random
 import shutil
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from tunesmith.preference.dpo import (
 from tunesmith.recipes.base import Recipe
 from tunesmith.recipes.common import chat_template_record, check_inputs
 from tunesmith.reporting.model_card import write_model_card
-from tunesmith.runs import append_summary_row, git_commit, start_run
+from tunesmith.runs import append_summary_row, start_run, summary_row
 from tunesmith.ui import fmt, out, say
 
 
@@ -130,26 +129,16 @@ def run_dpo(cfg: DpoRunConfig, log: Callable[[str], None] | None = None) -> dict
 
 def _summary_row(cfg: DpoRunConfig, m: dict) -> None:
 
-    d, t = cfg.dpo, cfg.training
+    d = cfg.dpo
     append_summary_row(
         cfg.summary_csv,
-        {
-            "run": cfg.run_name,
-            "recipe": "dpo",
-            "model": cfg.model.name,
-            "data": d.pairs,
-            "method": f"lora+dpo({d.loss_type}, beta={d.beta})",
-            "lora_r": cfg.lora.r,
-            "lora_alpha": cfg.lora.alpha,
-            "learning_rate": t.learning_rate,
-            "batch_size": t.batch_size,
-            "grad_accum": t.grad_accum,
-            "epochs": t.epochs,
-            "train_examples": m["pairs"]["train"],
-            "checkpoint": "adapter",
-            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-            "git_commit": git_commit(),
-        },
+        summary_row(
+            cfg,
+            data=d.pairs,
+            method=f"lora+dpo({d.loss_type}, beta={d.beta})",
+            train_examples=m["pairs"]["train"],
+            checkpoint="adapter",
+        ),
     )
 
 

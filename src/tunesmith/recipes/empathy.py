@@ -7,7 +7,6 @@ data (ESConv, GoEmotions, EmpatheticDialogues, shipped safety prompts; mixed p_i
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from importlib import resources
 from pathlib import Path
@@ -35,7 +34,7 @@ from tunesmith.recipes.common import (
     judge_safety,
 )
 from tunesmith.reporting.report import write_report
-from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
+from tunesmith.runs import append_summary_row, is_main_process, start_run, summary_row
 from tunesmith.ui import fmt, out, say
 
 
@@ -415,28 +414,18 @@ def finish(cfg: EmpathyRunConfig, metrics: dict) -> dict:
     safety = ((metrics.get("safety") or {}).get("tuned")) or {}
     append_summary_row(
         cfg.summary_csv,
-        {
-            "run": cfg.run_name,
-            "recipe": "empathy",
-            "model": cfg.model.name,
-            "data": "+".join(sorted(metrics.get("train_sizes", {}))),
-            "method": ("qlora" if cfg.model.load_in_4bit else "lora") + "+heads+kl",
-            "lora_r": cfg.lora.r,
-            "lora_alpha": cfg.lora.alpha,
-            "learning_rate": cfg.training.learning_rate,
-            "batch_size": cfg.training.batch_size,
-            "grad_accum": cfg.training.grad_accum,
-            "epochs": cfg.training.epochs,
-            "train_examples": sum((metrics.get("mixing") or {}).get("counts_per_epoch", {}).values()) or None,
-            "eqbench_score": eq.get("score"),
-            "eqbench_parse_rate": eq.get("parse_rate"),
-            "emotion_accuracy": (heads.get("emotion") or {}).get("accuracy"),
-            "strategy_accuracy": (heads.get("strategy") or {}).get("accuracy"),
-            "safety_rate": safety.get("safety_rate"),
-            "checkpoint": "adapter",
-            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-            "git_commit": git_commit(),
-        },
+        summary_row(
+            cfg,
+            data="+".join(sorted(metrics.get("train_sizes", {}))),
+            method=("qlora" if cfg.model.load_in_4bit else "lora") + "+heads+kl",
+            train_examples=sum((metrics.get("mixing") or {}).get("counts_per_epoch", {}).values()) or None,
+            eqbench_score=eq.get("score"),
+            eqbench_parse_rate=eq.get("parse_rate"),
+            emotion_accuracy=(heads.get("emotion") or {}).get("accuracy"),
+            strategy_accuracy=(heads.get("strategy") or {}).get("accuracy"),
+            safety_rate=safety.get("safety_rate"),
+            checkpoint="adapter",
+        ),
     )
     print_table(cfg, metrics)
     md, html = write_report(cfg.run_dir)

@@ -12,7 +12,6 @@ lenient parser under its own name.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from tunesmith.recipes.common import (
     judge_safety,
 )
 from tunesmith.reporting.report import write_report
-from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
+from tunesmith.runs import append_summary_row, is_main_process, start_run, summary_row
 from tunesmith.ui import fmt, out, say
 
 
@@ -339,30 +338,19 @@ def finish(cfg: Gsm8kRunConfig, metrics: dict, train_ref: str) -> dict:
     write_json(cfg.run_dir / "metrics.json", metrics)
     append_summary_row(
         cfg.summary_csv,
-        {
-            "run": cfg.run_name,
-            "recipe": cfg.recipe,
-            "model": cfg.model.name,
-            "data": train_ref,
-            "method": ("qlora" if cfg.model.load_in_4bit else "lora") if cfg.training.enabled else "none",
-            "lora_r": cfg.lora.r,
-            "lora_alpha": cfg.lora.alpha,
-            "learning_rate": cfg.training.learning_rate,
-            "batch_size": cfg.training.batch_size,
-            "grad_accum": cfg.training.grad_accum,
-            "epochs": cfg.training.epochs,
-            "k_shot": cfg.eval.k_shot,
-            "train_examples": metrics["train_examples"],
-            "strict_accuracy": t["strict_accuracy"],
-            "flexible_accuracy": t["flexible_accuracy"],
-            "base_strict_accuracy": base.get("strict_accuracy"),
-            "base_flexible_accuracy": base.get("flexible_accuracy"),
-            "safety_rate": safety.get("safety_rate"),
-            "checkpoint": metrics.get("checkpoint"),
-            "passed": passed,
-            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-            "git_commit": git_commit(),
-        },
+        summary_row(
+            cfg,
+            data=train_ref,
+            k_shot=cfg.eval.k_shot,
+            train_examples=metrics["train_examples"],
+            strict_accuracy=t["strict_accuracy"],
+            flexible_accuracy=t["flexible_accuracy"],
+            base_strict_accuracy=base.get("strict_accuracy"),
+            base_flexible_accuracy=base.get("flexible_accuracy"),
+            safety_rate=safety.get("safety_rate"),
+            checkpoint=metrics.get("checkpoint"),
+            passed=passed,
+        ),
     )
     table = Table(title=f"tunesmith · {cfg.run_name} ({t['n']} GSM8K questions, {cfg.eval.k_shot}-shot)")
     table.add_column("metric")

@@ -8,7 +8,6 @@ plus one row in results/summary.csv.
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 from rich.table import Table
@@ -25,7 +24,7 @@ from tunesmith.recipes.common import (
     judge_safety,
 )
 from tunesmith.reporting.report import write_report
-from tunesmith.runs import append_summary_row, git_commit, is_main_process, start_run
+from tunesmith.runs import append_summary_row, is_main_process, start_run, summary_row
 from tunesmith.ui import fmt, out, say
 
 
@@ -120,23 +119,12 @@ def _finish(cfg: SftRunConfig, run_dir: Path, splits, metrics: dict) -> dict:
     t = cfg.training
     append_summary_row(
         cfg.summary_csv,
-        {
-            "run": cfg.run_name,
-            "recipe": "sft",
-            "model": cfg.model.name,
-            "data": splits.train_ref,
-            "method": ("qlora" if cfg.model.load_in_4bit else "lora") if t.enabled else "none",
-            "lora_r": cfg.lora.r,
-            "lora_alpha": cfg.lora.alpha,
-            "learning_rate": t.learning_rate,
-            "batch_size": t.batch_size,
-            "grad_accum": t.grad_accum,
-            "epochs": t.epochs,
-            "train_examples": len(splits.train),
-            "checkpoint": "adapter" if t.enabled else None,
-            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-            "git_commit": git_commit(),
-        },
+        summary_row(
+            cfg,
+            data=splits.train_ref,
+            train_examples=len(splits.train),
+            checkpoint="adapter" if t.enabled else None,
+        ),
     )
     v, tr = metrics.get("validation", {}), metrics.get("train", {})
     table = Table(title=f"tunesmith · {cfg.run_name} (sft, {splits.format})")
