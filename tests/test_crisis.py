@@ -405,6 +405,15 @@ def test_choose_threshold_keeps_the_fpr():
     assert (p[y == 0] >= t - 0.02).mean() > 0.03  # and is not needlessly high
 
 
+def test_choose_threshold_with_saturated_float32_scores():
+    # benign rows at float32's largest value below 1: the candidate just above them must not be
+    # rounded back onto them (it was, and no threshold passed: StopIteration in a refit)
+    p = np.asarray([0.99999994] * 3 + [0.1] * 97 + [0.99999994] * 50, dtype=np.float32)
+    y = np.asarray([0] * 100 + [1] * 50)
+    t = M.choose_threshold(p, y, max_fpr=0.02)
+    assert (p[y == 0] >= t).mean() <= 0.02
+
+
 def test_choose_threshold_keeps_each_language_under_its_bound():
     rng = np.random.default_rng(1)
     p = np.concatenate([rng.uniform(0, 0.5, 150), rng.uniform(0.2, 0.8, 50), rng.uniform(0.3, 1, 200)])

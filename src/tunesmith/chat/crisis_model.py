@@ -415,6 +415,9 @@ def choose_threshold(
 ) -> float:
     """Lowest threshold on P(crisis) whose benign false-positive rate is ≤ max_fpr overall and,
     given groups (languages), ≤ max_group_fpr within each group."""
+    # float64: against a float32 array numpy casts the candidate down, and a benign score of
+    # 0.99999994 then equals its own "just above" candidate and stays flagged (no candidate passed)
+    p = np.asarray(p, dtype=np.float64)
 
     def ok(t: float) -> bool:
         flagged = p >= t
@@ -427,7 +430,7 @@ def choose_threshold(
     # candidates: just above each benign score (a flagged benign row stops counting there), low to high;
     # the highest flags no benign row, so one always passes. Rounded up (never admits one more row) and
     # never below 0.05 (raising a threshold only lowers the FPR).
-    t = next(t for t in sorted({0.0, *(float(v) + 1e-9 for v in p[y == 0])}) if ok(t))
+    t = next(t for t in sorted({0.0, *(float(np.nextafter(v, 2.0)) for v in p[y == 0])}) if ok(t))
     return float(math.ceil(max(t, 0.05) * 1e4) / 1e4)
 
 
