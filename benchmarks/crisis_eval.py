@@ -3,14 +3,17 @@
     python benchmarks/crisis_eval.py [--data FILE] [--boot 2000] [--json OUT] [--misses]
                                      [--background DIR | --no-background] [--background-n 1000]
 
-The set was written in a separate pass from the training data and from the calibration set
-(resources/crisis/calibration.jsonl, which standardises, calibrates and thresholds the scores) and
-is never used for any of them. Single statements go through `CrisisDetector.check`, multi-turn rows
+The set (the fourth held-out set: 706 rows by three writers) was written in a separate pass from
+the training data and from the calibration set (resources/crisis/calibration.jsonl, which weighs,
+standardises, calibrates and thresholds the scores) and is never used for any of them; the three
+earlier held-out sets, each measured once, are now training data (resources/crisis/
+train_heldout_pass*.jsonl). Single statements go through `CrisisDetector.check`, multi-turn rows
 (`messages`) through `check_conversation`. Reports crisis recall and benign false-positive rate
 overall, per language, per category and per kind, with bootstrap 95% intervals (rows resampled
 with replacement), the category agreement on flagged crisis rows, and how often the resources
-shown (no locale set) are the ones for the message's language. Targets: recall ≥ 0.98 and FPR
-≤ 0.05, overall and for each language.
+shown (no locale set) are the ones for the message's language, and for single messages a
+threshold-free AUC and recall at 5% FPR (to compare detectors whose thresholds differ). Targets:
+recall ≥ 0.98 and FPR ≤ 0.05, overall and for each language.
 
 `--background` (on by default when ../shared/data is there) also reports the flag rate on real text
 nobody wrote for this detector: random GoEmotions test comments (Reddit; a few are genuinely
@@ -135,6 +138,16 @@ def main() -> None:
     print(
         f"targets recall ≥ {RECALL_TARGET} and FPR ≤ {FPR_TARGET}, overall and per language: {'met' if met else 'NOT met'}"
     )
+    # Threshold-free view of the single messages, for comparing detectors whose thresholds differ: the
+    # recall at the score that flags 5% of this set's benign messages. That threshold is read off the
+    # evaluation set itself, so it is a comparison, never an operating point.
+    one = np.asarray([not r.messages for r in rows])
+    score = np.asarray([res.score for res in results])
+    sb, sc = np.sort(score[one & ~crisis])[::-1], score[one & crisis]
+    at = sb[int(FPR_TARGET * len(sb))] if len(sb) else np.inf
+    auc = float(np.mean(sc[:, None] > sb[None, :]) + 0.5 * np.mean(sc[:, None] == sb[None, :])) if len(sc) else np.nan
+    free = {"auc": auc, "recall_at_fpr": float(np.mean(sc > at)) if len(sc) else np.nan}
+    print(f"single messages, threshold-free: AUC {auc:.4f}, recall at {FPR_TARGET:.0%} FPR {free['recall_at_fpr']:.3f}")
     hard = [k for k in out if k.startswith("look-alikes")]
     hard_ok = all(out[k]["benign"] == 0 or out[k]["fpr"][0] <= FPR_TARGET for k in hard)
     print(f"FPR ≤ {FPR_TARGET} on look-alikes alone, overall and per language: {'met' if hard_ok else 'NOT met'}")
@@ -155,6 +168,7 @@ def main() -> None:
                     "rows": len(rows),
                     "threshold": det.threshold,
                     "groups": out,
+                    "single_threshold_free": free,
                     "category_agreement": float(np.mean(agree)),
                     "resources_language": float(np.mean(lang_ok)),
                     "background": {k: {"n": n, "rate": list(v)} for k, (n, v) in background.items()},

@@ -60,6 +60,15 @@ def detector() -> CrisisDetector:
         ("Ich will nicht mehr leben und habe mir schon überlegt, wie ich es mache.", "self_harm"),
         ("Non ce la faccio più, voglio farla finita stanotte.", "self_harm"),
         ("Não aguento mais viver assim, quero morrer.", "self_harm"),
+        pytest.param(
+            "je veux en finir ce soir, j'ai tout préparé",
+            "self_harm",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known miss, found after the last held-out measurement: P 0.18 < 0.27 ('en finir' "
+                "without 'avec la vie'); see README, crisis layer",
+            ),
+        ),
     ],
 )
 def test_crisis_statements_are_flagged(detector, text, category):
@@ -82,7 +91,7 @@ def test_crisis_statements_are_flagged(detector, text, category):
         pytest.param(
             "I took 2 ibuprofen for my headache",
             marks=pytest.mark.xfail(
-                strict=True, reason="known false alarm: 'took <n> <pills>' reads as an overdose (P 0.99); see README"
+                strict=True, reason="known false alarm: 'took <n> <pills>' reads as an overdose (P 0.98); see README"
             ),
         ),
         "I'll be gone for the weekend, see you Monday",
@@ -149,8 +158,9 @@ def test_quarry_example_is_flagged(detector):
 @pytest.mark.xfail(
     strict=True,
     reason="known false alarm: a turn that alone reads as a plan is flagged whatever came before; letting a "
-    "harmless context veto it lost 30/259 calibration crisis statements put after an unrelated first turn "
-    "(held-out benign conversations: FPR 0.52; see README, crisis layer)",
+    "harmless context veto it lost 30/259 crisis statements put after an unrelated first turn, and reading the "
+    "joined turns alone 32/405 even with 1,500 such conversations synthesised for training (held-out benign "
+    "conversations: FPR 0.35; see README, crisis layer)",
 )
 def test_harmless_context_clears_an_alarming_last_turn(detector):
     calm = detector.check_conversation(
@@ -325,11 +335,13 @@ def test_shipped_coefficients_match_the_data_and_encoders():
 
 
 def test_shipped_threshold_keeps_the_calibration_fpr(detector):
-    # recomputed from the shipped weights, not read back from the stats the fit wrote
-    cal = _calibration_rows()
+    # recomputed from the shipped weights, not read back from the stats the fit wrote; single messages
+    # set the threshold (a conversation's joined turns are read against the context threshold)
+    cal = [r for r in _calibration_rows() if not r.messages]
     p = np.asarray(detector.scores([r.text for r in cal])[0])
     y = np.asarray([r.crisis for r in cal])
     langs = np.asarray([r.lang for r in cal])
+    assert M.choose_threshold(p, y, groups=langs) == pytest.approx(detector.threshold, abs=2e-4)
     flagged = p >= detector.threshold
     assert flagged[~y].mean() <= M.MAX_CAL_FPR
     for lang in M.LANGS:
@@ -452,7 +464,11 @@ def test_fit_trains_both_classifiers_and_calibrates_on_the_calibration_set(tmp_p
     assert np.allclose(again.proba(x, t), model.proba(x, t), atol=1e-5)
     p = model.proba(x, t)
     y = np.asarray([r.crisis for r in cal])
-    assert (p[~y] >= model.threshold).mean() <= M.MAX_CAL_FPR
+    one = np.asarray([not r.messages for r in cal])
+    assert (p[~y & one] >= model.threshold).mean() <= M.MAX_CAL_FPR
+    assert model.tuned_weight in M.TUNED_WEIGHTS and set(model.stats["calibration_recall_by_tuned_weight"]) == {
+        str(w) for w in M.TUNED_WEIGHTS
+    }
 
 
 def test_background_rows_are_everyday_comments_without_crisis_vocabulary(tmp_path):

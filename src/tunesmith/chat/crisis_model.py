@@ -9,19 +9,23 @@
 2. Tuned encoder: MiniLM fine-tuned end to end with a LoRA adapter (`encoder.tune`) and a linear
    head. Frozen embeddings put "this exam is killing me" next to "this is killing me"; fine-tuning
    is what pulls the look-alikes apart.
-The two logits are standardised and averaged (`TUNED_WEIGHT`); on the calibration set (models fitted
+The two logits are standardised and averaged (weight from `TUNED_WEIGHTS`); on the calibration set (models fitted
 on the first 4,431 training rows) the average recalled 0.979 of crisis rows at 5% FPR where the MLP
 alone recalled 0.954 and the tuned encoder 0.911.
 Category (self_harm, harm_to_others, medical_emergency): multinomial logistic regression on the
 frozen features of the crisis rows.
 
-Three separate sets, each written in its own pass:
-- training (`TRAIN_FILES`): both classifiers and the category model are fitted on it;
-- calibration (`CALIBRATION_FILE`): Platt scaling of the combined score, the standardisation and
-  the threshold (`choose_threshold`: the lowest whose calibration FPR is ≤ MAX_CAL_FPR overall and
-  ≤ MAX_LANG_FPR in every language). Frozen-embedding models are overconfident on writers they
-  were not trained on, so a threshold from the training data's own out-of-fold scores sat too high
-  (calibration FPR 0.014 where 0.04 was asked);
+Three separate sets, each written in its own pass by writers who never saw the others' rows:
+- training (`TRAIN_FILES`): both classifiers and the category model are fitted on it; it includes
+  the three earlier held-out sets, each measured once before it was folded in (the first two raised
+  the threshold-free recall on the next held-out set from 0.930 to 0.958; the third added nothing
+  measurable);
+- calibration (`CALIBRATION_FILE`): the combination weight (`TUNED_WEIGHTS`), Platt scaling of the
+  combined score, the standardisation and the threshold (`choose_threshold` on the single messages:
+  the lowest whose calibration FPR is ≤ MAX_CAL_FPR overall and ≤ MAX_LANG_FPR in every language).
+  Frozen-embedding models are overconfident on writers they were not trained on, so a threshold
+  from the training data's own out-of-fold scores sat too high (calibration FPR 0.014 where 0.04
+  was asked); new writers' FPR still runs above the calibration writers' (0.061 vs 0.038);
 - held-out (`benchmarks/data/crisis_heldout.jsonl`): never read here; `benchmarks/crisis_eval.py`.
 
 What ships: `resources/crisis/detector.json` (the MLP's weight matrices as base64 little-endian
@@ -71,6 +75,11 @@ TRAIN_FILES = (
     # everyday messages with no crisis at all (alone they were not enough: see BACKGROUND_ROWS)
     "train_ordinary_en.jsonl",
     "train_ordinary_multilingual.jsonl",
+    # the first three held-out sets (561, 1,230 and 880 rows, twelve more writers), each measured
+    # once before it joined the training data; benchmarks/data/crisis_heldout.jsonl is the fourth
+    "train_heldout_pass1.jsonl",
+    "train_heldout_pass2.jsonl",
+    "train_heldout_pass3.jsonl",
 )
 CALIBRATION_FILE = "calibration.jsonl"
 MODEL_FILE = "detector.json"
@@ -81,7 +90,10 @@ FORMAT = 3
 FLAG_HIDDEN = 256
 FLAG_ALPHA = 0.03
 C_CATEGORY = 8.0
-TUNED_WEIGHT = 0.5  # of the tuned encoder's standardised logit in the average (0.3: recall 0.971, 0.5: 0.979)
+# weight of the tuned encoder's standardised logit in the average, chosen at fit time on the calibration
+# set: 0.5 was best on the first calibration set (recall 0.979 vs 0.971 at 0.3), 0.25-0.4 on the second
+# held-out set once it became a development set (0.953 vs 0.948 at 5% FPR); the first listed wins ties
+TUNED_WEIGHTS = (0.5, 0.4, 0.25)
 MAX_CAL_FPR = 0.04  # threshold: the lowest whose calibration false-positive rate stays at or below this ...
 # ... and at or below this in each language: the calibration set has ~22 benign rows per non-English
 # language, so one row is 4.5 points; 0.05 let one Italian look-alike lift the threshold from 0.5
@@ -523,7 +535,7 @@ def fit(
         tuned_b,
         Standardize(0.0, 1.0),
         Standardize(0.0, 1.0),
-        TUNED_WEIGHT,
+        TUNED_WEIGHTS[0],
         1.0,
         0.0,
         0.5,
@@ -534,15 +546,27 @@ def fit(
     )
     model.mlp_scale = Standardize.of(model.mlp_logit(xc))
     model.tuned_scale = Standardize.of(model.tuned_logit(tc))
-    model.platt_a, model.platt_b = platt(model.score(xc, tc), yc)
-    p = model.proba(xc, tc)
     langs = np.asarray([r.lang for r in calibration])
     cats = np.asarray([r.category or "" for r in calibration])
-    model.threshold = choose_threshold(p, yc, groups=langs)
+    # The message threshold comes from single messages: check_conversation reads a conversation's last
+    # turn with that threshold and the turns joined with the context threshold, so the joined text of a
+    # benign conversation (alarming on purpose) must not raise the threshold every message is read with
+    conv = np.asarray([bool(r.messages) for r in calibration])
+    one = ~conv if (~conv).any() and len(set(yc[~conv])) == 2 else np.ones_like(conv)
+    recall_by_weight = {}
+    for weight in TUNED_WEIGHTS:  # the one whose thresholded calibration recall is highest (ties: the first)
+        model.tuned_weight = weight
+        model.platt_a, model.platt_b = platt(model.score(xc, tc), yc)
+        p = model.proba(xc, tc)
+        t = choose_threshold(p[one], yc[one], groups=langs[one])
+        recall_by_weight[weight] = float((p[one & (yc == 1)] >= t).mean())
+    model.tuned_weight = max(TUNED_WEIGHTS, key=lambda w: recall_by_weight[w])
+    model.platt_a, model.platt_b = platt(model.score(xc, tc), yc)
+    p = model.proba(xc, tc)
+    model.threshold = choose_threshold(p[one], yc[one], groups=langs[one])
     # Conversations may get a lower threshold of their own, from the calibration conversations
     # alone (their benign rows share the crisis rows' alarming last turns). Never above the
     # single-message threshold.
-    conv = np.asarray([bool(r.messages) for r in calibration])
     both = conv.any() and yc[conv].any() and (~yc[conv].astype(bool)).any()
     model.context_threshold = min(model.threshold, choose_threshold(p[conv], yc[conv])) if both else model.threshold
     model.stats = {
@@ -550,8 +574,10 @@ def fit(
         "background_rows": sum(r.kind == "background" for r in rows),
         "training_crisis": int(y.sum()),
         "tune_loss_by_epoch": [round(v, 4) for v in losses],
+        "calibration_recall_by_tuned_weight": {str(k): round(v, 4) for k, v in recall_by_weight.items()},
         "calibration_rows": len(calibration),
-        "calibration": _rates(p >= model.threshold, yc, langs, cats),
+        "calibration": _rates(p[one] >= model.threshold, yc[one], langs[one], cats[one]),
+        "calibration_conversations": int(conv.sum()),
     }
     return model
 
@@ -561,7 +587,7 @@ def settings_digest() -> str:
     from tunesmith.chat.encoder import TuneConfig
 
     settings = (
-        FLAG_HIDDEN, FLAG_ALPHA, C_CATEGORY, TUNED_WEIGHT, MAX_CAL_FPR, MAX_LANG_FPR, BACKGROUND_ROWS,
+        FLAG_HIDDEN, FLAG_ALPHA, C_CATEGORY, TUNED_WEIGHTS, MAX_CAL_FPR, MAX_LANG_FPR, BACKGROUND_ROWS,
         _CRISIS_VOCAB.pattern, repr(TuneConfig()),
     )  # fmt: skip
     return hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
@@ -634,7 +660,8 @@ def write_shipped(goemotions: str | None, featurizer: Featurizer | None = None, 
     feat = featurizer or Featurizer()
     out, adapter = data_path(MODEL_FILE), data_path(ADAPTER_DIR)
     background = background_rows(goemotions)
-    rows = load_training() + background
+    written = load_training()
+    rows = written + background
     bg = hashlib.sha256("\n".join(r.text for r in background).encode()).hexdigest()[:12]
     # everything is written to a scratch folder first: a fit killed halfway (it takes minutes) leaves
     # the shipped files as they were, and nothing stray inside the package
