@@ -44,6 +44,18 @@ def rate_ci(hits: np.ndarray, boot: int, rng: np.random.Generator) -> tuple[floa
     return float(hits.mean()), float(np.quantile(samples, 0.025)), float(np.quantile(samples, 0.975))
 
 
+def threshold_free(crisis_scores: np.ndarray, benign_scores: np.ndarray, fpr: float) -> dict[str, float]:
+    """For comparing detectors whose thresholds differ: AUC (ties count half) and the recall at the
+    score that flags at most `fpr` of the benign rows. That score is read off the evaluation set
+    itself, so it is a comparison, never an operating point. NaN when either class is missing."""
+    sc, sb = np.asarray(crisis_scores, dtype=float), np.sort(np.asarray(benign_scores, dtype=float))[::-1]
+    if not len(sc) or not len(sb):
+        return {"auc": float("nan"), "recall_at_fpr": float("nan")}
+    auc = float(np.mean(sc[:, None] > sb[None, :]) + 0.5 * np.mean(sc[:, None] == sb[None, :]))
+    # flagging score > sb[k] flags the k benign rows above it: the largest k with k / n <= fpr
+    return {"auc": auc, "recall_at_fpr": float(np.mean(sc > sb[int(fpr * len(sb))]))}
+
+
 def background_rates(det, shared: Path, n: int, boot: int, rng) -> dict[str, tuple[int, tuple]]:
     from tunesmith.data.sources.goemotions import load_goemotions
     from tunesmith.data.sources.gsm8k import load_records
@@ -138,16 +150,13 @@ def main() -> None:
     print(
         f"targets recall ≥ {RECALL_TARGET} and FPR ≤ {FPR_TARGET}, overall and per language: {'met' if met else 'NOT met'}"
     )
-    # Threshold-free view of the single messages, for comparing detectors whose thresholds differ: the
-    # recall at the score that flags 5% of this set's benign messages. That threshold is read off the
-    # evaluation set itself, so it is a comparison, never an operating point.
     one = np.asarray([not r.messages for r in rows])
     score = np.asarray([res.score for res in results])
-    sb, sc = np.sort(score[one & ~crisis])[::-1], score[one & crisis]
-    at = sb[int(FPR_TARGET * len(sb))] if len(sb) else np.inf
-    auc = float(np.mean(sc[:, None] > sb[None, :]) + 0.5 * np.mean(sc[:, None] == sb[None, :])) if len(sc) else np.nan
-    free = {"auc": auc, "recall_at_fpr": float(np.mean(sc > at)) if len(sc) else np.nan}
-    print(f"single messages, threshold-free: AUC {auc:.4f}, recall at {FPR_TARGET:.0%} FPR {free['recall_at_fpr']:.3f}")
+    free = threshold_free(score[one & crisis], score[one & ~crisis], FPR_TARGET)
+    print(
+        f"single messages, threshold-free: AUC {free['auc']:.4f}, "
+        f"recall at {FPR_TARGET:.0%} FPR {free['recall_at_fpr']:.3f}"
+    )
     hard = [k for k in out if k.startswith("look-alikes")]
     hard_ok = all(out[k]["benign"] == 0 or out[k]["fpr"][0] <= FPR_TARGET for k in hard)
     print(f"FPR ≤ {FPR_TARGET} on look-alikes alone, overall and per language: {'met' if hard_ok else 'NOT met'}")

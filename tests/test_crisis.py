@@ -466,9 +466,10 @@ def test_fit_trains_both_classifiers_and_calibrates_on_the_calibration_set(tmp_p
     y = np.asarray([r.crisis for r in cal])
     one = np.asarray([not r.messages for r in cal])
     assert (p[~y & one] >= model.threshold).mean() <= M.MAX_CAL_FPR
-    assert model.tuned_weight in M.TUNED_WEIGHTS and set(model.stats["calibration_recall_by_tuned_weight"]) == {
-        str(w) for w in M.TUNED_WEIGHTS
-    }
+    # the weight is the first of those with the highest thresholded calibration recall
+    by_weight = model.stats["calibration_recall_by_tuned_weight"]
+    assert set(by_weight) == {str(w) for w in M.TUNED_WEIGHTS}
+    assert model.tuned_weight == next(w for w in M.TUNED_WEIGHTS if by_weight[str(w)] == max(by_weight.values()))
 
 
 def test_background_rows_are_everyday_comments_without_crisis_vocabulary(tmp_path):
@@ -506,6 +507,11 @@ def test_fit_refuses_a_one_class_set(tmp_path):
     rows = [r for r in _train_rows() if r.crisis][:10]
     with pytest.raises(DataError, match="calibration set needs both"):
         M.fit(rows + [r for r in _train_rows() if not r.crisis][:10], rows, tmp_path / "a")
+    # conversations of both classes but single messages of one: no threshold could be chosen
+    cal = [r for r in _calibration_rows() if r.messages] + [r for r in _calibration_rows() if r.crisis][:10]
+    with pytest.raises(DataError, match="single messages"):
+        M.fit(rows + [r for r in _train_rows() if not r.crisis][:10], cal, tmp_path / "b")
+    assert not (tmp_path / "b").exists()  # refused before minutes of fine-tuning
 
 
 def test_encoder_embeddings_are_unit_length_and_semantic():

@@ -63,8 +63,27 @@ def test_crisis_eval_reports_rates_and_threshold_free_comparison(crisis_eval, tm
     )
     sc = [v.score for v, r, c in zip(verdicts, ROWS, crisis) if c and "text" in r]
     sb = [v.score for v, r, c in zip(verdicts, ROWS, crisis) if not c and "text" in r]
-    pairs = [(a > b) + 0.5 * (a == b) for a in sc for b in sb]
-    assert d["single_threshold_free"]["auc"] == pytest.approx(np.mean(pairs))
-    assert d["single_threshold_free"]["auc"] >= 0.8  # explicit statements against plain questions
+    assert d["single_threshold_free"] == pytest.approx(crisis_eval.threshold_free(sc, sb, 0.05))
     # no statement's text is printed (only the tables)
-    assert not any(r.get("text", "x") in printed for r in ROWS)
+    texts = [r["text"] for r in ROWS if "text" in r] + [m["content"] for r in ROWS for m in r.get("messages", [])]
+    assert not any(t in printed for t in texts)
+
+
+def test_threshold_free_comparison_matches_its_definitions(crisis_eval):
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # coarse scores: many ties within and across the classes
+        sc, sb = rng.integers(0, 8, 30) / 8, rng.integers(0, 6, 40) / 8
+        y = np.r_[np.ones(30), np.zeros(40)]
+        got = crisis_eval.threshold_free(sc, sb, 0.05)
+        assert got["auc"] == pytest.approx(roc_auc_score(y, np.r_[sc, sb]))
+        # the best recall among thresholds that flag at most 5% of the benign rows (2 of 40)
+        best = max((sc >= t).mean() for t in np.r_[sc, sb, np.inf] if (sb >= t).mean() <= 0.05)
+        assert got["recall_at_fpr"] == pytest.approx(best)
+    # 20 benign rows: 5% is one row, so the cut-off is the second-highest benign score
+    sb = np.arange(20) / 20  # 0.00 ... 0.95
+    sc = np.asarray([0.99, 0.95, 0.91, 0.90, 0.5])
+    assert crisis_eval.threshold_free(sc, sb, 0.05)["recall_at_fpr"] == pytest.approx(3 / 5)  # > 0.90
+    assert np.isnan(crisis_eval.threshold_free(sc, [], 0.05)["recall_at_fpr"])
+    assert np.isnan(crisis_eval.threshold_free([], sb, 0.05)["auc"])

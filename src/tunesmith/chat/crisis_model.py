@@ -9,17 +9,17 @@
 2. Tuned encoder: MiniLM fine-tuned end to end with a LoRA adapter (`encoder.tune`) and a linear
    head. Frozen embeddings put "this exam is killing me" next to "this is killing me"; fine-tuning
    is what pulls the look-alikes apart.
-The two logits are standardised and averaged (weight from `TUNED_WEIGHTS`); on the calibration set (models fitted
-on the first 4,431 training rows) the average recalled 0.979 of crisis rows at 5% FPR where the MLP
-alone recalled 0.954 and the tuned encoder 0.911.
+The two logits are standardised and averaged (weight from `TUNED_WEIGHTS`); on the first calibration
+set (now `train_heldout_pass1.jsonl`; models fitted on the first 4,431 training rows) the average
+recalled 0.979 of crisis rows at 5% FPR where the MLP alone recalled 0.954 and the tuned encoder 0.911.
 Category (self_harm, harm_to_others, medical_emergency): multinomial logistic regression on the
 frozen features of the crisis rows.
 
 Three separate sets, each written in its own pass by writers who never saw the others' rows:
 - training (`TRAIN_FILES`): both classifiers and the category model are fitted on it; it includes
-  the three earlier held-out sets, each measured once before it was folded in (the first two raised
-  the threshold-free recall on the next held-out set from 0.930 to 0.958; the third added nothing
-  measurable);
+  the three earlier held-out sets, each measured once before it was folded in (pass 1 was also the
+  previous calibration set, pass 2 a development set for the weight; folding in passes 1-2 raised the
+  threshold-free recall on the fourth set from 0.930 to 0.958, pass 3 added nothing measurable);
 - calibration (`CALIBRATION_FILE`): the combination weight (`TUNED_WEIGHTS`), Platt scaling of the
   combined score, the standardisation and the threshold (`choose_threshold` on the single messages:
   the lowest whose calibration FPR is ≤ MAX_CAL_FPR overall and ≤ MAX_LANG_FPR in every language).
@@ -76,7 +76,8 @@ TRAIN_FILES = (
     "train_ordinary_en.jsonl",
     "train_ordinary_multilingual.jsonl",
     # the first three held-out sets (561, 1,230 and 880 rows, twelve more writers), each measured
-    # once before it joined the training data; benchmarks/data/crisis_heldout.jsonl is the fourth
+    # once before it joined the training data (pass 1 was then the calibration set, pass 2 a
+    # development set for TUNED_WEIGHTS); benchmarks/data/crisis_heldout.jsonl is the fourth
     "train_heldout_pass1.jsonl",
     "train_heldout_pass2.jsonl",
     "train_heldout_pass3.jsonl",
@@ -95,9 +96,10 @@ C_CATEGORY = 8.0
 # held-out set once it became a development set (0.953 vs 0.948 at 5% FPR); the first listed wins ties
 TUNED_WEIGHTS = (0.5, 0.4, 0.25)
 MAX_CAL_FPR = 0.04  # threshold: the lowest whose calibration false-positive rate stays at or below this ...
-# ... and at or below this in each language: the calibration set has ~22 benign rows per non-English
-# language, so one row is 4.5 points; 0.05 let one Italian look-alike lift the threshold from 0.5
-# to 0.9 and cost 0.09 of recall, 0.10 (two rows) still stops one language from drifting
+# ... and at or below this in each language: the first calibration set had ~22 benign rows per
+# non-English language (one row 4.5 points), where 0.05 let one Italian look-alike lift the threshold
+# from 0.5 to 0.9 and cost 0.09 of recall; the current one has 40 benign single messages per
+# language (one row 2.5 points, 0.10 = four rows), still enough to stop one language drifting
 MAX_LANG_FPR = 0.10
 # Real everyday text (Reddit comments from GoEmotions' train split) as further benign training rows.
 # Written data alone left ordinary comments off the training distribution: of 600 GoEmotions dev
@@ -500,12 +502,15 @@ def fit(
     x: np.ndarray | None = None,
 ) -> LearnedModel:
     """Fit both classifiers and the category model on `rows` (the adapter is saved to
-    `adapter_dir`), then standardise, calibrate and choose the thresholds on `calibration`."""
+    `adapter_dir`), then on `calibration` standardise, choose the combination weight, calibrate and
+    choose the thresholds (weight and threshold on the same rows: its own figures are optimistic)."""
     from tunesmith.chat.encoder import SentenceEncoder, tune
 
     for name, rs in (("training", rows), ("calibration", calibration)):
         if len({r.crisis for r in rs}) < 2:
             raise DataError(f"the crisis {name} set needs both crisis and benign rows")
+    if len({r.crisis for r in calibration if not r.messages}) < 2:
+        raise DataError("the crisis calibration set needs crisis and benign single messages (they set the threshold)")
     feat = featurizer or default_featurizer()
     x = x if x is not None else feat([r.text for r in rows])
     y = np.asarray([int(r.crisis) for r in rows])
@@ -552,7 +557,7 @@ def fit(
     # turn with that threshold and the turns joined with the context threshold, so the joined text of a
     # benign conversation (alarming on purpose) must not raise the threshold every message is read with
     conv = np.asarray([bool(r.messages) for r in calibration])
-    one = ~conv if (~conv).any() and len(set(yc[~conv])) == 2 else np.ones_like(conv)
+    one = ~conv
     recall_by_weight = {}
     for weight in TUNED_WEIGHTS:  # the one whose thresholded calibration recall is highest (ties: the first)
         model.tuned_weight = weight
@@ -564,9 +569,9 @@ def fit(
     model.platt_a, model.platt_b = platt(model.score(xc, tc), yc)
     p = model.proba(xc, tc)
     model.threshold = choose_threshold(p[one], yc[one], groups=langs[one])
-    # Conversations may get a lower threshold of their own, from the calibration conversations
-    # alone (their benign rows share the crisis rows' alarming last turns). Never above the
-    # single-message threshold.
+    # The joined turns may get a lower threshold than a single message, from the calibration
+    # conversations alone; never a higher one, so a conversation is never read less carefully than
+    # its last turn (with the current data the cap binds: both are the message threshold).
     both = conv.any() and yc[conv].any() and (~yc[conv].astype(bool)).any()
     model.context_threshold = min(model.threshold, choose_threshold(p[conv], yc[conv])) if both else model.threshold
     model.stats = {
@@ -660,8 +665,7 @@ def write_shipped(goemotions: str | None, featurizer: Featurizer | None = None, 
     feat = featurizer or Featurizer()
     out, adapter = data_path(MODEL_FILE), data_path(ADAPTER_DIR)
     background = background_rows(goemotions)
-    written = load_training()
-    rows = written + background
+    rows = load_training() + background
     bg = hashlib.sha256("\n".join(r.text for r in background).encode()).hexdigest()[:12]
     # everything is written to a scratch folder first: a fit killed halfway (it takes minutes) leaves
     # the shipped files as they were, and nothing stray inside the package
