@@ -558,17 +558,17 @@ def fit(
     # benign conversation (alarming on purpose) must not raise the threshold every message is read with
     conv = np.asarray([bool(r.messages) for r in calibration])
     one = ~conv
-    recall_by_weight = {}
-    for weight in TUNED_WEIGHTS:  # the one whose thresholded calibration recall is highest (ties: the first)
+    fits = {}  # weight -> (Platt a, b, P(crisis), threshold, thresholded recall)
+    for weight in TUNED_WEIGHTS:
         model.tuned_weight = weight
-        model.platt_a, model.platt_b = platt(model.score(xc, tc), yc)
+        a, b = platt(model.score(xc, tc), yc)
+        model.platt_a, model.platt_b = a, b
         p = model.proba(xc, tc)
         t = choose_threshold(p[one], yc[one], groups=langs[one])
-        recall_by_weight[weight] = float((p[one & (yc == 1)] >= t).mean())
-    model.tuned_weight = max(TUNED_WEIGHTS, key=lambda w: recall_by_weight[w])
-    model.platt_a, model.platt_b = platt(model.score(xc, tc), yc)
-    p = model.proba(xc, tc)
-    model.threshold = choose_threshold(p[one], yc[one], groups=langs[one])
+        fits[weight] = (a, b, p, t, float((p[one & (yc == 1)] >= t).mean()))
+    # the weight whose thresholded calibration recall is highest (ties: the first listed)
+    model.tuned_weight = max(TUNED_WEIGHTS, key=lambda w: fits[w][4])
+    model.platt_a, model.platt_b, p, model.threshold, _ = fits[model.tuned_weight]
     # The joined turns may get a lower threshold than a single message, from the calibration
     # conversations alone; never a higher one, so a conversation is never read less carefully than
     # its last turn (with the current data the cap binds: both are the message threshold).
@@ -579,7 +579,7 @@ def fit(
         "background_rows": sum(r.kind == "background" for r in rows),
         "training_crisis": int(y.sum()),
         "tune_loss_by_epoch": [round(v, 4) for v in losses],
-        "calibration_recall_by_tuned_weight": {str(k): round(v, 4) for k, v in recall_by_weight.items()},
+        "calibration_recall_by_tuned_weight": {str(w): round(f[4], 4) for w, f in fits.items()},
         "calibration_rows": len(calibration),
         "calibration": _rates(p[one] >= model.threshold, yc[one], langs[one], cats[one]),
         "calibration_conversations": int(conv.sum()),

@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tunesmith.data.chat import prompt_ids, prompt_text
+from tunesmith.data.chat import prompt_text
 from tunesmith.errors import TunesmithError
 from tunesmith.generation.protocol import eos_token_ids, think_prefixes
 from tunesmith.ui import progress_bar
@@ -203,7 +203,11 @@ class VLLMGenerator:
         )
 
     def requests(self, conversations: Sequence[list[dict]]) -> list[dict]:
-        return [{"prompt_token_ids": prompt_ids(self.tokenizer, c, self.system_prompt)} for c in conversations]
+        return self._requests([prompt_text(self.tokenizer, c, self.system_prompt) for c in conversations])
+
+    def _requests(self, prompt_texts: Sequence[str]) -> list[dict]:
+        # the same ids as data.chat.prompt_ids, from texts rendered once (chat also reads them for think tags)
+        return [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in prompt_texts]
 
     def chat(
         self,
@@ -216,8 +220,8 @@ class VLLMGenerator:
     ) -> list[str]:
         """Replies to chat conversations (each a message list ending with a user turn); greedy
         unless `temperature` > 0 (then seeded sampling, for extra DPO candidates)."""
-        reqs = self.requests(conversations)
-        opened = think_prefixes([prompt_text(self.tokenizer, c, self.system_prompt) for c in conversations])
+        texts = [prompt_text(self.tokenizer, c, self.system_prompt) for c in conversations]
+        reqs, opened = self._requests(texts), think_prefixes(texts)
         params = self.sampling_params(
             max_new_tokens or self.max_new_tokens, temperature, self.seed if seed is None else seed
         )
