@@ -60,15 +60,8 @@ def detector() -> CrisisDetector:
         ("Ich will nicht mehr leben und habe mir schon überlegt, wie ich es mache.", "self_harm"),
         ("Non ce la faccio più, voglio farla finita stanotte.", "self_harm"),
         ("Não aguento mais viver assim, quero morrer.", "self_harm"),
-        pytest.param(
-            "je veux en finir ce soir, j'ai tout préparé",
-            "self_harm",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known miss, found after the last held-out measurement: P 0.18 < 0.27 ('en finir' "
-                "without 'avec la vie'); see README, crisis layer",
-            ),
-        ),
+        # missed by the previous detector (P 0.18); no row of the data was written from it
+        ("je veux en finir ce soir, j'ai tout préparé", "self_harm"),
     ],
 )
 def test_crisis_statements_are_flagged(detector, text, category):
@@ -160,7 +153,7 @@ def test_quarry_example_is_flagged(detector):
     reason="known false alarm: a turn that alone reads as a plan is flagged whatever came before; letting a "
     "harmless context veto it lost 30/259 crisis statements put after an unrelated first turn, and reading the "
     "joined turns alone 32/405 even with 1,500 such conversations synthesised for training (held-out benign "
-    "conversations: FPR 0.35; see README, crisis layer)",
+    "conversations: FPR 0.19; see README, crisis layer)",
 )
 def test_harmless_context_clears_an_alarming_last_turn(detector):
     calm = detector.check_conversation(
@@ -370,7 +363,8 @@ def detector_files(tmp_path, monkeypatch):
 
     src = RESOURCES / "crisis"
     shutil.copytree(src / M.ADAPTER_DIR, tmp_path / M.ADAPTER_DIR)
-    shutil.copyfile(src / M.CALIBRATION_FILE, tmp_path / M.CALIBRATION_FILE)
+    for name in M.CALIBRATION_FILES:
+        shutil.copyfile(src / name, tmp_path / name)
     monkeypatch.setattr(M, "data_path", lambda name: tmp_path / name)
     return tmp_path, json.loads((src / M.MODEL_FILE).read_text())
 
@@ -461,15 +455,41 @@ def test_fit_trains_both_classifiers_and_calibrates_on_the_calibration_set(tmp_p
     assert abs(float(np.mean(model.mlp_scale(model.mlp_logit(x))))) < 1e-4
     assert not np.allclose(t, feat(texts)[:, :384])  # the adapter changes the embedding
     again = M.LearnedModel.from_json(json.loads(json.dumps(model.to_json())))
-    assert np.allclose(again.proba(x, t), model.proba(x, t), atol=1e-5)
-    p = model.proba(x, t)
+    assert np.allclose(again.proba(x, t, texts), model.proba(x, t, texts), atol=1e-5)
+    assert abs(float(np.mean(model.lexical_scale(model.lexical.logit(texts))))) < 1e-4
+    p = model.proba(x, t, texts)
     y = np.asarray([r.crisis for r in cal])
     one = np.asarray([not r.messages for r in cal])
     assert (p[~y & one] >= model.threshold).mean() <= M.MAX_CAL_FPR
-    # the weight is the first of those with the highest thresholded calibration recall
-    by_weight = model.stats["calibration_recall_by_tuned_weight"]
-    assert set(by_weight) == {str(w) for w in M.TUNED_WEIGHTS}
-    assert model.tuned_weight == next(w for w in M.TUNED_WEIGHTS if by_weight[str(w)] == max(by_weight.values()))
+    # the weights are the first pair (lexical weight outer, tuned weight inner) with the highest
+    # thresholded calibration recall
+    by_weights = model.stats["calibration_recall_by_weights"]
+    grid = [(w, wl) for wl in M.LEXICAL_WEIGHTS for w in M.TUNED_WEIGHTS]
+    assert list(by_weights) == [f"{w}/{wl}" for w, wl in grid]
+    best = next(k for k in grid if by_weights[f"{k[0]}/{k[1]}"] == max(by_weights.values()))
+    assert (model.tuned_weight, model.lexical_weight) == best
+
+
+def test_lexical_classifier_scores_as_sklearn_does():
+    # the shipped lexical model is scored from n-gram lists, idf and weights: it must give sklearn's
+    # own pipeline's logits (vectorizers fitted on the same rows, blocks stacked, logistic regression)
+    import scipy.sparse as sp
+
+    rows = _train_rows()
+    rng = np.random.default_rng(3)
+    rows = [rows[i] for i in rng.choice(len(rows), 600, replace=False)]
+    texts, y = [r.text for r in rows], np.asarray([int(r.crisis) for r in rows])
+    lex = M.Lexical.fit(texts, y)
+    vecs = M._lexical_vectorizers()
+    stack = lambda ts, fit=False: sp.hstack([v.fit_transform(ts) if fit else v.transform(ts) for v in vecs]).tocsr()  # noqa: E731
+    from sklearn.linear_model import LogisticRegression
+
+    ref = LogisticRegression(C=M.LEX_C, max_iter=5000).fit(stack(texts, fit=True), y)
+    probe = [r.text for r in _calibration_rows()[:200]] + ["", "zzzz qqqq", "Je VEUX mourir…", "i'm FINE lol"]
+    assert np.allclose(lex.logit(probe), ref.decision_function(stack(probe)), atol=1e-4)
+    again = M.Lexical.from_json(json.loads(json.dumps(lex.to_json())))
+    assert np.allclose(again.logit(probe), lex.logit(probe), atol=1e-5)
+    assert (lex.logit(probe[:200]) > 0).any() and (lex.logit(probe[:200]) < 0).any()
 
 
 def test_background_rows_are_everyday_comments_without_crisis_vocabulary(tmp_path):
