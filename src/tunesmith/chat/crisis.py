@@ -1,11 +1,11 @@
 """Crisis layer: decides, before any generation, whether a message needs crisis resources.
 
-Two detectors, either of which flags a message:
+Two detectors and an optional guard, any of which flags a message:
 
 - **Learned detector** (`tunesmith.chat.crisis_model`): an MLP on two frozen sentence encoders
   (all-MiniLM-L6-v2 and the multilingual Universal Sentence Encoder) averaged with MiniLM
-  fine-tuned by a LoRA adapter and with a TF-IDF n-gram classifier, calibrated on a separate
-  calibration set, plus a category model;
+  fine-tuned by a LoRA adapter and with a TF-IDF n-gram classifier, calibrated on separate
+  calibration sets, plus a category model;
   trained on statements written for the purpose in English, French, Spanish, German, Italian and
   Portuguese (crisis statements, benign look-alikes: idioms, hyperbole, fiction, clinical
   questions, recovery stories; and ordinary everyday messages). It carries the indirect statements
@@ -274,7 +274,7 @@ class CrisisDetector:
 
     def scores(self, texts: list[str]) -> tuple[list[float], list[str]]:
         """(P(crisis), most likely category) per text, in one encoder batch."""
-        x, t = self.featurizer(texts), self.featurizer.tuned(texts)
+        x, t = self.featurizer.both(texts)
         return [float(p) for p in self.model.proba(x, t, texts)], self.model.category(x)
 
     def check(self, text: str) -> CrisisResult:
