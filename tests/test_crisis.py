@@ -568,6 +568,8 @@ def test_overlapped_encoder_passes_equal_the_sequential_ones(detector):
 
     feat = detector.featurizer
     texts = ["i gave my cat to my sister today. i won't need anything after friday", "Ce film était à mourir de rire."]
+    frozen, tuned = feat.minilm.encode_pair([])
+    assert frozen.shape == tuned.shape == (0, 384)
     for batch in (texts[:1], texts):
         x, t = feat.both(batch)
         assert np.allclose(x, feat(batch), atol=1e-6) and np.allclose(t, feat.tuned(batch), atol=1e-6)

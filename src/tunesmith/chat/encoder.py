@@ -170,7 +170,8 @@ class SentenceEncoder:
 
         if self.adapter is None:
             raise ModelError("encode_pair needs load_adapter() first")
-        if len(texts) > 8 or (os.cpu_count() or 1) < 2:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if not texts or len(texts) > 8 or cores < 2:
             return self.encode(texts), self.encode(texts, tuned=True)
         with self._lock:
             threads = torch.get_num_threads()
