@@ -7,8 +7,9 @@ The set (the sixth held-out set: 880 rows by four writers) was written in a sepa
 the training data and from the calibration sets (resources/crisis/calibration*.jsonl, which weigh,
 standardise, calibrate and threshold the scores) and is never used for any of them. The five
 earlier held-out sets, each measured once, are now training data (resources/crisis/
-train_heldout_pass{1,2,3,5}.jsonl) and calibration data (calibration_heldout_pass4.jsonl). Single statements go through `CrisisDetector.check`, multi-turn rows
-(`messages`) through `check_conversation`. Reports crisis recall and benign false-positive rate
+train_heldout_pass{1,2,3,5}.jsonl) and calibration data (calibration_heldout_pass4.jsonl). Single
+statements go through `CrisisDetector.check`, multi-turn rows (`messages`) through
+`check_conversation`. Reports crisis recall and benign false-positive rate
 overall, per language, per category and per kind, with bootstrap 95% intervals (rows resampled
 with replacement), the category agreement on flagged crisis rows, and how often the resources
 shown (no locale set) are the ones for the message's language, and for single messages a

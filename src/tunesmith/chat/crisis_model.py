@@ -323,7 +323,10 @@ class Featurizer:
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         texts = [normalize(t) for t in texts]
-        return np.concatenate([e.encode(texts) for e in self.encoders], axis=1)
+        return self._frozen(texts, self.minilm.encode(texts))
+
+    def _frozen(self, texts: list[str], minilm: np.ndarray) -> np.ndarray:
+        return np.concatenate([minilm, *(e.encode(texts) for e in self.encoders[1:])], axis=1)
 
     def tuned(self, texts: list[str]) -> np.ndarray:
         return self.minilm.encode([normalize(t) for t in texts], tuned=True)
@@ -332,7 +335,7 @@ class Featurizer:
         """(frozen features, tuned embeddings), MiniLM's two passes overlapped (`encode_pair`)."""
         texts = [normalize(t) for t in texts]
         frozen, tuned = self.minilm.encode_pair(texts)
-        return np.concatenate([frozen, *(e.encode(texts) for e in self.encoders[1:])], axis=1), tuned
+        return self._frozen(texts, frozen), tuned
 
 
 @lru_cache(maxsize=1)
@@ -420,10 +423,11 @@ class Lexical:
 
     def logit(self, texts: list[str]) -> np.ndarray:
         out = np.full(len(texts), self.bias, dtype=np.float64)
+        texts = [t[:LEX_MAX_CHARS] for t in texts]
         for analyze, index, idf, coef in zip(self._analyzers, self._index, self.idf, self.coef, strict=True):
             for i, text in enumerate(texts):
                 counts: dict[int, int] = {}
-                for g in analyze(text[:LEX_MAX_CHARS]):
+                for g in analyze(text):
                     j = index.get(g)
                     if j is not None:  # unseen n-grams are not features: they count for nothing, norm included
                         counts[j] = counts.get(j, 0) + 1

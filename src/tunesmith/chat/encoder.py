@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -143,29 +144,21 @@ class SentenceEncoder:
     def encode(self, texts: list[str], batch_size: int = 64, tuned: bool = False) -> np.ndarray:
         import torch
 
-        # One intra-op thread for a short batch: a 6-layer 384-wide model gains nothing from more,
-        # and on a busy CPU extra threads made one message cost 0.5 s instead of 10 ms (measured,
-        # benchmarks/crisis_screening.py). Restored after, so generation keeps its threads (chat and
-        # serve never screen while generating).
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), _one_thread(len(texts) <= 8):
             if tuned and self.adapter is None:
                 raise ModelError("encode(tuned=True) needs load_adapter() first")
-            # the thread count is saved and restored under the lock: two overlapping calls must not
-            # leave the process on one thread
-            threads = torch.get_num_threads()
-            small = len(texts) <= 8
-            if small:
-                torch.set_num_threads(1)
-            try:
-                return self._encode(texts, batch_size, self.tuned_model if tuned else self.model)
-            finally:
-                if small:
-                    torch.set_num_threads(threads)
+            model = self.tuned_model if tuned else self.model
+            out = [
+                _pooled(model, self.tokenizer, texts[i : i + batch_size], self.max_tokens).numpy()
+                for i in range(0, len(texts), batch_size)
+            ]
+            return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
 
     def encode_pair(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(frozen, tuned) embeddings of the same texts, tokenised once. For a short batch on a
-        machine with two or more cores the two forwards run at once, one core each: screening one
-        message is two MiniLM passes of about 11 ms, which then overlap instead of adding up."""
+        """(frozen, tuned) embeddings of the same texts, tokenised once (the tokenizer is not safe to
+        call from two threads). For a short batch on a machine with two or more cores the two forwards
+        run at once, one core each: screening one message is two MiniLM passes of about 11 ms, which
+        then overlap instead of adding up."""
         import torch
 
         if self.adapter is None:
@@ -173,40 +166,48 @@ class SentenceEncoder:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if not texts or len(texts) > 8 or cores < 2:
             return self.encode(texts), self.encode(texts, tuned=True)
-        with self._lock:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                batch = self.tokenizer(
-                    texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
-                )
+        with self._lock, _one_thread(True):
+            batch = _tokens(self.tokenizer, texts, self.max_tokens)
 
-                def run(model):
-                    with torch.inference_mode():  # thread-local: entered in the worker too
-                        return _mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]).numpy()
+            def run(model):
+                with torch.inference_mode():  # thread-local: entered in the worker too
+                    return _mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]).numpy()
 
-                if self._pool is None:
-                    from concurrent.futures import ThreadPoolExecutor
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
 
-                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuned-encoder")
-                tuned = self._pool.submit(run, self.tuned_model)
-                frozen = run(self.model)
-                return frozen, tuned.result()
-            finally:
-                torch.set_num_threads(threads)
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuned-encoder")
+            tuned = self._pool.submit(run, self.tuned_model)
+            frozen = run(self.model)
+            return frozen, tuned.result()
 
-    def _encode(self, texts: list[str], batch_size: int, model) -> np.ndarray:
-        out = [
-            _pooled(model, self.tokenizer, texts[i : i + batch_size], self.max_tokens).numpy()
-            for i in range(0, len(texts), batch_size)
-        ]
-        return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+
+@contextmanager
+def _one_thread(small: bool):
+    """One intra-op thread for a short batch: a 6-layer 384-wide model gains nothing from more, and
+    on a busy CPU extra threads made one message cost 0.5 s instead of 10 ms (measured,
+    benchmarks/crisis_screening.py). Restored after, so generation keeps its threads (chat and serve
+    never screen while generating); callers hold the encoder's lock, so two overlapping calls cannot
+    leave the process on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(threads)
+
+
+def _tokens(tokenizer, texts: list[str], max_tokens: int):
+    return tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
 
 
 def _pooled(model, tokenizer, texts: list[str], max_tokens: int):
     """Mean over the attention mask, L2-normalised (the model's 1_Pooling + Normalize modules)."""
-
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    batch = _tokens(tokenizer, texts, max_tokens)
     return _mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
 
 

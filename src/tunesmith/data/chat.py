@@ -404,7 +404,12 @@ def prompt_text(tokenizer, messages: list[dict], system_prompt: str | None = Non
 
 def prompt_ids(tokenizer, messages: list[dict], system_prompt: str | None = None) -> list[int]:
     """Token ids of a conversation ready for the assistant's next turn."""
-    return tokenizer(prompt_text(tokenizer, messages, system_prompt), add_special_tokens=False)["input_ids"]
+    return rendered_ids(tokenizer, prompt_text(tokenizer, messages, system_prompt))
+
+
+def rendered_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of an already rendered prompt (the template put in the special tokens)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def pad_token_id(tokenizer) -> int:

@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tunesmith.data.chat import prompt_text
+from tunesmith.data.chat import prompt_text, rendered_ids
 from tunesmith.errors import TunesmithError
 from tunesmith.generation.protocol import eos_token_ids, think_prefixes
 from tunesmith.ui import progress_bar
@@ -206,8 +206,8 @@ class VLLMGenerator:
         return self._requests([prompt_text(self.tokenizer, c, self.system_prompt) for c in conversations])
 
     def _requests(self, prompt_texts: Sequence[str]) -> list[dict]:
-        # the same ids as data.chat.prompt_ids, from texts rendered once (chat also reads them for think tags)
-        return [{"prompt_token_ids": self.tokenizer(t, add_special_tokens=False)["input_ids"]} for t in prompt_texts]
+        # from texts rendered once: chat also reads them for think tags
+        return [{"prompt_token_ids": rendered_ids(self.tokenizer, t)} for t in prompt_texts]
 
     def chat(
         self,
