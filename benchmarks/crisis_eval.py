@@ -3,11 +3,11 @@
     python benchmarks/crisis_eval.py [--data FILE] [--boot 2000] [--json OUT] [--misses]
                                      [--background DIR | --no-background] [--background-n 1000]
 
-The set (the sixth held-out set: 880 rows by four writers) was written in a separate pass from
+The set (the seventh held-out set: 1,200 rows by six writers) was written in a separate pass from
 the training data and from the calibration sets (resources/crisis/calibration*.jsonl, which weigh,
-standardise, calibrate and threshold the scores) and is never used for any of them. The five
+standardise, calibrate and threshold the scores) and is never used for any of them. The six
 earlier held-out sets, each measured once, are now training data (resources/crisis/
-train_heldout_pass{1,2,3,5}.jsonl) and calibration data (calibration_heldout_pass4.jsonl). Single
+train_heldout_pass{1,2,3,5}.jsonl) and calibration data (calibration_heldout_pass{4,6}.jsonl). Single
 statements go through `CrisisDetector.check`, multi-turn rows (`messages`) through
 `check_conversation`. Reports crisis recall and benign false-positive rate
 overall, per language, per category and per kind, with bootstrap 95% intervals (rows resampled
@@ -19,7 +19,9 @@ recall ≥ 0.98 and FPR ≤ 0.05, overall and for each language.
 `--background` (on by default when ../shared/data is there) also reports the flag rate on real text
 nobody wrote for this detector: random GoEmotions test comments (Reddit; a few are genuinely
 worrying, so this is an upper bound on the false-positive rate for everyday messages) and GSM8K
-test questions (benign). Texts are never printed.
+test questions (benign). The fit reads 4,000 GoEmotions and 1,000 GSM8K *train* texts as benign
+background rows, so both rates are within their datasets' distribution, not new to the detector.
+Texts are never printed.
 """
 
 import argparse

@@ -152,21 +152,99 @@ def test_quarry_example_is_flagged(detector):
     r = detector.check_conversation(
         ["I've found a spot out by the old quarry", "Saturday works, nobody will be around"]
     )
-    assert r.flagged and r.category == "self_harm" and r.context_score >= detector.threshold, r
+    # the category: the issue does not say whose life is at risk, and a remote spot where nobody will
+    # be around reads as either (this fit: harm to others); both banners lead with the emergency number
+    assert r.flagged and r.category in ("self_harm", "harm_to_others") and r.context_score >= detector.threshold, r
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known false alarm: a turn that alone reads as a plan is flagged whatever came before; letting a "
-    "harmless context veto it lost 30/259 crisis statements put after an unrelated first turn, and reading the "
-    "joined turns alone 32/405 even with 1,500 such conversations synthesised for training (held-out benign "
-    "conversations: FPR 0.28; see README, crisis layer)",
-)
 def test_harmless_context_clears_an_alarming_last_turn(detector):
-    calm = detector.check_conversation(
-        ["We're taking the kids to the climbing gym this weekend", "Saturday works, nobody will be around"]
+    # a known false alarm until the context model: the last turn alone reads as a plan
+    turns = ["We're taking the kids to the climbing gym this weekend", "Saturday works, nobody will be around"]
+    assert detector.check(turns[-1]).flagged
+    calm = detector.check_conversation(turns)
+    assert not calm.flagged and "context clears it" in calm.reason, calm
+
+
+def test_after_unrelated_puts_crisis_statements_after_a_benign_turn_of_their_language():
+    S = M.Statement
+    rows = [
+        S("je veux disparaître pour toujours", "crisis", "self_harm", "indirect_ideation", "fr"),
+        S("i want to end it tonight", "crisis", "self_harm", "direct_ideation", "en"),
+        S("he is not breathing", "crisis", "medical_emergency", "breathing", "en"),
+        S("quiero morir", "crisis", "self_harm", "direct_ideation", "es"),  # no Spanish benign row: left out
+        S("quelle belle journée", "benign", None, "ordinary", "fr"),
+        S("this exam is killing me", "benign", None, "hyperbole", "en"),
+        S("what's a good pasta recipe", "benign", None, "ordinary", "en"),
+        S("ok", "benign", None, "ordinary", "en", ("hi", "ok")),  # a conversation is never used
+    ]
+    out = M.after_unrelated(rows, 10)
+    assert len(out) == 3 and out == M.after_unrelated(rows, 10)  # deterministic
+    benign = {(r.lang, r.text) for r in rows if not r.crisis and not r.messages}
+    for r in out:
+        prior, last = r.messages
+        src = next(x for x in rows if x.text == last)
+        assert (r.label, r.category, r.lang, r.kind) == (src.label, src.category, src.lang, "after_unrelated")
+        assert (r.lang, prior) in benign and r.text == M.conversation_text(r.messages)
+    assert len(M.after_unrelated(rows, 2)) == 2
+
+
+def test_choose_clearing_keeps_crisis_statements_after_an_unrelated_turn():
+    # four calibration conversations: two benign ones flagged (one clearable only at q 0.55), two crises
+    q = np.array([0.96, 0.55, 0.2, 0.6])
+    pl = np.array([0.5, 0.5, 0.9, 0.95])
+    pc = np.array([0.4, 0.4, 0.9, 0.9])
+    y = np.array([False, False, True, True])
+    th = tc = 0.3
+    # crisis statements after an unrelated turn, 300 of them: clearing at 0.5 would lose two
+    uq, ul, uc = np.full(300, 0.1), np.full(300, 0.5), np.full(300, 0.5)
+    uq[:2] = 0.58
+    t, u, info = M.choose_clearing(q, pl, pc, y, (uq, ul, uc), th, tc)
+    assert info["unrelated_lost"] == 0 and info["benign_flagged_before"] == 2
+    # 0.5 would clear both benign chats but lose two statements (the cap is 1.5); of the settings
+    # with one error left, the first: the highest threshold and the lowest `unless`
+    assert (t, u) == (0.95, 0.8) and info["errors"] == 1 and info["crisis_missed"] == 0
+    # without the two statements, 0.5 clears both benign chats, and `unless` 0.8 spares the crisis at 0.95
+    uq[:2] = 0.1
+    t, u, info = M.choose_clearing(q, pl, pc, y, (uq, ul, uc), th, tc)
+    assert (t, u) == (0.5, 0.8) and info["errors"] == 0
+    # a setting that unflags a calibration crisis conversation is never taken, whatever it gains
+    pl = np.array([0.5, 0.5, 0.9, 0.5])  # the second crisis is clearable at every `unless` now
+    t, u, info = M.choose_clearing(np.array([0.96, 0.96, 0.2, 0.99]), pl, pc, y, (uq, ul, uc), th, tc)
+    assert t == M.CLEAR_THRESHOLDS[0] and info["benign_flagged"] == 2 and info["crisis_missed"] == 0
+    # nothing to gain: the first setting, which clears nothing
+    t, u, info = M.choose_clearing(np.zeros(4), pl, pc, y, (uq, ul, uc), th, tc)
+    assert (t, u) == (M.CLEAR_THRESHOLDS[0], M.CLEAR_UNLESS[0]) and t > 1
+
+
+def test_context_clears_an_alarming_last_turn_but_not_a_crisis_after_small_talk(detector):
+    for turns in (
+        [
+            "im writing a thriller novel, chapter 12 is where the villain finally acts",
+            "he waits until the house is empty and then he stabs her, how would the police find out",
+        ],
+        [
+            "we're decommissioning the old billing server this week",
+            "tonight i shut it down for good, nobody will miss it",
+        ],
+    ):
+        assert detector.check(turns[-1]).flagged, turns  # alone, the last turn reads as a crisis
+        calm = detector.check_conversation(turns)
+        assert not calm.flagged and "context clears it" in calm.reason, calm
+    # no rule fires on this one: the classifier readings flag it, and the small talk does not clear it
+    crisis = detector.check_conversation(
+        ["what's a good pasta recipe for two", "actually forget it. i won't be around to eat it, i've said my goodbyes"]
     )
-    assert not calm.flagged, calm
+    assert crisis.flagged and crisis.reason.startswith(("classifier", "context")), crisis
+
+
+def test_guard_is_read_even_when_the_context_clears_the_classifier():
+    turns = [
+        "im writing a thriller novel, chapter 12 is where the villain finally acts",
+        "he waits until the house is empty and then he stabs her, how would the police find out",
+    ]
+    assert "context clears it" in CrisisDetector.default().check_conversation(turns).reason
+    r = CrisisDetector(guard=lambda text: (True, ["S1"])).check_conversation(turns)
+    assert r.flagged and r.reason == "guard:S1" and r.category == "harm_to_others"
 
 
 def test_check_conversation_reads_user_turns_only(detector):
@@ -450,13 +528,16 @@ def test_fit_trains_the_classifiers_and_calibrates_on_the_calibration_set(tmp_pa
     rng = np.random.default_rng(0)
     train, cal = _train_rows(), _calibration_rows()
     train = [train[i] for i in rng.choice(len(train), 80, replace=False)]
+    # and some conversations of both labels, for the context model
+    train += [r for r in _train_rows() if len(r.messages) > 1][::60]
     cal = [cal[i] for i in rng.choice(len(cal), 80, replace=False)]
+    cal += [r for r in _calibration_rows() if len(r.messages) > 1][::10]
     model = M.fit(train, cal, tmp_path / "adapter", M.default_featurizer(), TuneConfig(rank=2, epochs=1))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == (
         "sentence-transformers/all-MiniLM-L6-v2"
     )
-    assert model.stats["training_rows"] == 80 and len(model.stats["tune_loss_by_epoch"]) == 1
+    assert model.stats["training_rows"] == len(train) and len(model.stats["tune_loss_by_epoch"]) == 1
     # the combined score is standardised on the calibration rows and round-trips through JSON
     enc = SentenceEncoder(M.default_featurizer().minilm.path)
     enc.load_adapter(tmp_path / "adapter")
@@ -479,6 +560,16 @@ def test_fit_trains_the_classifiers_and_calibrates_on_the_calibration_set(tmp_pa
     assert list(by_weights) == [f"{w}/{wl}" for w, wl in grid]
     best = next(k for k in grid if by_weights[f"{k[0]}/{k[1]}"] == max(by_weights.values()))
     assert (model.tuned_weight, model.lexical_weight) == best
+    # the context model: fitted, its threshold chosen from the grid, and it round-trips too
+    clearing = model.stats["clearing"]
+    assert model.clear is not None, clearing
+    assert model.clear.threshold in M.CLEAR_THRESHOLDS and model.clear.unless in M.CLEAR_UNLESS
+    assert clearing["conversations"] == sum(len(r.messages) > 1 for r in cal)
+    assert clearing["unrelated"] == len(M.after_unrelated(cal, len(cal)))
+    assert clearing["unrelated_lost"] <= M.MAX_UNRELATED_LOSS * clearing["unrelated"]
+    prior, last = x[:5], x[5:10]
+    assert np.allclose(again.clear.proba(prior, last), model.clear.proba(prior, last), atol=1e-6)
+    assert (again.clear.threshold, again.clear.unless) == (model.clear.threshold, model.clear.unless)
 
 
 def test_lexical_classifier_scores_as_sklearn_does():
@@ -528,17 +619,39 @@ def test_background_rows_are_everyday_comments_without_crisis_vocabulary(tmp_pat
     assert M.unmask_goemotions("a [RELIGION] priest") == "a Catholic priest"
 
 
-SHARED_GOEMOTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "goemotions"
+def test_word_problems_are_background_rows_without_crisis_vocabulary(tmp_path):
+    train = tmp_path / "train.jsonl"
+    rows = [
+        {"question": "Ann has 3 apples and buys 2 more. How many apples does she have?", "answer": "3+2=5\n#### 5"},
+        {"question": "A farmer had 12 hens; a fox killed 3. How many are left?", "answer": "12-3=9\n#### 9"},
+        {"question": "Tom reads 4 pages a day. How many pages in a week?", "answer": "4*7=28\n#### 28"},
+    ]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = M.word_problem_rows(str(train), n=10)
+    assert sorted(r.text for r in out) == sorted([rows[0]["question"], rows[2]["question"]])
+    assert all((r.label, r.kind, r.lang) == ("benign", "word_problem", "en") for r in out)
+    assert len(M.word_problem_rows(str(train), n=1)) == 1
 
 
-@pytest.mark.skipif(not (SHARED_GOEMOTIONS / "train.tsv").is_file(), reason="../shared/data/goemotions absent")
-def test_shipped_detector_was_fitted_on_these_background_rows():
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.parametrize(
+    "key, source, rows",
+    [
+        ("background", SHARED / "goemotions" / "train.tsv", lambda p: M.background_rows(str(p.parent))),
+        ("word_problems", SHARED / "gsm8k" / "train.jsonl", lambda p: M.word_problem_rows(str(p))),
+    ],
+)
+def test_shipped_detector_was_fitted_on_these_background_rows(key, source, rows):
     import hashlib
 
-    rows = M.background_rows(str(SHARED_GOEMOTIONS))
-    sha = hashlib.sha256("\n".join(r.text for r in rows).encode()).hexdigest()[:12]
-    shipped = json.loads((RESOURCES / "crisis" / M.MODEL_FILE).read_text())["stats"]["background"]
-    assert (len(rows), sha) == (shipped["rows"], shipped["sha256"])
+    if not source.is_file():
+        pytest.skip(f"{source} absent")
+    got = rows(source)
+    sha = hashlib.sha256("\n".join(r.text for r in got).encode()).hexdigest()[:12]
+    shipped = json.loads((RESOURCES / "crisis" / M.MODEL_FILE).read_text())["stats"][key]
+    assert (len(got), sha) == (shipped["rows"], shipped["sha256"])
 
 
 def test_fit_refuses_a_one_class_set(tmp_path):

@@ -20,7 +20,9 @@ Two detectors and an optional guard, any of which flags a message:
 
 `check_conversation` scores the last user turn alone and together with the preceding user turns,
 so risk carries across turns ("I've found a spot out by the old quarry" → "Saturday works, nobody
-will be around").
+will be around"); and it asks the context model (`crisis_model.ContextClear`) whether the earlier
+turns make an alarming last turn harmless ("playing Hitman" → "how do I take him out without
+anyone seeing"), in which case neither score flags it (the rules and the guard still can).
 
 When a message is flagged, `CrisisLayer.screen` returns a banner with resources for the user's
 locale, or, when no locale is set, for the message's language (`resources/crisis/resources.yaml`).
@@ -41,9 +43,13 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources as importlib_resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tunesmith.chat.crisis_model import normalize
+from tunesmith.chat.crisis_model import CONTEXT_TURNS, normalize
 from tunesmith.errors import TunesmithError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +58,6 @@ SELF_HARM, HARM_TO_OTHERS, MEDICAL = "self_harm", "harm_to_others", "medical_eme
 # already leads with the emergency number, so nothing a medical banner says is lost.
 CATEGORIES: tuple[str, ...] = (SELF_HARM, HARM_TO_OTHERS, MEDICAL)
 MASK_NEGATION = " _neg_ "
-CONTEXT_TURNS = 3  # user turns read together by check_conversation (the last one and two before it)
 # Llama Guard 3 hazard codes that mean the *user* may be in danger or dangerous
 GUARD_CODES = {"S11": SELF_HARM, "S1": HARM_TO_OTHERS}
 
@@ -274,15 +279,20 @@ class CrisisDetector:
 
     def scores(self, texts: list[str]) -> tuple[list[float], list[str]]:
         """(P(crisis), most likely category) per text, in one encoder batch."""
+        ps, cats, _ = self._scores(texts)
+        return ps, cats
+
+    def _scores(self, texts: list[str]) -> tuple[list[float], list[str], np.ndarray]:
         x, t = self.featurizer.both(texts)
-        return [float(p) for p in self.model.proba(x, t, texts)], self.model.category(x)
+        return [float(p) for p in self.model.proba(x, t, texts)], self.model.category(x), x
 
     def check(self, text: str) -> CrisisResult:
         return self._decide(text, context=None)
 
     def check_conversation(self, messages: Sequence[dict | str]) -> CrisisResult:
         """Verdict on the last user turn, read alone and with up to CONTEXT_TURNS-1 user turns before
-        it (OpenAI-style dicts or plain strings, which count as user turns)."""
+        it, which may also clear it (ContextClear); OpenAI-style dicts or plain strings, which count
+        as user turns."""
         turns = [
             m if isinstance(m, str) else str(m.get("content") or "")
             for m in messages
@@ -305,8 +315,10 @@ class CrisisDetector:
         # an explicit safety statement ("I'm not suicidal") is masked for the classifier too: its crisis
         # words would otherwise dominate the embedding of the whole message
         read = lambda s: mask(s) if masked_spans(s) else s  # noqa: E731
-        texts = [read(text)] + ([conversation_text([read(c) for c in context])] if context else [])
-        ps, cats = self.scores(texts)
+        turns = [read(c) for c in context] if context else []
+        # the last turn, the recent turns joined, and the turns before the last (for ContextClear)
+        texts = [read(text)] + ([conversation_text(turns), conversation_text(turns[:-1])] if context else [])
+        ps, cats, x = self._scores(texts)
         p, cat = ps[0], cats[0]
         pc, catc = (ps[1], cats[1]) if context else (None, None)
         th = self.threshold
@@ -316,10 +328,18 @@ class CrisisDetector:
             rcat = min((h.category for h in hits), key=CATEGORIES.index)
             first = next(h for h in hits if h.category == rcat)
             return CrisisResult(True, rcat, f"rule:{first.name}", 1.0, tuple(h.name for h in hits), masked, lang, ctx)
-        if p >= th:
-            return CrisisResult(True, cat, f"classifier p={p:.2f} ≥ {th:.2f}", rounded, (), masked, lang, ctx)
+        clear = self.model.clear
+        q = float(clear.proba(x[2:3], x[0:1])[0]) if context and clear is not None else None
+        # earlier turns that make the last one harmless overrule both classifier readings, not the rules or the guard
+        cleared = q is not None and bool(clear.clears(q, p))
         tc = self.model.context_threshold
-        if pc is not None and pc >= tc:
+        if p >= th and not cleared:
+            # when the joined turns are flagged too, they name the risk better than the last turn alone
+            # ("Saturday works, nobody will be around" after a spot by the quarry)
+            if pc is not None and pc >= tc:
+                cat = catc
+            return CrisisResult(True, cat, f"classifier p={p:.2f} ≥ {th:.2f}", rounded, (), masked, lang, ctx)
+        if pc is not None and pc >= tc and not cleared:
             return CrisisResult(
                 True,
                 catc,
@@ -335,7 +355,10 @@ class CrisisDetector:
             hit = next((GUARD_CODES[c] for c in codes if c in GUARD_CODES), None) if unsafe else None
             if hit:
                 return CrisisResult(True, hit, f"guard:{','.join(codes)}", rounded, (), masked, lang, ctx)
-        why = f"no rule; classifier p={p:.2f} < {th:.2f}" + (f"; context p={pc:.2f}" if pc is not None else "")
+        if cleared and (p >= th or pc >= tc):
+            why = f"no rule; context clears it: q={q:.2f} ≥ {clear.threshold:.2f} (classifier p={p:.2f}, context p={pc:.2f})"
+        else:
+            why = f"no rule; classifier p={p:.2f} < {th:.2f}" + (f"; context p={pc:.2f}" if pc is not None else "")
         return CrisisResult(False, None, why, rounded, (), masked, lang, ctx)
 
 

@@ -17,7 +17,9 @@ calibration set (now `train_heldout_pass1.jsonl`; models fitted on the first 4,4
 the average recalled 0.979 of crisis rows at 5% FPR where the MLP alone recalled 0.954 and the
 tuned encoder 0.911. The standardised lexical logit is mixed into that average (`LEXICAL_WEIGHTS`).
 Category (self_harm, harm_to_others, medical_emergency): multinomial logistic regression on the
-frozen features of the crisis rows.
+frozen features of the crisis rows. Conversations: `ContextClear` decides whether the earlier user
+turns make an alarming last turn harmless (a game, a server, a novel); when it clears, neither the
+last turn's score nor the joined turns' flags the chat (the rules and the guard still can).
 
 Three separate sets, each written in its own pass by writers who never saw the others' rows:
 - training (`TRAIN_FILES`): the three classifiers and the category model are fitted on it; it
@@ -25,14 +27,14 @@ Three separate sets, each written in its own pass by writers who never saw the o
   folded in (pass 1 was also the previous calibration set, pass 2 a development set for the weight;
   folding in passes 1-2 raised the threshold-free recall on the fourth set from 0.930 to 0.958,
   pass 3 added nothing measurable);
-- calibration (`CALIBRATION_FILES`, five writers: two written for it, three of the fourth held-out
-  set): the combination weights, Platt scaling of the combined score, the standardisation and the
+- calibration (`CALIBRATION_FILES`, nine writers: two written for it, three of the fourth held-out
+  set, four of the sixth): the combination weights, ContextClear's threshold, Platt scaling of the combined score, the standardisation and the
   threshold (`choose_threshold` on the single messages: the lowest whose calibration FPR is ≤
   MAX_CAL_FPR overall and ≤ MAX_LANG_FPR in every language). Frozen-embedding models are
   overconfident on writers they were not trained on, so a threshold from the training data's own
   out-of-fold scores sat too high (calibration FPR 0.014 where 0.04 was asked); and new writers'
   FPR ran above the two calibration writers' (0.061 vs 0.038), hence more calibration writers;
-- held-out (`benchmarks/data/crisis_heldout.jsonl`, the sixth): never read here;
+- held-out (`benchmarks/data/crisis_heldout.jsonl`, the seventh): never read here;
   `benchmarks/crisis_eval.py`.
 
 What ships: `resources/crisis/detector.json` (the MLP's weight matrices as base64 little-endian
@@ -65,6 +67,7 @@ from tunesmith.io import iter_jsonl
 log = logging.getLogger(__name__)
 
 CRISIS, BENIGN = "crisis", "benign"
+BACKGROUND, WORD_PROBLEM = "background", "word_problem"  # kinds of the benign rows read from datasets at fit time
 CATEGORIES = ("self_harm", "harm_to_others", "medical_emergency")
 LANGS = ("en", "fr", "es", "de", "it", "pt")
 TRAIN_FILES = (
@@ -99,16 +102,24 @@ TRAIN_FILES = (
     # ordinary request, everyday sadness and venting, non-English idioms
     "train_heldout_pass5.jsonl",
     "train_pass7.jsonl",
+    # 400 conversations by two more writers, in all six languages: a harmless earlier turn that
+    # explains an alarming last one (a game, a server, a novel), and crises whose last turn alone
+    # reads as harmless (for ContextClear, which the sixth held-out set's benign chats called for)
+    "train_conversations_pass8.jsonl",
 )
 CALIBRATION_FILES = (
     "calibration.jsonl",
     # the fourth held-out set (706 rows, three writers), measured once before it joined: calibration
     # from five writers instead of two, because new writers' FPR ran above the calibration writers'
     "calibration_heldout_pass4.jsonl",
+    # the sixth held-out set (880 rows, four writers), measured once before it joined: twice the
+    # calibration conversations (64 more) for ContextClear's threshold, ~40 more benign single
+    # messages per language for the per-language FPR cap
+    "calibration_heldout_pass6.jsonl",
 )
 MODEL_FILE = "detector.json"
 ADAPTER_DIR = "minilm-lora"
-FORMAT = 4
+FORMAT = 5
 # flag MLP: width and L2 chosen by 5-fold CV on the training data (out-of-fold recall at FPR 0.04),
 # confirmed on the calibration set (512 units or L2 0.01/0.1 or 3 seeds averaged: within ±0.007)
 FLAG_HIDDEN = 256
@@ -147,6 +158,32 @@ MAX_LANG_FPR = 0.07
 # thing work for me." at P 0.98), 0.5% with these rows (the previous detector: 10.8%). Comments that use crisis
 # vocabulary are left out, so the sample teaches what ordinary text looks like, not what is safe to say.
 BACKGROUND_ROWS = 4000
+# ... and word problems (GSM8K train questions, the same filter): users of this tool ask them, and
+# nothing written for the detector looks like them. Without them the previous fit flagged 29 of
+# 1,000 GSM8K test questions ("Jim has a 20 pack of gum ..." at P 0.99: a pack, counted hours; "He
+# gave 1/2 of his pencils to Brandon": giving things away).
+BACKGROUND_WORD_PROBLEMS = 1000
+# Conversations (`ContextClear`): whether the turns before an alarming last turn make it harmless ("I'm
+# playing Hitman" ... "how do I kill him without being seen"). Read from the joined turns alone,
+# such chats were flagged at 0.28 on the sixth held-out set: mean pooling keeps the alarming words.
+# A logistic regression on the frozen features of the earlier turns, of the last turn, their product
+# and cosines, trained on the training conversations (context clears = benign) and on
+# UNRELATED_ROWS training crisis statements put after an unrelated benign statement of the same
+# language (context does not clear). Tried on the previous fit's scores, with the sixth held-out set
+# as a development set (its 32 benign conversations, 9 flagged; 408 crisis statements put after an
+# unrelated turn): at C 10, clearing at 0.5-0.7 unless the last turn scores 0.9 left 1 flagged and
+# lost no crisis conversation or statement; C 1 left 1 at 0.5 and 6 at 0.7, C 0.1 left 7.
+CONTEXT_TURNS = 3  # user turns read together by check_conversation (the last one and two before it)
+CLEAR_C = 10.0
+UNRELATED_ROWS = 2000
+# The clearing threshold and the last-turn score above which nothing is cleared are chosen at fit
+# time on the calibration conversations: the fewest benign flags there, among the settings that
+# unflag none of its crisis conversations and at most MAX_UNRELATED_LOSS of the calibration crisis
+# statements put after an unrelated turn (ties: the highest threshold, then the lowest `unless`).
+# A threshold above 1 clears nothing.
+CLEAR_THRESHOLDS = (1.01, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
+CLEAR_UNLESS = (0.8, 0.9, 0.97, 1.01)
+MAX_UNRELATED_LOSS = 0.005
 _CRISIS_VOCAB = re.compile(
     r"\b(?:die|dies|died|dying|dead|death|kill\w*|suicid\w*|murder\w*|hurt\w*|harm\w*|overdos\w*|pills?|"
     r"cut(?:ting)?|bleed\w*|blood|gun|shoot\w*|stab\w*|hang\w*|jump\w*|end (?:it|my|me)|alive|live|living|"
@@ -210,8 +247,11 @@ def load_statements(path: str | Path) -> list[Statement]:
         if msgs is not None:
             if not isinstance(msgs, list) or not msgs:
                 raise DataError(f"{where}: messages must be a non-empty list")
+            # blank turns dropped, as check_conversation drops them, so both window the same turns
             turns = tuple(
-                str(m.get("content", "")) for m in msgs if isinstance(m, dict) and m.get("role", "user") == "user"
+                str(m.get("content", ""))
+                for m in msgs
+                if isinstance(m, dict) and m.get("role", "user") == "user" and str(m.get("content", "")).strip()
             )
             if not turns:
                 raise DataError(f"{where}: messages has no user turn")
@@ -249,6 +289,29 @@ def load_calibration() -> list[Statement]:
     return [r for f in calibration_files() for r in load_statements(f)]
 
 
+def after_unrelated(rows: list[Statement], n: int, seed: int = 0) -> list[Statement]:
+    """Up to `n` of the crisis single statements in `rows`, each put after one or two random benign
+    single statements of the same language (kind "after_unrelated"): a conversation whose earlier
+    turns have nothing to do with the crisis, so they must not clear it. The earlier turns are
+    written statements, never dataset rows (no benign conversation holds a Reddit comment or a
+    word problem, which would make these easy to tell apart). Deterministic for a seed."""
+    singles = [r for r in rows if not r.messages]
+    benign: dict[str, list[Statement]] = {}
+    for r in singles:
+        if not r.crisis and r.kind not in (BACKGROUND, WORD_PROBLEM):
+            benign.setdefault(r.lang, []).append(r)
+    crisis = [r for r in singles if r.crisis and benign.get(r.lang)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in sorted(rng.choice(len(crisis), min(n, len(crisis)), replace=False)):
+        s = crisis[i]
+        pool = benign[s.lang]
+        earlier = rng.choice(len(pool), min(int(rng.integers(1, 3)), len(pool)), replace=False)
+        turns = (*(pool[int(j)].text for j in earlier), s.text)
+        out.append(Statement(conversation_text(turns), s.label, s.category, "after_unrelated", s.lang, turns))
+    return out
+
+
 _NAMES = ("Alex", "Sam", "Maria", "Chris", "Jordan", "Priya", "Tom", "Lena")
 
 
@@ -271,7 +334,19 @@ def background_rows(goemotions: str | None, n: int = BACKGROUND_ROWS, seed: int 
     texts = sorted({unmask_goemotions(e.text) for e in examples if not _CRISIS_VOCAB.search(e.text)})
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(texts), min(n, len(texts)), replace=False)
-    return [Statement(texts[i], BENIGN, None, "background", "en") for i in sorted(pick)]
+    return [Statement(texts[i], BENIGN, None, BACKGROUND, "en") for i in sorted(pick)]
+
+
+def word_problem_rows(gsm8k: str | None, n: int = BACKGROUND_WORD_PROBLEMS, seed: int = 0) -> list[Statement]:
+    """`n` GSM8K train questions without crisis vocabulary, as benign rows (kind "word_problem").
+    `gsm8k`: the train JSONL or None for the hub release (openai/gsm8k)."""
+    from tunesmith.data.sources.gsm8k import load_records
+
+    records = load_records(gsm8k or "openai/gsm8k", "train")
+    texts = sorted({r["question"] for r in records if not _CRISIS_VOCAB.search(r["question"])})
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(texts), min(n, len(texts)), replace=False)
+    return [Statement(texts[i], BENIGN, None, WORD_PROBLEM, "en") for i in sorted(pick)]
 
 
 # ----------------------------------------------------------------------------------- encoders
@@ -458,6 +533,97 @@ class Lexical:
         )
 
 
+def pair_features(prior: np.ndarray, last: np.ndarray, split: int) -> np.ndarray:
+    """The earlier turns' frozen features, the last turn's, their product and one cosine per encoder
+    (each encoder's block is L2-normalised; MiniLM's ends at `split`): what ContextClear reads."""
+    cos = [(prior[:, a:b] * last[:, a:b]).sum(1) for a, b in ((0, split), (split, prior.shape[1]))]
+    return np.hstack([prior, last, prior * last, np.stack(cos, axis=1)])
+
+
+@dataclass
+class ContextClear:
+    """P(the earlier user turns make the last one harmless): logistic regression on `pair_features`
+    (see CLEAR_C). `clears` applies the calibrated threshold, and never clears a last turn that
+    alone scores `unless` or more."""
+
+    w: np.ndarray
+    b: float
+    split: int
+    threshold: float = CLEAR_THRESHOLDS[0]
+    unless: float = CLEAR_UNLESS[0]
+
+    @classmethod
+    def fit(cls, prior: np.ndarray, last: np.ndarray, clears: np.ndarray, split: int, c: float = CLEAR_C):
+        from sklearn.linear_model import LogisticRegression
+
+        lr = LogisticRegression(C=c, max_iter=5000).fit(pair_features(prior, last, split), clears)
+        return cls(lr.coef_[0].astype(np.float32), float(lr.intercept_[0]), split)
+
+    def proba(self, prior: np.ndarray, last: np.ndarray) -> np.ndarray:
+        return _sigmoid(pair_features(prior, last, self.split) @ self.w + self.b)
+
+    def clears(self, q: np.ndarray, p_last: np.ndarray) -> np.ndarray:
+        return (np.asarray(q) >= self.threshold) & (np.asarray(p_last) < self.unless)
+
+    def to_json(self) -> dict:
+        return {
+            "w": _pack(self.w),
+            "b": self.b,
+            "split": self.split,
+            "threshold": self.threshold,
+            "unless": self.unless,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> ContextClear:
+        w = _unpack(d["w"])
+        split = int(d["split"])
+        if w.ndim != 1 or not 0 < split < w.shape[0]:
+            raise ValueError(f"context model: {w.shape} weights, MiniLM block ending at {split}")
+        return cls(w, float(d["b"]), split, float(d["threshold"]), float(d["unless"]))
+
+
+def choose_clearing(
+    q: np.ndarray,
+    p_last: np.ndarray,
+    p_joined: np.ndarray,
+    y: np.ndarray,
+    unrelated: tuple[np.ndarray, np.ndarray, np.ndarray],
+    threshold: float,
+    context_threshold: float,
+) -> tuple[float, float, dict]:
+    """(clearing threshold, unless) from CLEAR_THRESHOLDS x CLEAR_UNLESS: the fewest benign flags
+    among the calibration conversations (q: ContextClear's probability, p_last / p_joined: the last
+    turn's and the joined turns' P(crisis), y: crisis), among the settings that unflag no crisis
+    conversation there and at most MAX_UNRELATED_LOSS (a share of all of them) of the crisis
+    statements after an unrelated turn (`unrelated`: their q, p_last, p_joined); ties: the first
+    listed (the highest threshold, then the lowest `unless`)."""
+    y = np.asarray(y, dtype=bool)
+
+    def flagged(q, pl, pc, t, u):
+        return ((pl >= threshold) | (pc >= context_threshold)) & ~((q >= t) & (pl < u))
+
+    uq, ul, uc = unrelated
+    before = flagged(uq, ul, uc, np.inf, 0.0)
+    f0 = flagged(q, p_last, p_joined, np.inf, 0.0)
+    best, info = None, {}
+    for t in CLEAR_THRESHOLDS:
+        for u in CLEAR_UNLESS:
+            lost = int((before & ~flagged(uq, ul, uc, t, u)).sum())
+            if lost > MAX_UNRELATED_LOSS * len(ul):
+                continue
+            f = flagged(q, p_last, p_joined, t, u)
+            if (f0 & ~f & y).any():
+                continue
+            errors = int((f != y).sum())
+            if best is None or errors < info["errors"]:
+                best = (t, u)
+                info = {"errors": errors, "benign_flagged": int(f[~y].sum()), "crisis_missed": int((~f[y]).sum()),
+                        "unrelated_lost": lost}  # fmt: skip
+    info.update(benign_flagged_before=int(f0[~y].sum()), conversations=len(y), unrelated=len(ul))
+    return best[0], best[1], info
+
+
 @dataclass
 class LearnedModel:
     flag_w1: np.ndarray  # (dim, hidden): MLP on the frozen features
@@ -481,6 +647,7 @@ class LearnedModel:
     cat_classes: tuple[str, ...]
     cat_w: np.ndarray  # (classes, dim)
     cat_b: np.ndarray
+    clear: ContextClear | None = None  # None: no conversation is cleared
     digest: str = ""
     stats: dict | None = None
 
@@ -524,6 +691,7 @@ class LearnedModel:
                 "platt": [self.platt_a, self.platt_b],
             },
             "category": {"classes": list(self.cat_classes), "w": [r(row) for row in self.cat_w], "b": r(self.cat_b)},
+            "clear": self.clear.to_json() if self.clear is not None else None,
             "stats": self.stats or {},
         }
 
@@ -550,6 +718,7 @@ class LearnedModel:
             tuple(c["classes"]),
             np.asarray(c["w"], dtype=np.float32),
             np.asarray(c["b"], dtype=np.float32),
+            ContextClear.from_json(d["clear"]) if d["clear"] is not None else None,
             d.get("digest", ""),
             d.get("stats"),
         )
@@ -737,17 +906,68 @@ def fit(
     # its last turn (with the current data the cap binds: both are the message threshold).
     both = conv.any() and yc[conv].any() and (~yc[conv].astype(bool)).any()
     model.context_threshold = min(model.threshold, choose_threshold(p[conv], yc[conv])) if both else model.threshold
+    model.clear, clearing = _fit_clear(rows, calibration, model, feat, tuned_enc, x, seed)
     model.stats = {
         "training_rows": len(rows),
-        "background_rows": sum(r.kind == "background" for r in rows),
+        "background_rows": sum(r.kind == BACKGROUND for r in rows),
+        "word_problem_rows": sum(r.kind == WORD_PROBLEM for r in rows),
         "training_crisis": int(y.sum()),
         "tune_loss_by_epoch": [round(v, 4) for v in losses],
         "calibration_recall_by_weights": {f"{w}/{wl}": round(f[4], 4) for (w, wl), f in fits.items()},
         "calibration_rows": len(calibration),
         "calibration": _rates(p[one] >= model.threshold, yc[one], langs[one], cats[one]),
         "calibration_conversations": int(conv.sum()),
+        "clearing": clearing,
     }
     return model
+
+
+def _fit_clear(rows, calibration, model, feat, tuned_enc, x, seed) -> tuple[ContextClear | None, dict]:
+    """ContextClear on the training conversations and crisis statements after an unrelated turn
+    (`x`: the training rows' frozen features, reused for those statements), its threshold on the
+    calibration ones (`choose_clearing`)."""
+    by_text = {r.text: i for i, r in enumerate(rows)}
+
+    def frozen(texts: list[str]) -> np.ndarray:
+        # the training rows' texts are encoded already; only the earlier turns are new
+        known = [by_text.get(t) for t in texts]
+        out = np.zeros((len(texts), x.shape[1]), dtype=x.dtype)
+        fresh = [i for i, k in enumerate(known) if k is None]
+        if fresh:
+            out[fresh] = feat([texts[i] for i in fresh])
+        have = [i for i, k in enumerate(known) if k is not None]
+        out[have] = x[[known[i] for i in have]]
+        return out
+
+    def pairs(convs: list[Statement], encode) -> tuple[np.ndarray, np.ndarray]:
+        recent = [r.messages[-CONTEXT_TURNS:] for r in convs]
+        return encode([conversation_text(m[:-1]) for m in recent]), encode([m[-1] for m in recent])
+
+    train = [r for r in rows if len(r.messages) > 1] + after_unrelated(rows, UNRELATED_ROWS, seed)
+    cal = [r for r in calibration if len(r.messages) > 1]
+    if len({r.crisis for r in train}) < 2 or not cal:
+        return None, {"skipped": "needs benign training conversations and calibration conversations"}
+    log.info("fitting the context model on %d conversations", len(train))
+    clear = ContextClear.fit(*pairs(train, frozen), np.asarray([not r.crisis for r in train]), feat.minilm.dim)
+
+    def scored(convs: list[Statement]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not convs:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        prior, last = pairs(convs, feat)
+        recent = [r.messages[-CONTEXT_TURNS:] for r in convs]
+        joined = [conversation_text(m) for m in recent]
+        texts = [m[-1] for m in recent] + joined
+        xs = np.vstack([last, feat(joined)])
+        p = model.proba(xs, tuned_enc.encode([normalize(t) for t in texts], tuned=True), texts)
+        return clear.proba(prior, last), p[: len(convs)], p[len(convs) :]
+
+    unrelated = after_unrelated(calibration, len(calibration), seed)
+    q, pl, pc = scored(cal)
+    clear.threshold, clear.unless, info = choose_clearing(
+        q, pl, pc, np.asarray([r.crisis for r in cal]), scored(unrelated), model.threshold, model.context_threshold
+    )
+    info.update(threshold=clear.threshold, unless=clear.unless, training_conversations=len(train))
+    return clear, info
 
 
 def settings_digest() -> str:
@@ -756,7 +976,8 @@ def settings_digest() -> str:
 
     settings = (
         FLAG_HIDDEN, FLAG_ALPHA, C_CATEGORY, TUNED_WEIGHTS, MAX_CAL_FPR, MAX_LANG_FPR, BACKGROUND_ROWS,
-        _CRISIS_VOCAB.pattern, repr(TuneConfig()), LEX_C, LEX_MIN_DF, LEXICAL_WEIGHTS, repr(_lexical_spec()),
+        BACKGROUND_WORD_PROBLEMS, _CRISIS_VOCAB.pattern, repr(TuneConfig()), LEX_C, LEX_MIN_DF, LEXICAL_WEIGHTS, repr(_lexical_spec()),
+        CONTEXT_TURNS, CLEAR_C, UNRELATED_ROWS, CLEAR_THRESHOLDS, CLEAR_UNLESS, MAX_UNRELATED_LOSS,
     )  # fmt: skip
     return hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
 
@@ -813,28 +1034,34 @@ def load_model(featurizer: Featurizer | None = None) -> LearnedModel:
             raise ModelError(f"{shipped} was fitted with other encoders or another adapter; {REFIT}")
         if model.flag_w1.shape[0] != model.cat_w.shape[1] or model.tuned_w.shape[0] != feat.minilm.dim:
             raise ModelError(f"{shipped}: weight shapes do not match the encoders; {REFIT}")
+        clear = model.clear
+        if clear is not None and (clear.w.shape[0] != 3 * model.flag_w1.shape[0] + 2 or clear.split != feat.minilm.dim):
+            raise ModelError(f"{shipped}: the context model's shapes do not match the encoders; {REFIT}")
         if then[:2] != now[:2] and tuple(now) not in _warned:
             _warned.add(tuple(now))
             log.warning("the crisis detector was fitted on other training data or settings; %s", REFIT)
         return model
 
 
-def write_shipped(goemotions: str | None, featurizer: Featurizer | None = None, tune_cfg=None) -> Path:
+def write_shipped(
+    goemotions: str | None, gsm8k: str | None = None, featurizer: Featurizer | None = None, tune_cfg=None
+) -> Path:
     """Refit and write resources/crisis/detector.json and the adapter folder (after editing the data).
-    `goemotions`: GoEmotions folder for the background rows (None: the hub release)."""
+    `goemotions`: GoEmotions folder, `gsm8k`: GSM8K train JSONL, for the background rows (None: the
+    hub releases)."""
     import shutil
     import tempfile
 
     feat = featurizer or Featurizer()
     out, adapter = data_path(MODEL_FILE), data_path(ADAPTER_DIR)
-    background = background_rows(goemotions)
-    rows = load_training() + background
-    bg = hashlib.sha256("\n".join(r.text for r in background).encode()).hexdigest()[:12]
+    background, problems = background_rows(goemotions), word_problem_rows(gsm8k)
+    rows = load_training() + background + problems
+    bg, wp = (hashlib.sha256("\n".join(r.text for r in b).encode()).hexdigest()[:12] for b in (background, problems))
     # everything is written to a scratch folder first: a fit killed halfway (it takes minutes) leaves
     # the shipped files as they were, and nothing stray inside the package
     with tempfile.TemporaryDirectory() as tmp:
         new = Path(tmp) / ADAPTER_DIR
-        key = f"{data_digest()}-{bg}-{hashlib.sha256(feat.digest.encode()).hexdigest()[:12]}"
+        key = f"{data_digest()}-{bg}{wp}-{hashlib.sha256(feat.digest.encode()).hexdigest()[:12]}"
         model = fit(rows, load_calibration(), new, feat, tune_cfg, x=training_embeddings(rows, feat, key))
         (new / "README.md").write_text(
             "# tunesmith crisis detector: LoRA adapter for all-MiniLM-L6-v2\n\n"
@@ -845,6 +1072,7 @@ def write_shipped(goemotions: str | None, featurizer: Featurizer | None = None, 
         )
         model.digest = current_digest(feat, new)
         model.stats["background"] = {"source": "GoEmotions train", "rows": len(background), "sha256": bg}
+        model.stats["word_problems"] = {"source": "GSM8K train", "rows": len(problems), "sha256": wp}
         staged = Path(tmp) / MODEL_FILE
         staged.write_text(json.dumps(model.to_json(), separators=(",", ":")) + "\n", encoding="utf-8")
         shutil.rmtree(adapter, ignore_errors=True)
@@ -858,12 +1086,13 @@ if __name__ == "__main__":  # python -m tunesmith.chat.crisis_model [--goemotion
 
     ap = argparse.ArgumentParser(description="refit the crisis detector (minutes: LoRA fine-tuning on the CPU)")
     ap.add_argument("--goemotions", help="GoEmotions folder with train.tsv (default: the hub release)")
+    ap.add_argument("--gsm8k", help="GSM8K train.jsonl (default: the hub release)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from tunesmith.errors import TunesmithError
 
     try:
-        path = write_shipped(args.goemotions)
+        path = write_shipped(args.goemotions, args.gsm8k)
     except TunesmithError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"wrote {path}: {json.dumps(json.loads(path.read_text())['stats'])}")
