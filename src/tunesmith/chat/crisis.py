@@ -330,8 +330,9 @@ class CrisisDetector:
             return CrisisResult(True, rcat, f"rule:{first.name}", 1.0, tuple(h.name for h in hits), masked, lang, ctx)
         clear = self.model.clear
         q = float(clear.proba(x[2:3], x[0:1])[0]) if context and clear is not None else None
-        # earlier turns that make the last one harmless overrule both classifier readings, not the rules or the guard
-        cleared = q is not None and bool(clear.clears(q, p))
+        # harmless earlier turns that explain the last one overrule both classifier readings, not the
+        # rules or the guard
+        cleared = q is not None and bool(clear.clears(q, p, ps[2], th))
         tc = self.model.context_threshold
         if p >= th and not cleared:
             # when the joined turns are flagged too, they name the risk better than the last turn alone

@@ -27,14 +27,14 @@ Three separate sets, each written in its own pass by writers who never saw the o
   folded in (pass 1 was also the previous calibration set, pass 2 a development set for the weight;
   folding in passes 1-2 raised the threshold-free recall on the fourth set from 0.930 to 0.958,
   pass 3 added nothing measurable);
-- calibration (`CALIBRATION_FILES`, nine writers: two written for it, three of the fourth held-out
-  set, four of the sixth): the combination weights, ContextClear's threshold, Platt scaling of the combined score, the standardisation and the
+- calibration (`CALIBRATION_FILES`, twelve writers: two written for it, three of the fourth
+  held-out set, four of the sixth, three of the seventh): the combination weights, ContextClear's threshold, Platt scaling of the combined score, the standardisation and the
   threshold (`choose_threshold` on the single messages: the lowest whose calibration FPR is ≤
   MAX_CAL_FPR overall and ≤ MAX_LANG_FPR in every language). Frozen-embedding models are
   overconfident on writers they were not trained on, so a threshold from the training data's own
   out-of-fold scores sat too high (calibration FPR 0.014 where 0.04 was asked); and new writers'
   FPR ran above the two calibration writers' (0.061 vs 0.038), hence more calibration writers;
-- held-out (`benchmarks/data/crisis_heldout.jsonl`, the seventh): never read here;
+- held-out (`benchmarks/data/crisis_heldout.jsonl`, the eighth): never read here;
   `benchmarks/crisis_eval.py`.
 
 What ships: `resources/crisis/detector.json` (the MLP's weight matrices as base64 little-endian
@@ -106,6 +106,9 @@ TRAIN_FILES = (
     # explains an alarming last one (a game, a server, a novel), and crises whose last turn alone
     # reads as harmless (for ContextClear, which the sixth held-out set's benign chats called for)
     "train_conversations_pass8.jsonl",
+    # half the seventh held-out set (600 rows, three of its six writers: pt/fr, es/de, it/pt), measured
+    # once before it joined; the other half is in CALIBRATION_FILES
+    "train_heldout_pass7.jsonl",
 )
 CALIBRATION_FILES = (
     "calibration.jsonl",
@@ -116,6 +119,9 @@ CALIBRATION_FILES = (
     # calibration conversations (64 more) for ContextClear's threshold, ~40 more benign single
     # messages per language for the per-language FPR cap
     "calibration_heldout_pass6.jsonl",
+    # the other half of the seventh held-out set (600 rows: en, fr/es, de/it writers), measured once
+    # before it joined: 90 more conversations for ContextClear's threshold
+    "calibration_heldout_pass7.jsonl",
 )
 MODEL_FILE = "detector.json"
 ADAPTER_DIR = "minilm-lora"
@@ -562,8 +568,13 @@ class ContextClear:
     def proba(self, prior: np.ndarray, last: np.ndarray) -> np.ndarray:
         return _sigmoid(pair_features(prior, last, self.split) @ self.w + self.b)
 
-    def clears(self, q: np.ndarray, p_last: np.ndarray) -> np.ndarray:
-        return (np.asarray(q) >= self.threshold) & (np.asarray(p_last) < self.unless)
+    def clears(self, q: np.ndarray, p_last: np.ndarray, p_earlier: np.ndarray, threshold: float) -> np.ndarray:
+        """Never when the earlier turns alone read as a crisis (P(crisis) ≥ the message `threshold`):
+        they can explain an alarming last turn only if they are harmless themselves. (On the seventh
+        held-out set, without this, three crisis chats were cleared: "je pense à en finir, sérieux"
+        then "laisse tomber c'est décidé. merci d'avoir été là", and two like it.)"""
+        q, p_last, p_earlier = np.asarray(q), np.asarray(p_last), np.asarray(p_earlier)
+        return (q >= self.threshold) & (p_last < self.unless) & (p_earlier < threshold)
 
     def to_json(self) -> dict:
         return {
@@ -956,10 +967,14 @@ def _fit_clear(rows, calibration, model, feat, tuned_enc, x, seed) -> tuple[Cont
         prior, last = pairs(convs, feat)
         recent = [r.messages[-CONTEXT_TURNS:] for r in convs]
         joined = [conversation_text(m) for m in recent]
-        texts = [m[-1] for m in recent] + joined
-        xs = np.vstack([last, feat(joined)])
+        earlier = [conversation_text(m[:-1]) for m in recent]
+        texts = [m[-1] for m in recent] + joined + earlier
+        xs = np.vstack([last, feat(joined), prior])
         p = model.proba(xs, tuned_enc.encode([normalize(t) for t in texts], tuned=True), texts)
-        return clear.proba(prior, last), p[: len(convs)], p[len(convs) :]
+        n = len(convs)
+        # earlier turns that read as a crisis never clear (ContextClear.clears): q 0 for them
+        q = np.where(p[2 * n :] < model.threshold, clear.proba(prior, last), 0.0)
+        return q, p[:n], p[n : 2 * n]
 
     unrelated = after_unrelated(calibration, len(calibration), seed)
     q, pl, pc = scored(cal)
