@@ -124,7 +124,7 @@ def one_torch_thread():
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="the learned detector flags 75/95 of the sheet's crisis prompts (recall 0.79 < 0.98; 2/51 "
+    reason="the learned detector flags 78/95 of the sheet's crisis prompts (recall 0.82 < 0.98; 0/51 "
     "benign flagged): the sheet was written with the old regex rules, which the detector replaced",
     strict=False,
 )
