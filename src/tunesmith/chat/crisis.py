@@ -316,8 +316,7 @@ class CrisisDetector:
         # words would otherwise dominate the embedding of the whole message
         read = lambda s: mask(s) if masked_spans(s) else s  # noqa: E731
         turns = [read(c) for c in context] if context else []
-        # the last turn, the recent turns joined, and the turns before the last (for ContextClear)
-        texts = [read(text)] + ([conversation_text(turns), conversation_text(turns[:-1])] if context else [])
+        texts = [read(text)] + ([conversation_text(turns)] if context else [])
         ps, cats, x = self._scores(texts)
         p, cat = ps[0], cats[0]
         pc, catc = (ps[1], cats[1]) if context else (None, None)
@@ -328,12 +327,15 @@ class CrisisDetector:
             rcat = min((h.category for h in hits), key=CATEGORIES.index)
             first = next(h for h in hits if h.category == rcat)
             return CrisisResult(True, rcat, f"rule:{first.name}", 1.0, tuple(h.name for h in hits), masked, lang, ctx)
-        clear = self.model.clear
-        q = float(clear.proba(x[2:3], x[0:1])[0]) if context and clear is not None else None
+        clear, tc = self.model.clear, self.model.context_threshold
+        q = None
+        if context and clear is not None and (p >= th or pc >= tc):
+            # only when a reading would flag: the earlier turns are a third encoder pass (about 10 ms)
+            pe, _, xe = self._scores([conversation_text(turns[:-1])])
+            q = float(clear.proba(xe, x[0:1])[0])
         # harmless earlier turns that explain the last one overrule both classifier readings, not the
         # rules or the guard
-        cleared = q is not None and bool(clear.clears(q, p, ps[2], th))
-        tc = self.model.context_threshold
+        cleared = q is not None and bool(clear.clears(q, p, pe[0], th))
         if p >= th and not cleared:
             # when the joined turns are flagged too, they name the risk better than the last turn alone
             # ("Saturday works, nobody will be around" after a spot by the quarry)
