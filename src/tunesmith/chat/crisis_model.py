@@ -337,10 +337,16 @@ def background_rows(goemotions: str | None, n: int = BACKGROUND_ROWS, seed: int 
     from tunesmith.data.sources.goemotions import load_goemotions, load_goemotions_hub
 
     examples = load_goemotions(goemotions, "train") if goemotions else load_goemotions_hub("train")
-    texts = sorted({unmask_goemotions(e.text) for e in examples if not _CRISIS_VOCAB.search(e.text)})
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(texts), min(n, len(texts)), replace=False)
-    return [Statement(texts[i], BENIGN, None, BACKGROUND, "en") for i in sorted(pick)]
+    return _sample_benign(
+        {unmask_goemotions(e.text) for e in examples if not _CRISIS_VOCAB.search(e.text)}, n, seed, BACKGROUND
+    )
+
+
+def _sample_benign(texts: set[str], n: int, seed: int, kind: str) -> list[Statement]:
+    """`n` of `texts` (deduplicated, drawn from their sorted order: the same sample in every process)."""
+    ordered = sorted(texts)
+    pick = np.random.default_rng(seed).choice(len(ordered), min(n, len(ordered)), replace=False)
+    return [Statement(ordered[i], BENIGN, None, kind, "en") for i in sorted(pick)]
 
 
 def word_problem_rows(gsm8k: str | None, n: int = BACKGROUND_WORD_PROBLEMS, seed: int = 0) -> list[Statement]:
@@ -349,10 +355,9 @@ def word_problem_rows(gsm8k: str | None, n: int = BACKGROUND_WORD_PROBLEMS, seed
     from tunesmith.data.sources.gsm8k import load_records
 
     records = load_records(gsm8k or "openai/gsm8k", "train")
-    texts = sorted({r["question"] for r in records if not _CRISIS_VOCAB.search(r["question"])})
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(texts), min(n, len(texts)), replace=False)
-    return [Statement(texts[i], BENIGN, None, WORD_PROBLEM, "en") for i in sorted(pick)]
+    return _sample_benign(
+        {r["question"] for r in records if not _CRISIS_VOCAB.search(r["question"])}, n, seed, WORD_PROBLEM
+    )
 
 
 # ----------------------------------------------------------------------------------- encoders
@@ -964,16 +969,17 @@ def _fit_clear(rows, calibration, model, feat, tuned_enc, x, seed) -> tuple[Cont
     def scored(convs: list[Statement]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not convs:
             return np.zeros(0), np.zeros(0), np.zeros(0)
-        prior, last = pairs(convs, feat)
         recent = [r.messages[-CONTEXT_TURNS:] for r in convs]
-        joined = [conversation_text(m) for m in recent]
-        earlier = [conversation_text(m[:-1]) for m in recent]
-        texts = [m[-1] for m in recent] + joined + earlier
-        xs = np.vstack([last, feat(joined), prior])
+        texts = (
+            [m[-1] for m in recent]
+            + [conversation_text(m) for m in recent]
+            + [conversation_text(m[:-1]) for m in recent]
+        )
+        xs = feat(texts)
         p = model.proba(xs, tuned_enc.encode([normalize(t) for t in texts], tuned=True), texts)
         n = len(convs)
         # earlier turns that read as a crisis never clear (ContextClear.clears): q 0 for them
-        q = np.where(p[2 * n :] < model.threshold, clear.proba(prior, last), 0.0)
+        q = np.where(p[2 * n :] < model.threshold, clear.proba(xs[2 * n :], xs[:n]), 0.0)
         return q, p[:n], p[n : 2 * n]
 
     unrelated = after_unrelated(calibration, len(calibration), seed)
