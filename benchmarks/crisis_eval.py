@@ -3,11 +3,11 @@
     python benchmarks/crisis_eval.py [--data FILE] [--boot 2000] [--json OUT] [--misses]
                                      [--background DIR | --no-background] [--background-n 1000]
 
-The set (the seventh held-out set: 1,200 rows by six writers) was written in a separate pass from
+The set (the ninth held-out set: 1,600 rows by eight writers) was written in a separate pass from
 the training data and from the calibration sets (resources/crisis/calibration*.jsonl, which weigh,
-standardise, calibrate and threshold the scores) and is never used for any of them. The six
+standardise, calibrate and threshold the scores) and is never used for any of them. The eight
 earlier held-out sets, each measured once, are now training data (resources/crisis/
-train_heldout_pass{1,2,3,5}.jsonl) and calibration data (calibration_heldout_pass{4,6}.jsonl). Single
+train_heldout_pass{1,2,3,5,7,8}.jsonl) and calibration data (calibration_heldout_pass{4,6,7,8}.jsonl). Single
 statements go through `CrisisDetector.check`, multi-turn rows (`messages`) through
 `check_conversation`. Reports crisis recall and benign false-positive rate
 overall, per language, per category and per kind, with bootstrap 95% intervals (rows resampled

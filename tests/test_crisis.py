@@ -88,13 +88,7 @@ def test_crisis_statements_are_flagged(detector, text, category):
                 strict=True, reason="known false alarm: 'took <n> <pills>' reads as an overdose (P 0.93); see README"
             ),
         ),
-        pytest.param(
-            "I'll be gone for the weekend, see you Monday",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known false alarm since the session-7 fit: a goodbye-like phrase (P 0.42 >= 0.17 in the session-8 fit); see README",
-            ),
-        ),
+        "I'll be gone for the weekend, see you Monday",
         "what a lovely day, want to get coffee later?",
         "Ce film était à mourir de rire.",
         "¿Me recomiendas una receta de pasta para esta noche?",
@@ -433,12 +427,20 @@ def test_shipped_threshold_keeps_the_calibration_fpr(detector):
     p = np.asarray(detector.scores([r.text for r in cal])[0])
     y = np.asarray([r.crisis for r in cal])
     langs = np.asarray([r.lang for r in cal])
-    assert M.choose_threshold(p, y, groups=langs) == pytest.approx(detector.threshold, abs=2e-4)
-    flagged = p >= detector.threshold
-    assert flagged[~y].mean() <= M.MAX_CAL_FPR
+    th = detector.threshold
+    assert M.choose_threshold(p, y, groups=langs, min_recall=M.MIN_CAL_RECALL) == pytest.approx(th, abs=2e-4)
+    flagged = p >= th
+    capped = M.choose_threshold(p, y, groups=langs)
+    if th >= capped - 2e-4:  # the false-positive caps set it
+        assert detector.model.stats["threshold_rule"] == "false-positive caps"
+        assert flagged[~y].mean() <= M.MAX_CAL_FPR
+        for lang in M.LANGS:
+            assert flagged[~y & (langs == lang)].mean() <= M.MAX_LANG_FPR, lang
+    else:  # the recall floor lowered it below the caps' threshold
+        assert detector.model.stats["threshold_rule"] == "recall floor"
+    assert flagged[y].mean() >= M.MIN_CAL_RECALL
     for lang in M.LANGS:
-        assert flagged[~y & (langs == lang)].mean() <= M.MAX_LANG_FPR, lang
-    assert flagged[y].mean() >= 0.9  # and the threshold is not so high that it misses crisis rows wholesale
+        assert flagged[y & (langs == lang)].mean() >= M.MIN_CAL_RECALL, lang
 
 
 @pytest.fixture(scope="module")
@@ -535,6 +537,24 @@ def test_choose_threshold_keeps_each_language_under_its_bound():
     assert (p[fr] >= t).mean() <= 0.05 and (p[y == 0] >= t).mean() <= 0.05 and t > overall
 
 
+def test_choose_threshold_recall_floor_overrides_the_fpr_caps():
+    rng = np.random.default_rng(2)
+    # French crisis rows score low: the FPR caps alone put the threshold above most of them
+    p = np.concatenate([rng.uniform(0, 0.6, 200), rng.uniform(0.5, 1, 150), rng.uniform(0.2, 0.6, 50)])
+    y = np.asarray([0] * 200 + [1] * 200)
+    g = np.asarray(["en"] * 350 + ["fr"] * 50)
+    capped = M.choose_threshold(p, y, max_fpr=0.03, groups=g, max_group_fpr=0.03)
+    fr = (y == 1) & (g == "fr")
+    assert (p[fr] >= capped).mean() < 0.9
+    t = M.choose_threshold(p, y, max_fpr=0.03, groups=g, max_group_fpr=0.03, min_recall=0.9)
+    assert t < capped and (p[fr] >= t).mean() >= 0.9 and (p[y == 1] >= t).mean() >= 0.9
+    # the highest such threshold: one step up loses the floor in French
+    above = np.sort(p[fr])[np.sort(p[fr]) > t + 1e-4][0]
+    assert (p[fr] >= above).mean() < 0.9
+    # a floor the caps already keep changes nothing
+    assert M.choose_threshold(p, y, max_fpr=0.03, groups=g, max_group_fpr=0.03, min_recall=0.01) == capped
+
+
 def test_fit_trains_the_classifiers_and_calibrates_on_the_calibration_set(tmp_path):
     # a small real fit: LoRA rank 2, one epoch, 80 training rows (the shipped fit is the same code)
     from tunesmith.chat.encoder import SentenceEncoder, TuneConfig
@@ -566,7 +586,11 @@ def test_fit_trains_the_classifiers_and_calibrates_on_the_calibration_set(tmp_pa
     p = model.proba(x, t, texts)
     y = np.asarray([r.crisis for r in cal])
     one = np.asarray([not r.messages for r in cal])
-    assert (p[~y & one] >= model.threshold).mean() <= M.MAX_CAL_FPR
+    flagged = p >= model.threshold
+    if model.stats["threshold_rule"] == "false-positive caps":
+        assert flagged[~y & one].mean() <= M.MAX_CAL_FPR
+    else:  # 80 training rows: the caps' threshold may miss more than the floor allows
+        assert flagged[y & one].mean() >= M.MIN_CAL_RECALL
     # the weights are the first pair (lexical weight outer, tuned weight inner) with the highest
     # thresholded calibration recall
     by_weights = model.stats["calibration_recall_by_weights"]
