@@ -23,20 +23,21 @@ last turn's score nor the joined turns' flags the chat (the rules and the guard 
 
 Three separate sets, each written in its own pass by writers who never saw the others' rows:
 - training (`TRAIN_FILES`): the three classifiers and the category model are fitted on it; it
-  includes the first, second, third and fifth held-out sets and half the seventh and eighth, each
-  measured once before it was folded in (pass 1 was also the previous calibration set, pass 2 a
-  development set for the weight; folding in passes 1-2 raised the threshold-free recall on the
-  fourth set from 0.930 to 0.958, pass 3 added nothing measurable);
-- calibration (`CALIBRATION_FILES`, fifteen writers: two written for it, three of the fourth
-  held-out set, four of the sixth, three of the seventh, three of the eighth): the combination
-  weights, ContextClear's threshold, Platt scaling of the combined score, the standardisation and
-  the threshold (`choose_threshold` on the single messages: the lowest whose calibration FPR is
+  includes the first, second, third and fifth held-out sets, half the seventh and eighth and five
+  of the ninth set's eight writers, each measured once before it was folded in (pass 1 was also
+  the previous calibration set, pass 2 a development set for the weight; folding in passes 1-2
+  raised the threshold-free recall on the fourth set from 0.930 to 0.958, pass 3 added nothing
+  measurable);
+- calibration (`CALIBRATION_FILES`, eighteen writers: two written for it, three each of the
+  fourth, seventh, eighth and ninth held-out sets, four of the sixth): the combination weights,
+  ContextClear's thresholds, Platt scaling of the combined score, the standardisation and the
+  threshold (`choose_threshold` on the single messages: the lowest whose calibration FPR is
   ≤ MAX_CAL_FPR overall and ≤ MAX_LANG_FPR in every language, unless that costs recall below
   MIN_CAL_RECALL). Frozen-embedding models are overconfident on writers they were not trained on,
   so a threshold from the training data's own out-of-fold scores sat too high (calibration FPR
   0.014 where 0.04 was asked); and new writers' FPR ran above the two calibration writers' (0.061
   vs 0.038), hence more calibration writers;
-- held-out (`benchmarks/data/crisis_heldout.jsonl`, the ninth): never read here;
+- held-out (`benchmarks/data/crisis_heldout.jsonl`, the tenth): never read here;
   `benchmarks/crisis_eval.py`.
 
 What ships: `resources/crisis/detector.json` (the MLP's weight matrices as base64 little-endian
@@ -117,6 +118,12 @@ TRAIN_FILES = (
     # languages, and threats against a described person in slang (two Spanish ones scored 0.01-0.11)
     "train_heldout_pass8.jsonl",
     "train_pass9.jsonl",
+    # five of the ninth held-out set's eight writers (1,000 rows: en, fr/es, de/it, pt/fr, es/pt),
+    # measured once before they joined, and a tenth pass by three more writers: everyday messages in
+    # the five other languages (that set's single-message false alarms were mostly these: a recipe
+    # question at P 0.78, a lonely Sunday at 0.69), which the English-only background rows do not cover
+    "train_heldout_pass9.jsonl",
+    "train_pass10.jsonl",
 )
 CALIBRATION_FILES = (
     "calibration.jsonl",
@@ -133,10 +140,12 @@ CALIBRATION_FILES = (
     # the other half of the eighth held-out set (600 rows: pt/fr, es/de, it/pt writers), measured once
     # before it joined: 40-80 more benign rows per language for the tighter per-language cap
     "calibration_heldout_pass8.jsonl",
+    # the other three writers of the ninth held-out set (600 rows: es/de, it/pt, fr/it), measured once
+    "calibration_heldout_pass9.jsonl",
 )
 MODEL_FILE = "detector.json"
 ADAPTER_DIR = "minilm-lora"
-FORMAT = 5
+FORMAT = 6
 # flag MLP: width and L2 chosen by 5-fold CV on the training data (out-of-fold recall at FPR 0.04),
 # confirmed on the calibration set (512 units or L2 0.01/0.1 or 3 seeds averaged: within ±0.007)
 FLAG_HIDDEN = 256
@@ -199,13 +208,19 @@ BACKGROUND_WORD_PROBLEMS = 1000
 CONTEXT_TURNS = 3  # user turns read together by check_conversation (the last one and two before it)
 CLEAR_C = 10.0
 UNRELATED_ROWS = 2000
-# The clearing threshold and the last-turn score above which nothing is cleared are chosen at fit
-# time on the calibration conversations: the fewest benign flags there, among the settings that
-# unflag none of its crisis conversations and at most MAX_UNRELATED_LOSS of the calibration crisis
-# statements put after an unrelated turn (ties: the highest threshold, then the lowest `unless`).
-# A threshold above 1 clears nothing.
+# The clearing threshold, the last-turn score `unless` from which that threshold no longer clears,
+# and the stricter threshold `strict` that still clears such a last turn are chosen at fit time on
+# the calibration conversations: the fewest benign flags there, among the settings that unflag none
+# of its crisis conversations and at most MAX_UNRELATED_LOSS of the calibration crisis statements put
+# after an unrelated turn (ties: the highest threshold, then the lowest `unless`, then the highest
+# `strict`). A threshold above 1 clears nothing. `strict`: on the ninth held-out set (measured once,
+# then a development set), 17 of 115 benign conversations were flagged, 3 of them games whose last
+# turn alone scored 0.82-1.00 ("agora eu vou ter que matar todo mundo lá dentro", The Last of Us)
+# with the context model at 0.99-1.00, above that fit's `unless` 0.8; clearing those at 0.95-0.99
+# would have unflagged none of its 125 crisis conversations.
 CLEAR_THRESHOLDS = (1.01, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 CLEAR_UNLESS = (0.8, 0.9, 0.97, 1.01)
+CLEAR_STRICT = (1.01, 0.99, 0.97, 0.95)
 MAX_UNRELATED_LOSS = 0.005
 _CRISIS_VOCAB = re.compile(
     r"\b(?:die|dies|died|dying|dead|death|kill\w*|suicid\w*|murder\w*|hurt\w*|harm\w*|overdos\w*|pills?|"
@@ -571,14 +586,15 @@ def pair_features(prior: np.ndarray, last: np.ndarray, split: int) -> np.ndarray
 @dataclass
 class ContextClear:
     """P(the earlier user turns make the last one harmless): logistic regression on `pair_features`
-    (see CLEAR_C). `clears` applies the calibrated threshold, and never clears a last turn that
-    alone scores `unless` or more."""
+    (see CLEAR_C). `clears` applies the calibrated threshold to a last turn that alone scores below
+    `unless`, and the stricter `strict` to one that scores `unless` or more."""
 
     w: np.ndarray
     b: float
     split: int
     threshold: float = CLEAR_THRESHOLDS[0]
     unless: float = CLEAR_UNLESS[0]
+    strict: float = CLEAR_STRICT[0]
 
     @classmethod
     def fit(cls, prior: np.ndarray, last: np.ndarray, clears: np.ndarray, split: int, c: float = CLEAR_C):
@@ -596,7 +612,8 @@ class ContextClear:
         held-out set, without this, three crisis chats were cleared: "je pense à en finir, sérieux"
         then "laisse tomber c'est décidé. merci d'avoir été là", and two like it.)"""
         q, p_last, p_earlier = np.asarray(q), np.asarray(p_last), np.asarray(p_earlier)
-        return (q >= self.threshold) & (p_last < self.unless) & (p_earlier < threshold)
+        by_score = np.where(p_last < self.unless, q >= self.threshold, q >= self.strict)
+        return by_score & (p_earlier < threshold)
 
     def to_json(self) -> dict:
         return {
@@ -605,6 +622,7 @@ class ContextClear:
             "split": self.split,
             "threshold": self.threshold,
             "unless": self.unless,
+            "strict": self.strict,
         }
 
     @classmethod
@@ -613,7 +631,7 @@ class ContextClear:
         split = int(d["split"])
         if w.ndim != 1 or not 0 < split < w.shape[0]:
             raise ValueError(f"context model: {w.shape} weights, MiniLM block ending at {split}")
-        return cls(w, float(d["b"]), split, float(d["threshold"]), float(d["unless"]))
+        return cls(w, float(d["b"]), split, float(d["threshold"]), float(d["unless"]), float(d["strict"]))
 
 
 def choose_clearing(
@@ -624,37 +642,39 @@ def choose_clearing(
     unrelated: tuple[np.ndarray, np.ndarray, np.ndarray],
     threshold: float,
     context_threshold: float,
-) -> tuple[float, float, dict]:
-    """(clearing threshold, unless) from CLEAR_THRESHOLDS x CLEAR_UNLESS: the fewest benign flags
-    among the calibration conversations (q: ContextClear's probability, p_last / p_joined: the last
-    turn's and the joined turns' P(crisis), y: crisis), among the settings that unflag no crisis
-    conversation there and at most MAX_UNRELATED_LOSS (a share of all of them) of the crisis
-    statements after an unrelated turn (`unrelated`: their q, p_last, p_joined); ties: the first
-    listed (the highest threshold, then the lowest `unless`)."""
+) -> tuple[float, float, float, dict]:
+    """(clearing threshold, unless, strict) from CLEAR_THRESHOLDS x CLEAR_UNLESS x CLEAR_STRICT: the
+    fewest benign flags among the calibration conversations (q: ContextClear's probability, p_last /
+    p_joined: the last turn's and the joined turns' P(crisis), y: crisis), among the settings that
+    unflag no crisis conversation there and at most MAX_UNRELATED_LOSS (a share of all of them) of the
+    crisis statements after an unrelated turn (`unrelated`: their q, p_last, p_joined); ties: the first
+    listed (the highest threshold, then the lowest `unless`, then the highest `strict`)."""
     y = np.asarray(y, dtype=bool)
 
-    def flagged(q, pl, pc, t, u):
-        return ((pl >= threshold) | (pc >= context_threshold)) & ~((q >= t) & (pl < u))
+    def flagged(q, pl, pc, t, u, s):
+        cleared = np.where(pl < u, q >= t, q >= s)
+        return ((pl >= threshold) | (pc >= context_threshold)) & ~cleared
 
     uq, ul, uc = unrelated
-    before = flagged(uq, ul, uc, np.inf, 0.0)
-    f0 = flagged(q, p_last, p_joined, np.inf, 0.0)
+    before = flagged(uq, ul, uc, np.inf, 0.0, np.inf)
+    f0 = flagged(q, p_last, p_joined, np.inf, 0.0, np.inf)
     best, info = None, {}
     for t in CLEAR_THRESHOLDS:
         for u in CLEAR_UNLESS:
-            lost = int((before & ~flagged(uq, ul, uc, t, u)).sum())
-            if lost > MAX_UNRELATED_LOSS * len(ul):
-                continue
-            f = flagged(q, p_last, p_joined, t, u)
-            if (f0 & ~f & y).any():
-                continue
-            errors = int((f != y).sum())
-            if best is None or errors < info["errors"]:
-                best = (t, u)
-                info = {"errors": errors, "benign_flagged": int(f[~y].sum()), "crisis_missed": int((~f[y]).sum()),
-                        "unrelated_lost": lost}  # fmt: skip
+            for s in CLEAR_STRICT:
+                lost = int((before & ~flagged(uq, ul, uc, t, u, s)).sum())
+                if lost > MAX_UNRELATED_LOSS * len(ul):
+                    continue
+                f = flagged(q, p_last, p_joined, t, u, s)
+                if (f0 & ~f & y).any():
+                    continue
+                errors = int((f != y).sum())
+                if best is None or errors < info["errors"]:
+                    best = (t, u, s)
+                    info = {"errors": errors, "benign_flagged": int(f[~y].sum()), "crisis_missed": int((~f[y]).sum()),
+                            "unrelated_lost": lost}  # fmt: skip
     info.update(benign_flagged_before=int(f0[~y].sum()), conversations=len(y), unrelated=len(ul))
-    return best[0], best[1], info
+    return best[0], best[1], best[2], info
 
 
 @dataclass
@@ -1016,10 +1036,10 @@ def _fit_clear(rows, calibration, model, feat, tuned_enc, x, seed) -> tuple[Cont
 
     unrelated = after_unrelated(calibration, len(calibration), seed)
     q, pl, pc = scored(cal)
-    clear.threshold, clear.unless, info = choose_clearing(
+    clear.threshold, clear.unless, clear.strict, info = choose_clearing(
         q, pl, pc, np.asarray([r.crisis for r in cal]), scored(unrelated), model.threshold, model.context_threshold
     )
-    info.update(threshold=clear.threshold, unless=clear.unless, training_conversations=len(train))
+    info.update(threshold=clear.threshold, unless=clear.unless, strict=clear.strict, training_conversations=len(train))
     return clear, info
 
 
@@ -1030,7 +1050,7 @@ def settings_digest() -> str:
     settings = (
         FLAG_HIDDEN, FLAG_ALPHA, C_CATEGORY, TUNED_WEIGHTS, MAX_CAL_FPR, MAX_LANG_FPR, MIN_CAL_RECALL, BACKGROUND_ROWS,
         BACKGROUND_WORD_PROBLEMS, _CRISIS_VOCAB.pattern, repr(TuneConfig()), LEX_C, LEX_MIN_DF, LEXICAL_WEIGHTS, repr(_lexical_spec()),
-        CONTEXT_TURNS, CLEAR_C, UNRELATED_ROWS, CLEAR_THRESHOLDS, CLEAR_UNLESS, MAX_UNRELATED_LOSS,
+        CONTEXT_TURNS, CLEAR_C, UNRELATED_ROWS, CLEAR_THRESHOLDS, CLEAR_UNLESS, CLEAR_STRICT, MAX_UNRELATED_LOSS,
     )  # fmt: skip
     return hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
 
