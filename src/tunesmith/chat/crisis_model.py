@@ -583,6 +583,12 @@ def pair_features(prior: np.ndarray, last: np.ndarray, split: int) -> np.ndarray
     return np.hstack([prior, last, prior * last, np.stack(cos, axis=1)])
 
 
+def _cleared(q: np.ndarray, p_last: np.ndarray, threshold: float, unless: float, strict: float) -> np.ndarray:
+    """ContextClear's rule on its probability q: `threshold` for a last turn that alone scores below
+    `unless`, `strict` from there (shared by `ContextClear.clears` and `choose_clearing`)."""
+    return np.where(np.asarray(p_last) < unless, np.asarray(q) >= threshold, np.asarray(q) >= strict)
+
+
 @dataclass
 class ContextClear:
     """P(the earlier user turns make the last one harmless): logistic regression on `pair_features`
@@ -612,8 +618,7 @@ class ContextClear:
         held-out set, without this, three crisis chats were cleared: "je pense à en finir, sérieux"
         then "laisse tomber c'est décidé. merci d'avoir été là", and two like it.)"""
         q, p_last, p_earlier = np.asarray(q), np.asarray(p_last), np.asarray(p_earlier)
-        by_score = np.where(p_last < self.unless, q >= self.threshold, q >= self.strict)
-        return by_score & (p_earlier < threshold)
+        return _cleared(q, p_last, self.threshold, self.unless, self.strict) & (p_earlier < threshold)
 
     def to_json(self) -> dict:
         return {
@@ -652,8 +657,7 @@ def choose_clearing(
     y = np.asarray(y, dtype=bool)
 
     def flagged(q, pl, pc, t, u, s):
-        cleared = np.where(pl < u, q >= t, q >= s)
-        return ((pl >= threshold) | (pc >= context_threshold)) & ~cleared
+        return ((pl >= threshold) | (pc >= context_threshold)) & ~_cleared(q, pl, t, u, s)
 
     uq, ul, uc = unrelated
     before = flagged(uq, ul, uc, np.inf, 0.0, np.inf)
