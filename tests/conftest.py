@@ -72,3 +72,9 @@ def _isolated_cwd_outputs(monkeypatch):
     # run outputs into the repo from tests
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # huggingface_hub read HF_HUB_OFFLINE when it was imported; without this, code that asks it
+    # (peft's AutoPeftModel, transformers' hub helpers) tries the network first and waits out its
+    # timeouts on a machine without one (47 s in one test)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

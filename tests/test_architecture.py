@@ -4,6 +4,7 @@ cycles; the recipe and benchmark registries agree with the configs and the CLI."
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -177,9 +178,14 @@ def test_dpo_reuses_the_training_section_and_rejects_keys_it_would_not_read():
         parse_config({"recipe": "dpo", "training": {"head_learning_rate": 1e-3}})
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tunesmith.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "tunesmith.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -212,8 +218,11 @@ def test_vllm_backend_without_vllm_is_one_line_before_training(tmp_path):
         "--set",
         "safety.enabled=false",
         cwd=root,
+        # an empty cache, as on a fresh machine: the check must come before the embedded model is cached
+        env={"TUNESMITH_CACHE": str(tmp_path / "cache")},
     )
     assert r.returncode == 2, r.stderr
+    assert not (tmp_path / "cache").exists()
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "vllm" in lines[0].lower()
     assert "Traceback" not in r.stderr and not out.exists()  # nothing trained, nothing written

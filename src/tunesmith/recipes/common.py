@@ -15,6 +15,12 @@ def check_inputs(cfg: RunConfig) -> None:
     from tunesmith.data.chat import render, with_system
     from tunesmith.modeling.loading import load_run_tokenizer, resolve
 
+    if isinstance(cfg, EvaluatedRunConfig) and cfg.eval.backend == "vllm":
+        from tunesmith.generation.vllm import require_vllm
+
+        # a missing vLLM must fail before training, and before the tokenizer below: on a fresh machine
+        # that caches the embedded model (progress bars on stderr)
+        require_vllm()
     resolve(cfg.model.name)
     # the tokenizer and a chat template that takes every role the run uses (system prompt, user,
     # assistant): an unknown hub id or a template that rejects a role fails here
@@ -32,10 +38,6 @@ def check_inputs(cfg: RunConfig) -> None:
 def check_eval_inputs(cfg: EvaluatedRunConfig, tok) -> None:
     from tunesmith.modeling.loading import load_tokenizer, resolve
 
-    if cfg.eval.backend == "vllm":
-        from tunesmith.generation.vllm import require_vllm
-
-        require_vllm()  # a missing vLLM must fail before training, not after it
     if cfg.safety.enabled:
         from tunesmith.evaluation.ailuminate import load_categories, load_prompts
 
