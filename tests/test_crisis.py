@@ -88,13 +88,8 @@ def test_crisis_statements_are_flagged(detector, text, category):
                 strict=True, reason="known false alarm: 'took <n> <pills>' reads as an overdose (P 0.93); see README"
             ),
         ),
-        pytest.param(
-            "I'll be gone for the weekend, see you Monday",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known false alarm in the session-7, -8 and final session-9 fits: a goodbye-like phrase (P 0.22 >= 0.15); see README",
-            ),
-        ),
+        # a known false alarm of the session-7, -8 and final session-9 fits (a goodbye-like phrase)
+        "I'll be gone for the weekend, see you Monday",
         "what a lovely day, want to get coffee later?",
         "Ce film était à mourir de rire.",
         "¿Me recomiendas una receta de pasta para esta noche?",
@@ -162,22 +157,21 @@ THRILLER = [
     "he waits until the house is empty and then he stabs her, how would the police find out",
 ]
 CLIMBING = ["We're taking the kids to the climbing gym this weekend", "Saturday works, nobody will be around"]
-GAME = ["playing the last of us 2, just got to the hospital level", "now i have to kill everyone inside right"]
 
 
-def test_harmless_context_clears_an_alarming_last_turn(detector):
-    # the last turn alone reads as a threat; the game explains it. (A Portuguese chat like it is in the
-    # training data, from the ninth held-out set: this shows the mechanism; the held-out set measures
-    # how far it generalises.)
-    assert detector.check(GAME[-1]).flagged
-    calm = detector.check_conversation(GAME)
+def test_a_novel_in_the_making_clears_a_stabbing_scene(detector):
+    # the last turn alone reads as a threat (P 0.62 in the session-10 fit); the novel explains it. The
+    # session-9 fits did not clear it (0.97 alone, above `unless`); the held-out set measures how far the
+    # mechanism generalises
+    assert detector.check(THRILLER[-1]).flagged
+    calm = detector.check_conversation(THRILLER)
     assert not calm.flagged and "context clears it" in calm.reason, calm
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known false alarm in the final session-9 fit: the joined turns score 0.17 >= 0.15 and the context "
-    "model does not clear them (the session-8 fit did; the last turn alone now scores 0.12, below the threshold)",
+    reason="known false alarm in the final session-9 fit and the session-10 fit: the last turn alone scores 0.78 "
+    "(threshold 0.19) and the context model does not clear it (the session-8 fit did)",
 )
 def test_a_climbing_trip_clears_nobody_will_be_around(detector):
     calm = detector.check_conversation(CLIMBING)
@@ -253,17 +247,6 @@ def test_choose_clearing_clears_a_high_scoring_last_turn_only_at_the_strict_thre
     assert clear.clears(q, pl, np.full(2, 0.5), threshold=0.3).tolist() == [False, False]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known false alarm (the first fit of session 8 cleared it): in the final session-9 fit its last turn "
-    "alone scores 0.97, above `unless` (0.9), and the context model gives 0.54, below `strict` (0.97); see README",
-)
-def test_a_novel_in_the_making_clears_a_stabbing_scene(detector):
-    assert detector.check(THRILLER[-1]).flagged  # alone, the last turn reads as a crisis
-    calm = detector.check_conversation(THRILLER)
-    assert not calm.flagged and "context clears it" in calm.reason, calm
-
-
 def test_context_does_not_clear_a_crisis_after_small_talk_or_before_a_change_of_subject(detector):
     # a crisis in the earlier turn, then a change of subject: earlier turns that read as a crisis never clear
     changed = detector.check_conversation(
@@ -287,8 +270,8 @@ def test_context_model_never_clears_after_earlier_turns_that_read_as_a_crisis():
 
 
 def test_guard_is_read_even_when_the_context_clears_the_classifier():
-    assert "context clears it" in CrisisDetector.default().check_conversation(GAME).reason
-    r = CrisisDetector(guard=lambda text: (True, ["S1"])).check_conversation(GAME)
+    assert "context clears it" in CrisisDetector.default().check_conversation(THRILLER).reason
+    r = CrisisDetector(guard=lambda text: (True, ["S1"])).check_conversation(THRILLER)
     assert r.flagged and r.reason == "guard:S1" and r.category == "harm_to_others"
 
 
@@ -458,10 +441,15 @@ def test_shipped_coefficients_match_the_data_and_encoders():
 
 
 def test_shipped_threshold_keeps_the_calibration_fpr(detector):
-    # recomputed from the shipped weights, not read back from the stats the fit wrote; single messages
-    # set the threshold (a conversation's joined turns are read against the context threshold)
+    # single messages set the threshold (a conversation's joined turns are read against the context
+    # threshold). The rule is checked on the calibration scores the fit recorded; every tenth row is
+    # rescored from the shipped weights, so the record is the shipped detector's and not a stale one
     cal = [r for r in _calibration_rows() if not r.messages]
-    p = np.asarray(detector.scores([r.text for r in cal])[0])
+    p = M._unpack(detector.model.stats["calibration_scores"]).astype(np.float64)
+    assert p.shape == (len(cal),)
+    sample = list(range(0, len(cal), 10))
+    rescored = np.asarray(detector.scores([cal[i].text for i in sample])[0])
+    np.testing.assert_allclose(rescored, p[sample], atol=1e-4)
     y = np.asarray([r.crisis for r in cal])
     langs = np.asarray([r.lang for r in cal])
     th = detector.threshold
@@ -624,6 +612,8 @@ def test_fit_trains_the_classifiers_and_calibrates_on_the_calibration_set(tmp_pa
     y = np.asarray([r.crisis for r in cal])
     one = np.asarray([not r.messages for r in cal])
     flagged = p >= model.threshold
+    # the recorded calibration scores are the single messages' P(crisis), in order
+    np.testing.assert_allclose(M._unpack(model.stats["calibration_scores"]), p[one], atol=1e-4)
     if model.stats["threshold_rule"] == "false-positive caps":
         assert flagged[~y & one].mean() <= M.MAX_CAL_FPR
     else:  # 80 training rows: the caps' threshold may miss more than the floor allows
