@@ -126,7 +126,7 @@ def one_torch_thread():
 def test_redteam_on_the_embedded_model(builtin_dir, tmp_path, one_torch_thread):
     """The CLI on the embedded model: each reply's flag is the detector's on that chat, flagged replies
     open with the resources. A third of the sheet (its multi-turn cases and every third row) keeps this
-    to seconds; the whole sheet's figures (78/95 crisis, 0/51 benign flagged) are in README."""
+    to seconds; the whole sheet's figures (78/95 crisis, 1/51 benign flagged) are in README."""
     from tunesmith.chat.crisis import CrisisDetector, data_path
     from tunesmith.cli import app
 
