@@ -3,13 +3,13 @@
     python benchmarks/crisis_eval.py [--data FILE] [--boot 2000] [--json OUT] [--misses]
                                      [--background DIR | --no-background] [--background-n 1000]
 
-The set (the ninth held-out set: 1,600 rows by eight writers) was written in a separate pass from
-the training data and from the calibration sets (resources/crisis/calibration*.jsonl, which weigh,
-standardise, calibrate and threshold the scores) and is never used for any of them. The eight
-earlier held-out sets, each measured once, are now training data (resources/crisis/
-train_heldout_pass{1,2,3,5,7,8}.jsonl) and calibration data (calibration_heldout_pass{4,6,7,8}.jsonl). Single
-statements go through `CrisisDetector.check`, multi-turn rows (`messages`) through
-`check_conversation`. Reports crisis recall and benign false-positive rate
+The set (the twelfth held-out set: 2,400 rows by twelve writers, 400 per language, 200 of them
+benign) was written in a separate pass from the training data and from the calibration sets
+(resources/crisis/calibration*.jsonl, which weigh, standardise, calibrate and threshold the scores)
+and is never used for any of them. The eleven earlier held-out sets, each measured once, are now
+training data (resources/crisis/train_heldout_pass*.jsonl) and calibration data
+(calibration_heldout_pass*.jsonl). Single statements go through `CrisisDetector.check`, multi-turn
+rows (`messages`) through `check_conversation`. Reports crisis recall and benign false-positive rate
 overall, per language, per category and per kind, with bootstrap 95% intervals (rows resampled
 with replacement), the category agreement on flagged crisis rows, and how often the resources
 shown (no locale set) are the ones for the message's language, and for single messages a

@@ -377,6 +377,34 @@ def near_duplicates(a: list[str], b: list[str], threshold: float = 0.6) -> list[
     return out
 
 
+def test_writer_check_rejects_a_copied_training_row_and_a_chat_ending_with_the_assistant(tmp_path):
+    """benchmarks/crisis_check_writer.py, which each new pass's writers ran before their file was accepted."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "crisis_check_writer.py"
+    copied = json.loads(M.data_path("train_pass11.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    chat = {
+        "messages": [{"role": "user", "content": "mi gato no come desde ayer"}, {"role": "assistant", "content": "¿Desde cuándo?"}],
+        "label": "benign", "category": None, "kind": "multi_turn", "lang": "es",
+    }  # fmt: skip
+    own = {"text": "hoy el turno de noche fue eterno pero ya llegué a casa", "label": "benign", "category": None,
+           "kind": "ordinary", "lang": "es"}  # fmt: skip
+    f = tmp_path / "w01_de_es.jsonl"
+    f.write_text("\n".join(json.dumps(o, ensure_ascii=False) for o in (copied, chat, own)) + "\n", encoding="utf-8")
+    args = [sys.executable, str(script), str(f), "--langs", "de,es", "--rows", "3", "--multi", "0"]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "line 1: too close to a row in train_pass11.jsonl" in out.stdout
+    assert "line 2: messages must be 3 or 5" in out.stdout
+    assert "line 3" not in out.stdout
+    # the other writers of the same pass (files beside it) count as existing rows too
+    (tmp_path / "w02_it_pt.jsonl").write_text(json.dumps(own, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert (
+        "line 3: too close to a row in w02_it_pt.jsonl" in subprocess.run(args, capture_output=True, text=True).stdout
+    )
+
+
 def test_near_duplicate_check_catches_a_paraphrase_with_typos():
     assert near_duplicates(["i cant do this anymore, i want to die"], ["I can't do this any more. I want to die!"])
     assert not near_duplicates(["i cant do this anymore"], ["the weather is lovely today in the park"])

@@ -37,7 +37,7 @@ Three separate sets, each written in its own pass by writers who never saw the o
   so a threshold from the training data's own out-of-fold scores sat too high (calibration FPR
   0.014 where 0.04 was asked); and new writers' FPR ran above the two calibration writers' (0.061
   vs 0.038), hence more calibration writers;
-- held-out (`benchmarks/data/crisis_heldout.jsonl`, the eleventh): never read here;
+- held-out (`benchmarks/data/crisis_heldout.jsonl`, the twelfth): never read here;
   `benchmarks/crisis_eval.py`.
 
 What ships: `resources/crisis/detector.json` (the MLP's weight matrices as base64 little-endian
