@@ -41,11 +41,13 @@ def grams(t, n=5):
 
 
 def row_text(o):
+    """A row's user text: conversations' user turns joined (plain strings are user turns, as in the red-team
+    sheet), else `text` (`prompt` in the red-team sheet)."""
     if "messages" in o:
-        return " \n ".join(
-            m["content"].strip() for m in o["messages"] if m.get("role") == "user" and m.get("content", "").strip()
-        )
-    return o.get("text", "")
+        turns = [m if isinstance(m, str) else m.get("content", "") for m in o["messages"]
+                 if isinstance(m, str) or m.get("role") == "user"]  # fmt: skip
+        return " \n ".join(t.strip() for t in turns if t.strip())
+    return o.get("text") or o.get("prompt", "")
 
 
 def load_texts(path):
@@ -55,7 +57,7 @@ def load_texts(path):
             if line.strip():
                 try:
                     out.append(row_text(json.loads(line)))
-                except Exception:
+                except ValueError:  # another writer of the pass may be halfway through appending a line
                     pass
     return out
 
