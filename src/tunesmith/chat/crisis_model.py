@@ -24,12 +24,12 @@ last turn's score nor the joined turns' flags the chat (the rules and the guard 
 Three separate sets, each written in its own pass by writers who never saw the others' rows:
 - training (`TRAIN_FILES`): the three classifiers and the category model are fitted on it; it
   includes the first, second, third and fifth held-out sets, half the seventh and eighth and five
-  of the ninth and tenth sets' eight writers each, each measured once before it was folded in (pass 1 was also
+  of the ninth and tenth sets' eight writers each, eight of the eleventh's twelve, each measured once before it was folded in (pass 1 was also
   the previous calibration set, pass 2 a development set for the weight; folding in passes 1-2
   raised the threshold-free recall on the fourth set from 0.930 to 0.958, pass 3 added nothing
   measurable);
-- calibration (`CALIBRATION_FILES`, twenty-one writers: two written for it, three each of the
-  fourth, seventh, eighth, ninth and tenth held-out sets, four of the sixth): the combination weights,
+- calibration (`CALIBRATION_FILES`, twenty-five writers: two written for it, three each of the
+  fourth, seventh, eighth, ninth and tenth held-out sets, four of the sixth and of the eleventh): the combination weights,
   ContextClear's thresholds, Platt scaling of the combined score, the standardisation and the
   threshold (`choose_threshold` on the single messages: the lowest whose calibration FPR is
   ≤ MAX_CAL_FPR overall and ≤ MAX_LANG_FPR in every language, unless that costs recall below
@@ -131,6 +131,9 @@ TRAIN_FILES = (
     # never flagged by either reading) and benign chats whose last turn alone reads as alarming
     "train_heldout_pass10.jsonl",
     "train_pass11.jsonl",
+    # eight of the eleventh held-out set's twelve writers (1,600 rows: es/de, en/it, fr/es, de/pt, it/fr,
+    # en/pt, es/it, pt/en), measured once before they joined; the other four are in CALIBRATION_FILES
+    "train_heldout_pass11.jsonl",
 )
 CALIBRATION_FILES = (
     "calibration.jsonl",
@@ -151,6 +154,8 @@ CALIBRATION_FILES = (
     "calibration_heldout_pass9.jsonl",
     # the other three writers of the tenth held-out set (600 rows: es/fr, de/es, pt/it), measured once
     "calibration_heldout_pass10.jsonl",
+    # the other four writers of the eleventh held-out set (800 rows: en/es, de/it, fr/pt, fr/de), measured once
+    "calibration_heldout_pass11.jsonl",
 )
 MODEL_FILE = "detector.json"
 ADAPTER_DIR = "minilm-lora"
@@ -192,7 +197,10 @@ MAX_LANG_FPR = 0.03
 # ... unless that threshold leaves less than this recall on the calibration crisis statements, overall
 # or in a language: then the highest threshold that keeps it (a missed crisis costs more than a
 # false alarm; `stats["threshold_rule"]` records which bound set it)
-MIN_CAL_RECALL = 0.98
+# 0.975 rather than 0.98: with the session-10 fit on the eleventh held-out set (then a development set)
+# the floor bound and set the threshold at 0.191; at 0.975 it moved to 0.287, single-message FPR fell
+# from 0.077 to 0.062 and recall stayed 0.991
+MIN_CAL_RECALL = 0.975
 # Real everyday text (Reddit comments from GoEmotions' train split) as further benign training rows.
 # Written data alone left ordinary comments off the training distribution: of 600 GoEmotions dev
 # comments this detector flagged 29% without the ordinary files, 20% with them ("Get Flonase. This
