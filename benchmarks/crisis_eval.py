@@ -8,8 +8,7 @@ benign) was written in a separate pass from the training data and from the calib
 (resources/crisis/calibration*.jsonl, which weigh, standardise, calibrate and threshold the scores)
 and is never used for any of them. The earlier held-out sets, each measured once, are now
 training data (resources/crisis/train_heldout_pass*.jsonl) and calibration data
-(calibration_heldout_pass*.jsonl), except the eleventh, which waits in git history (275d66d) for
-the next refit. Single statements go through `CrisisDetector.check`, multi-turn
+(calibration_heldout_pass*.jsonl). Single statements go through `CrisisDetector.check`, multi-turn
 rows (`messages`) through `check_conversation`. Reports crisis recall and benign false-positive rate
 overall, per language, per category and per kind, with bootstrap 95% intervals (rows resampled
 with replacement), the category agreement on flagged crisis rows, and how often the resources

@@ -23,15 +23,15 @@ last turn's score nor the joined turns' flags the chat (the rules and the guard 
 
 Three separate sets, each written in its own pass by writers who never saw the others' rows:
 - training (`TRAIN_FILES`): the three classifiers and the category model are fitted on it; it
-  includes the first, second, third and fifth held-out sets, half the seventh and eighth and five
-  of the ninth and tenth sets' eight writers each, eight of the eleventh's twelve, each measured once before it was folded in (pass 1 was also
-  the previous calibration set, pass 2 a development set for the weight; folding in passes 1-2
-  raised the threshold-free recall on the fourth set from 0.930 to 0.958, pass 3 added nothing
-  measurable);
+  includes the first, second, third and fifth held-out sets, half the seventh and eighth, five of
+  the ninth and tenth sets' eight writers each and eight of the eleventh's twelve, each measured
+  once before it was folded in (pass 1 was also the previous calibration set, pass 2 a development
+  set for the weight; folding in passes 1-2 raised the threshold-free recall on the fourth set from
+  0.930 to 0.958, pass 3 added nothing measurable);
 - calibration (`CALIBRATION_FILES`, twenty-five writers: two written for it, three each of the
-  fourth, seventh, eighth, ninth and tenth held-out sets, four of the sixth and of the eleventh): the combination weights,
-  ContextClear's thresholds, Platt scaling of the combined score, the standardisation and the
-  threshold (`choose_threshold` on the single messages: the lowest whose calibration FPR is
+  fourth, seventh, eighth, ninth and tenth held-out sets, four of the sixth and of the eleventh):
+  the combination weights, ContextClear's thresholds, Platt scaling of the combined score, the
+  standardisation and the threshold (`choose_threshold` on the single messages: the lowest whose calibration FPR is
   ≤ MAX_CAL_FPR overall and ≤ MAX_LANG_FPR in every language, unless that costs recall below
   MIN_CAL_RECALL). Frozen-embedding models are overconfident on writers they were not trained on,
   so a threshold from the training data's own out-of-fold scores sat too high (calibration FPR
