@@ -163,22 +163,27 @@ GAME = [
 CLIMBING = ["We're taking the kids to the climbing gym this weekend", "Saturday works, nobody will be around"]
 
 
-def test_a_game_clears_kill_everyone_in_there(detector):
-    # the last turn alone reads as a threat (P 0.94 in the session-12 fit); the game explains it. It
-    # scores above `unless`, so only a context probability at `strict` clears it (0.98 here)
-    assert detector.check(GAME[-1]).flagged
-    calm = detector.check_conversation(GAME)
-    assert not calm.flagged and "context clears it" in calm.reason, calm
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="known false alarm in the session-12 fit (the session-10 fit cleared it, the session-9 fits did not): "
-    "the last turn alone scores 0.85, above `unless` 0.8, and the context model stays below `strict` 0.97",
+@pytest.mark.parametrize(
+    "chat",
+    [
+        # the last turn alone reads as a threat (P 0.94 in the session-12 fit); the game explains it. It
+        # scores above `unless`, so only a context probability at `strict` clears it (0.98 here)
+        pytest.param(GAME, id="game"),
+        pytest.param(
+            THRILLER,
+            id="thriller",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known false alarm in the session-12 fit (the session-10 fit cleared it, the session-9 fits "
+                "did not): the last turn alone scores 0.85, above `unless` 0.8, and the context model stays "
+                "below `strict` 0.97",
+            ),
+        ),
+    ],
 )
-def test_a_novel_in_the_making_clears_a_stabbing_scene(detector):
-    assert detector.check(THRILLER[-1]).flagged
-    calm = detector.check_conversation(THRILLER)
+def test_the_context_clears_an_alarming_last_turn(detector, chat):
+    assert detector.check(chat[-1]).flagged
+    calm = detector.check_conversation(chat)
     assert not calm.flagged and "context clears it" in calm.reason, calm
 
 
