@@ -3,7 +3,7 @@
     python benchmarks/crisis_eval.py [--data FILE] [--boot 2000] [--json OUT] [--misses]
                                      [--background DIR | --no-background] [--background-n 1000]
 
-The set (the twelfth held-out set: 2,400 rows by twelve writers, 400 per language, 200 of them
+The set (the thirteenth held-out set: 2,400 rows by twelve writers, 400 per language, 200 of them
 benign) was written in a separate pass from the training data and from the calibration sets
 (resources/crisis/calibration*.jsonl, which weigh, standardise, calibrate and threshold the scores)
 and is never used for any of them. The earlier held-out sets, each measured once, are now
