@@ -85,7 +85,7 @@ def test_crisis_statements_are_flagged(detector, text, category):
         pytest.param(
             "I took 2 ibuprofen for my headache",
             marks=pytest.mark.xfail(
-                strict=True, reason="known false alarm: 'took <n> <pills>' reads as an overdose (P 0.93); see README"
+                strict=True, reason="known false alarm: 'took <n> <pills>' reads as an overdose (P 0.90); see README"
             ),
         ),
         # a known false alarm of the session-7, -8 and final session-9 fits (a goodbye-like phrase)
@@ -166,17 +166,17 @@ CLIMBING = ["We're taking the kids to the climbing gym this weekend", "Saturday 
 @pytest.mark.parametrize(
     "chat",
     [
-        # the last turn alone reads as a threat (P 0.94 in the session-12 fit); the game explains it. It
-        # scores above `unless`, so only a context probability at `strict` clears it (0.98 here)
+        # the last turn alone reads as a threat (P 0.98 in the session-13 fit); the game explains it. It
+        # scores above `unless`, so only a context probability at `strict` clears it (0.99 here)
         pytest.param(GAME, id="game"),
         pytest.param(
             THRILLER,
             id="thriller",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="known false alarm in the session-12 fit (the session-10 fit cleared it, the session-9 fits "
-                "did not): the last turn alone scores 0.85, above `unless` 0.8, and the context model stays "
-                "below `strict` 0.97",
+                reason="known false alarm in the session-12 and session-13 fits (the session-10 fit cleared it, the "
+                "session-9 fits did not): the last turn alone scores 0.49 (0.85 in the session-12 fit) and the "
+                "context model stays below the clearing threshold 0.95",
             ),
         ),
     ],
@@ -189,7 +189,7 @@ def test_the_context_clears_an_alarming_last_turn(detector, chat):
 
 def test_a_climbing_trip_clears_nobody_will_be_around(detector):
     # a strict xfail in the session-9 and session-10 fits (the last turn alone scored 0.78); the
-    # session-12 fit scores it 0.23 alone, while the quarry chat's joined turns still flag (above)
+    # session-12 and session-13 fits score it 0.23 and 0.18 alone, while the quarry chat's joined turns still flag (above)
     calm = detector.check_conversation(CLIMBING)
     assert not calm.flagged, calm
 
