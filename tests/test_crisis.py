@@ -189,7 +189,8 @@ def test_the_context_clears_an_alarming_last_turn(detector, chat):
 
 def test_a_climbing_trip_clears_nobody_will_be_around(detector):
     # a strict xfail in the session-9 and session-10 fits (the last turn alone scored 0.78); the
-    # session-12 and session-13 fits score it 0.23 and 0.18 alone, while the quarry chat's joined turns still flag (above)
+    # session-12 and session-13 fits score it 0.23 and 0.18 alone, while the quarry chat's joined
+    # turns still flag (above)
     calm = detector.check_conversation(CLIMBING)
     assert not calm.flagged, calm
 
