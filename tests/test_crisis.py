@@ -790,18 +790,25 @@ def test_encoder_embeddings_are_unit_length_and_semantic():
 
 
 def test_overlapped_encoder_passes_equal_the_sequential_ones(detector):
-    # the screening path (Featurizer.both: MiniLM's frozen and tuned passes on two threads) must
-    # give exactly what the fit and the batch paths compute one after the other
+    # the screening path (Featurizer.both: MiniLM's frozen and tuned passes on two threads, through
+    # LeanBert) must give exactly what the fit and the batch paths compute with transformers'
+    # BertModel one after the other: bitwise, so the held-out figures hold for it unchanged
     import threading
 
     feat = detector.featurizer
-    texts = ["i gave my cat to my sister today. i won't need anything after friday", "Ce film était à mourir de rire."]
+    texts = [
+        "i gave my cat to my sister today. i won't need anything after friday",
+        "Ce film était à mourir de rire.",
+        "Ich habe vorhin alle Tabletten genommen, jetzt ist mir so schwindelig und ich sehe doppelt",
+        "ok",
+    ]
     frozen, tuned = feat.minilm.encode_pair([])
     assert frozen.shape == tuned.shape == (0, 384)
-    for batch in (texts[:1], texts):
+    for batch in (texts[:1], texts[2:3], texts):  # unpadded, and padded to the longest
         x, t = feat.both(batch)
-        assert np.allclose(x, feat(batch), atol=1e-6) and np.allclose(t, feat.tuned(batch), atol=1e-6)
+        assert np.array_equal(x, feat(batch)) and np.array_equal(t, feat.tuned(batch))
         assert not np.allclose(x[:, :384], t, atol=1e-2)  # the two passes are different models
+    assert all(lean is not None for lean in feat.minilm._lean)  # the lean forward was the one compared
     # concurrent screenings (the server's threads) all get their own message's embeddings
     out: dict[int, np.ndarray] = {}
     workers = [threading.Thread(target=lambda i=i: out.setdefault(i, feat.both([texts[i % 2]])[1])) for i in range(6)]
@@ -810,6 +817,33 @@ def test_overlapped_encoder_passes_equal_the_sequential_ones(detector):
     for w in workers:
         w.join()
     assert all(np.allclose(out[i], feat.tuned([texts[i % 2]]), atol=1e-6) for i in range(6))
+
+
+def test_lean_bert_is_bitwise_bertmodel_and_refuses_what_it_does_not_reproduce():
+    # a random BERT of another shape (not MiniLM's weights), with token types and padding
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from tunesmith.chat.encoder import LeanBert
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=80)
+    model = BertModel._from_config(cfg, attn_implementation="sdpa").eval()
+    ids = torch.randint(1, 99, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = mask[2, 3:] = 0
+    types = torch.zeros_like(ids)
+    types[:, 4:] = 1
+    lean = LeanBert.of(model)
+    with torch.inference_mode():
+        for m in (mask, torch.ones_like(ids)):
+            want = model(input_ids=ids, attention_mask=m, token_type_ids=types).last_hidden_state
+            got = lean(input_ids=ids, attention_mask=m, token_type_ids=types)
+            keep = m.bool()
+            assert torch.equal(got[keep], want[keep])
+    assert LeanBert.of(BertModel._from_config(cfg, attn_implementation="eager").eval()) is None
+    assert LeanBert.of(BertModel._from_config(BertConfig(**{**cfg.to_dict(), "hidden_act": "relu"})).eval()) is None
+    assert LeanBert.of(model.train()) is None  # dropout is on in training: not this forward
 
 
 def test_guard_verdict_is_a_further_signal():
