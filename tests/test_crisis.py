@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -808,7 +809,8 @@ def test_overlapped_encoder_passes_equal_the_sequential_ones(detector):
         x, t = feat.both(batch)
         assert np.array_equal(x, feat(batch)) and np.array_equal(t, feat.tuned(batch))
         assert not np.allclose(x[:, :384], t, atol=1e-2)  # the two passes are different models
-    assert all(lean is not None for lean in feat.minilm._lean)  # the lean forward was the one compared
+    if len(os.sched_getaffinity(0)) >= 2:  # on one core encode_pair runs BertModel one pass after the other
+        assert all(lean is not None for lean in feat.minilm._lean)  # the lean forward was the one compared
     # concurrent screenings (the server's threads) all get their own message's embeddings
     out: dict[int, np.ndarray] = {}
     workers = [threading.Thread(target=lambda i=i: out.setdefault(i, feat.both([texts[i % 2]])[1])) for i in range(6)]
@@ -816,13 +818,13 @@ def test_overlapped_encoder_passes_equal_the_sequential_ones(detector):
         w.start()
     for w in workers:
         w.join()
-    assert all(np.allclose(out[i], feat.tuned([texts[i % 2]]), atol=1e-6) for i in range(6))
+    assert all(np.array_equal(out[i], feat.tuned([texts[i % 2]])) for i in range(6))
 
 
 def test_lean_bert_is_bitwise_bertmodel_and_refuses_what_it_does_not_reproduce():
     # a random BERT of another shape (not MiniLM's weights), with token types and padding
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertForMaskedLM, BertModel
 
     from tunesmith.chat.encoder import LeanBert
 
@@ -842,7 +844,10 @@ def test_lean_bert_is_bitwise_bertmodel_and_refuses_what_it_does_not_reproduce()
             keep = m.bool()
             assert torch.equal(got[keep], want[keep])
     assert LeanBert.of(BertModel._from_config(cfg, attn_implementation="eager").eval()) is None
-    assert LeanBert.of(BertModel._from_config(BertConfig(**{**cfg.to_dict(), "hidden_act": "relu"})).eval()) is None
+    for change in ({"hidden_act": "relu"}, {"chunk_size_feed_forward": 4}, {"is_decoder": True}):
+        other = BertModel._from_config(BertConfig(**{**cfg.to_dict(), **change}), attn_implementation="sdpa")
+        assert LeanBert.of(other.eval()) is None, change
+    assert LeanBert.of(BertForMaskedLM._from_config(cfg, attn_implementation="sdpa").eval()) is None
     assert LeanBert.of(model.train()) is None  # dropout is on in training: not this forward
 
 

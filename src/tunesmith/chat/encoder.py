@@ -173,8 +173,9 @@ class SentenceEncoder:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
 
+                lean = (LeanBert.of(self.model), LeanBert.of(self.tuned_model))  # before the pool: retried if it raises
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuned-encoder")
-                self._lean = (LeanBert.of(self.model), LeanBert.of(self.tuned_model))
+                self._lean = lean
 
             def run(i: int):
                 lean, model = self._lean[i], (self.model, self.tuned_model)[i]
@@ -191,10 +192,11 @@ class LeanBert:
     """BERT's forward as plain torch calls on the model's own weights, for the overlapped screening
     passes. The ops, their order and the SDPA call are those of transformers' BertModel (embeddings
     summed in its order, post-LayerNorm layers, exact GELU), so the output is bitwise equal
-    (test_overlapped_encoder_passes_equal_the_sequential_ones). What it drops is the module machinery
-    (hooks, kwarg deprecation wrappers, output capture, mask helpers): Python that holds the GIL,
-    so two passes on two threads queued behind each other; with it a screening's pair of passes took
-    16.2 ms instead of 12.2 on an 18-token message (2-core AVX-512 EPYC, one thread each)."""
+    (test_overlapped_encoder_passes_equal_the_sequential_ones). What it drops is BertModel's and
+    BertLayer's machinery (kwarg deprecation wrappers, output capture, chunking, mask helpers):
+    Python that holds the GIL, so two passes on two threads queued behind each other. A screening's
+    pair of passes on an 18-token message took 16.2 ms through BertModel and 12.2 ms through this
+    (2-core AVX-512 EPYC, one thread each)."""
 
     def __init__(self, model):
         cfg = model.config
@@ -217,11 +219,15 @@ class LeanBert:
     @classmethod
     def of(cls, model) -> LeanBert | None:
         """None where the model is not the plain BERT encoder this forward reproduces (another
-        architecture, relative positions, another activation or attention kernel): the caller then
-        runs the model itself."""
+        architecture or head, another activation or attention kernel, a chunked feed-forward, a
+        legacy config asking for relative positions): the caller then runs the model itself."""
+        from transformers import BertModel
+
         cfg = model.config
         plain = (
-            cfg.model_type == "bert"
+            isinstance(model, BertModel)
+            and cfg.model_type == "bert"
+            and not getattr(cfg, "chunk_size_feed_forward", 0)
             and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
             and cfg.hidden_act == "gelu"
             and not cfg.is_decoder
@@ -243,7 +249,8 @@ class LeanBert:
             token_type_ids, e.token_type_embeddings.weight
         )
         x = e.LayerNorm(x + e.position_embeddings.weight[:n].unsqueeze(0))
-        # BertModel hands SDPA no mask when nothing is padded, else a boolean key mask
+        # the mask BertModel hands SDPA (none when nothing is padded, else a boolean key mask), so
+        # SDPA takes the same kernel and the output stays bitwise equal
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :].expand(b, 1, n, n)
         for q, k, v, ao, ln1, up, down, ln2 in self.layers:
             heads = [f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (q, k, v)]
