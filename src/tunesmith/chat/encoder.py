@@ -215,6 +215,7 @@ class LeanBert:
             for lay in model.encoder.layer
         ]
         self.heads = cfg.num_attention_heads
+        self.scale = (cfg.hidden_size // cfg.num_attention_heads) ** -0.5  # BertSelfAttention.scaling
 
     @classmethod
     def of(cls, model) -> LeanBert | None:
@@ -226,7 +227,6 @@ class LeanBert:
         cfg = model.config
         plain = (
             isinstance(model, BertModel)
-            and cfg.model_type == "bert"
             and not getattr(cfg, "chunk_size_feed_forward", 0)
             and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
             and cfg.hidden_act == "gelu"
@@ -254,8 +254,8 @@ class LeanBert:
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :].expand(b, 1, n, n)
         for q, k, v, ao, ln1, up, down, ln2 in self.layers:
             heads = [f(x).view(b, n, self.heads, -1).transpose(1, 2) for f in (q, k, v)]
-            scale = heads[0].shape[-1] ** -0.5
-            a = F.scaled_dot_product_attention(*heads, attn_mask=mask, scale=scale).transpose(1, 2).reshape(b, n, -1)
+            a = F.scaled_dot_product_attention(*heads, attn_mask=mask, scale=self.scale)
+            a = a.transpose(1, 2).reshape(b, n, -1)
             x = ln1(ao(a) + x)
             x = ln2(down(F.gelu(up(x))) + x)
         return x
